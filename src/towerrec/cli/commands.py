@@ -1,0 +1,3 @@
+"""Imports every command module so its commands register on the Typer apps."""
+
+from towerrec.cli import data_cmd  # noqa: F401

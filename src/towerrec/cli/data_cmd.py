@@ -1,0 +1,1 @@
+"""``towerrec data ...`` commands (placeholder until the data layer lands)."""

@@ -1,0 +1,133 @@
+"""The one table schema every data source is converted into.
+
+Parsers (MovieLens, imported CSV/Parquet, synthetic) all produce a
+:class:`Dataset`, so splits, features and models never care where data came
+from. Ids stay as the source gave them (Int64 for MovieLens, Int64 or String
+for imported tables); they become dense indices only when features are fitted.
+
+Schemas
+-------
+interactions: user_id, item_id (Int64 or String), rating (Float32, nullable),
+              timestamp (Int64 seconds, nullable when the source has none)
+items:        item_id, title (String), year (Int32, nullable),
+              genres (List[String]), then any extra columns
+users:        user_id, then any of age (Int32), gender, occupation, zip (String)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from towerrec.errors import DataError
+
+ID_DTYPES = (pl.Int64, pl.String)
+INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Interactions plus optional item and user side tables.
+
+    ``fingerprint`` identifies the data (hash of the source files or of the
+    generator's parameters); caches of prepared data and trained models are
+    keyed by it so a changed source never reuses a stale result.
+    """
+
+    name: str
+    interactions: pl.DataFrame
+    items: pl.DataFrame | None = None
+    users: pl.DataFrame | None = None
+    fingerprint: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_interactions(self.interactions, source=self.name)
+        if self.items is not None:
+            validate_items(self.items, source=self.name)
+        if self.users is not None:
+            validate_users(self.users, source=self.name)
+
+    @property
+    def num_users(self) -> int:
+        return self.interactions["user_id"].n_unique()
+
+    @property
+    def num_items(self) -> int:
+        """Catalogue size: the item table when present, else items seen in interactions."""
+        if self.items is not None:
+            return self.items.height
+        return self.interactions["item_id"].n_unique()
+
+
+def _require(df: pl.DataFrame, columns: tuple[str, ...], source: str, table: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{table} table lacks column(s) {missing}; it has {df.columns}",
+            file=source,
+        )
+
+
+def _check_id(df: pl.DataFrame, column: str, source: str) -> None:
+    dtype = df.schema[column]
+    if dtype not in ID_DTYPES:
+        raise DataError(f"ids must be Int64 or String, got {dtype}", file=source, field=column)
+    nulls = df[column].null_count()
+    if nulls:
+        row = int(df.with_row_index().filter(pl.col(column).is_null())["index"][0])
+        raise DataError(f"{nulls} missing id(s), first at row {row + 1}", file=source, field=column)
+
+
+def validate_interactions(df: pl.DataFrame, source: str = "interactions") -> None:
+    """Raise :class:`DataError` unless ``df`` follows the interactions schema."""
+    _require(df, INTERACTION_COLUMNS, source, "interactions")
+    _check_id(df, "user_id", source)
+    _check_id(df, "item_id", source)
+    if df.schema["rating"] != pl.Float32:
+        raise DataError(f"rating must be Float32, got {df.schema['rating']}", file=source, field="rating")
+    if df.schema["timestamp"] != pl.Int64:
+        raise DataError(
+            f"timestamp must be Int64 seconds, got {df.schema['timestamp']}", file=source, field="timestamp"
+        )
+
+
+def validate_items(df: pl.DataFrame, source: str = "items") -> None:
+    _require(df, ("item_id", "title", "year", "genres"), source, "items")
+    _check_id(df, "item_id", source)
+    if df["item_id"].is_duplicated().any():
+        dup = df.filter(pl.col("item_id").is_duplicated())["item_id"][0]
+        raise DataError(f"duplicate item_id {dup!r}", file=source, field="item_id")
+
+
+def validate_users(df: pl.DataFrame, source: str = "users") -> None:
+    _require(df, ("user_id",), source, "users")
+    _check_id(df, "user_id", source)
+    if df["user_id"].is_duplicated().any():
+        dup = df.filter(pl.col("user_id").is_duplicated())["user_id"][0]
+        raise DataError(f"duplicate user_id {dup!r}", file=source, field="user_id")
+
+
+def empty_interactions(id_dtype: pl.DataType = pl.Int64) -> pl.DataFrame:
+    return pl.DataFrame(
+        schema={"user_id": id_dtype, "item_id": id_dtype, "rating": pl.Float32, "timestamp": pl.Int64}
+    )
+
+
+def frame_fingerprint(*frames: pl.DataFrame | None) -> str:
+    """A stable SHA-256 over the contents of one or more frames (row order matters)."""
+    h = hashlib.sha256()
+    for df in frames:
+        if df is None:
+            h.update(b"<none>")
+            continue
+        h.update(repr(list(df.schema.items())).encode())
+        for name in df.columns:
+            col = df[name]
+            if col.dtype.is_numeric() and col.null_count() == 0:
+                h.update(col.to_numpy().tobytes())
+            else:  # strings, lists, nullable columns: a text rendering is stable across versions
+                h.update(pl.DataFrame([col]).write_csv().encode())
+    return h.hexdigest()
