@@ -129,5 +129,5 @@ def frame_fingerprint(*frames: pl.DataFrame | None) -> str:
             if col.dtype.is_numeric() and col.null_count() == 0:
                 h.update(col.to_numpy().tobytes())
             else:  # strings, lists, nullable columns: a text rendering is stable across versions
-                h.update(pl.DataFrame([col]).write_csv().encode())
+                h.update(repr(col.to_list()).encode())
     return h.hexdigest()
