@@ -37,9 +37,9 @@ class Dataset:
     """
 
     name: str
-    interactions: pl.DataFrame
-    items: pl.DataFrame | None = None
-    users: pl.DataFrame | None = None
+    interactions: pl.DataFrame = field(repr=False)
+    items: pl.DataFrame | None = field(default=None, repr=False)
+    users: pl.DataFrame | None = field(default=None, repr=False)
     fingerprint: str = ""
     meta: dict = field(default_factory=dict)
 
