@@ -1,0 +1,95 @@
+"""In-batch softmax computed over the batch's *unique* candidates: exact, and far cheaper.
+
+In a batch of B positives, the in-batch softmax scores every query against all
+B candidates, but popular items repeat: a batch of 8192 MovieLens ratings holds
+only ~1500 distinct movies. Identical candidates have identical logits, so the
+B x B softmax equals a B x U softmax where each unique column carries
+``log(count)``, its multiplicity. With accidental-hit removal the row's own
+positive counts once (its duplicates are the "accidental hits"). The result,
+loss and gradients, is the same as the B x B computation (tested), at U/B of
+the cost, and the candidate tower runs once per unique item.
+
+The custom autograd function keeps one [B, U] buffer: logits, turned into
+probabilities in place, reused by the backward pass (no second copy, no
+recomputation).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+
+class _UniqueSoftmaxLoss(torch.autograd.Function):
+    """Per-row loss ``logsumexp(scale * q c^T + bias) - positive`` with a fused backward."""
+
+    @staticmethod
+    def forward(ctx, query, candidates, labels, column_bias, label_bias, scale):  # type: ignore[override]
+        rows = torch.arange(query.shape[0], device=query.device)
+        logits = torch.addmm(column_bias.unsqueeze(0).expand(query.shape[0], -1), query, candidates.t(), alpha=scale)
+        logits[rows, labels] += label_bias
+        positive = logits[rows, labels]
+        lse = torch.logsumexp(logits, dim=1)
+        probabilities = logits.sub_(lse.unsqueeze(1)).exp_()
+        ctx.save_for_backward(query, candidates, labels, probabilities)
+        ctx.scale = scale
+        return lse - positive
+
+    @staticmethod
+    def backward(ctx, grad_rows):  # type: ignore[override]
+        query, candidates, labels, probabilities = ctx.saved_tensors
+        rows = torch.arange(query.shape[0], device=query.device)
+        probabilities[rows, labels] -= 1.0
+        grad_logits = probabilities.mul_(grad_rows.unsqueeze(1) * ctx.scale)
+        grad_query = grad_logits @ candidates
+        grad_candidates = grad_logits.t() @ query
+        return grad_query, grad_candidates, None, None, None, None
+
+
+def unique_in_batch_softmax_loss(
+    query: Tensor,
+    unique_candidates: Tensor,
+    labels: Tensor,
+    counts: Tensor,
+    *,
+    log_q: Tensor | None = None,
+    remove_accidental_hits: bool = True,
+    temperature: float = 1.0,
+    reduction: Literal["mean", "sum"] = "mean",
+) -> Tensor:
+    """In-batch softmax cross-entropy over unique candidates.
+
+    Args:
+        query: [B, d] query embeddings, one per positive pair.
+        unique_candidates: [U, d] embeddings of the distinct candidates in the batch.
+        labels: [B] index into ``unique_candidates`` of each row's positive.
+        counts: [U] how often each unique candidate occurs in the batch.
+        log_q: [U] log sampling probability of each candidate (logQ correction), or None.
+        remove_accidental_hits: drop the row positive's duplicates from its negatives.
+        temperature: logits are divided by it.
+        reduction: "mean" (towerrec's default) or "sum" (TFRS's).
+    Returns:
+        scalar loss.
+    """
+    log_counts = counts.to(query.dtype).log()
+    column_bias = log_counts if log_q is None else log_counts - log_q.to(query.dtype)
+    label_log_count = log_counts[labels]
+    # With hit removal the row's positive appears once in its denominator, so its
+    # column loses log(count) on that row. Without removal the denominator keeps
+    # every copy, and only the numerator (read from the same cell) must lose it:
+    # a constant per row, added back after the fused op.
+    label_bias = -label_log_count if remove_accidental_hits else torch.zeros_like(label_log_count)
+    per_row = _UniqueSoftmaxLoss.apply(
+        query, unique_candidates, labels, column_bias, label_bias, 1.0 / temperature
+    )
+    if not remove_accidental_hits:
+        per_row = per_row + label_log_count
+    return per_row.mean() if reduction == "mean" else per_row.sum()
+
+
+def unique_candidates(candidate_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(unique, labels, counts)`` of a batch's candidate indices: the inputs the loss needs."""
+    unique, labels, counts = torch.unique(candidate_index, return_inverse=True, return_counts=True)
+    return unique, labels, counts
