@@ -1,0 +1,165 @@
+"""What every candidate index offers: build from embeddings, search top-K, save, load.
+
+An index maps query embeddings to the k best-scoring candidates of a fixed
+catalogue, optionally skipping per-query exclusions (items a user already has).
+Exact (brute force) and approximate (FAISS) indexes share this interface and
+the on-disk layout: a JSON manifest beside the index's own data files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from towerrec.errors import TowerrecError
+from towerrec.metrics.topk import CSR
+
+FORMAT_VERSION = 1
+MANIFEST = "index.json"
+
+Exclusions = CSR | Sequence[Sequence[int]]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The k best candidates of each query, best first.
+
+    Attributes:
+        scores: [Q, k] scores, non-increasing along each row.
+        indices: [Q, k] int64 catalogue positions.
+        ids: Q lists of k candidate ids (int or str, as given to the index).
+    """
+
+    scores: Tensor
+    indices: Tensor
+    ids: list[list[Any]]
+
+
+class Index(ABC):
+    """Interface of a top-K candidate index (brute force now, FAISS later).
+
+    ``kind`` names the implementation in the saved manifest; ``is_exact`` says
+    whether search returns the true top-K (metrics may rely on it).
+    """
+
+    kind: str
+    is_exact: bool
+
+    @abstractmethod
+    def build(self, candidate_embeddings: Tensor, ids: Sequence[int | str] | np.ndarray) -> Index:
+        """(Re)indexes the catalogue: [N, d] embeddings and their N ids. Returns self."""
+
+    @abstractmethod
+    def search(self, queries: Tensor, k: int, *, exclude: Exclusions | None = None) -> SearchResult:
+        """Top ``k`` candidates of each of the [Q, d] ``queries``, skipping excluded positions."""
+
+    @abstractmethod
+    def save(self, folder: str | Path) -> None:
+        """Writes the index to ``folder`` (created if needed); never pickles."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, folder: str | Path) -> Index:
+        """Reads an index written by :meth:`save`."""
+
+
+def normalize_ids(ids: Sequence[int | str] | np.ndarray, num_candidates: int) -> np.ndarray:
+    """Checks candidate ids (N, unique, all int or all str) and stores them as a numpy array.
+
+    Returns an int64 array for integer ids and an object array of ``str`` otherwise,
+    so that ``array[positions].tolist()`` gives back Python ints or strs.
+    """
+    values = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+    if len(values) != num_candidates:
+        raise TowerrecError(f"got {len(values)} ids for {num_candidates} candidate embeddings")
+    if all(isinstance(v, str) for v in values):
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
+    elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        array = np.asarray(values, dtype=np.int64)
+    else:
+        raise TowerrecError("candidate ids must be all integers or all strings")
+    if len(set(array.tolist())) != len(array):
+        raise TowerrecError("candidate ids must be unique", hint="deduplicate the catalogue before indexing it")
+    return array
+
+
+def as_exclusions(exclude: Exclusions | None, num_queries: int) -> CSR | None:
+    """Turns per-query lists of catalogue positions into a :class:`CSR` of ``num_queries`` rows."""
+    if exclude is None:
+        return None
+    csr = exclude if isinstance(exclude, CSR) else CSR.from_lists(exclude)
+    if csr.num_rows != num_queries:
+        raise TowerrecError(f"exclusions have {csr.num_rows} rows but there are {num_queries} queries")
+    return csr
+
+
+def check_k(k: int, num_candidates: int, exclude: CSR | None) -> None:
+    """Raises unless every query keeps at least ``k`` candidates after its exclusions.
+
+    We raise rather than pad with fillers or return ragged rows: a caller asking for
+    more results than exist almost always has a bug (ids instead of positions, a
+    user who has seen the whole catalogue); they can pass a smaller ``k``.
+    """
+    if k < 1:
+        raise TowerrecError(f"k must be ≥ 1, got {k}")
+    if k > num_candidates:
+        raise TowerrecError(f"k = {k} is larger than the catalogue ({num_candidates} candidates)")
+    if exclude is None or exclude.indices.numel() == 0:
+        return
+    if int(exclude.indices.min()) < 0 or int(exclude.indices.max()) >= num_candidates:
+        raise TowerrecError(
+            f"excluded positions must lie in [0, {num_candidates})",
+            hint="exclusions are catalogue positions, not raw item ids",
+        )
+    owner = torch.repeat_interleave(torch.arange(exclude.num_rows), torch.diff(exclude.indptr))
+    distinct = torch.unique(owner * num_candidates + exclude.indices) // num_candidates
+    excluded = torch.bincount(distinct, minlength=exclude.num_rows)
+    worst = int(excluded.argmax())
+    if num_candidates - int(excluded[worst]) < k:
+        raise TowerrecError(
+            f"query {worst} excludes {int(excluded[worst])} of {num_candidates} candidates, "
+            f"leaving fewer than k = {k}",
+            hint=f"ask for at most {num_candidates - int(excluded.max())} results",
+        )
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Writes ``index.json`` (with ``format_version``) atomically; call it after the data files."""
+    atomic_write(folder / MANIFEST, lambda path: path.write_text(json.dumps({"format_version": FORMAT_VERSION, **manifest})))
+
+
+def read_manifest(folder: str | Path, kind: str) -> dict[str, Any]:
+    """Reads and checks ``index.json``: present, valid JSON, this format version and kind."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise TowerrecError(f"{path}: no saved index here (missing {MANIFEST})", hint="save an index into this folder first")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise TowerrecError(f"{path}: not valid JSON ({error})", hint="the index folder is corrupt: save it again") from None
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
+        raise TowerrecError(
+            f"{path}: index format_version {version!r}, this towerrec reads version {FORMAT_VERSION}",
+            hint="rebuild the index with this towerrec version",
+        )
+    if manifest.get("kind") != kind:
+        raise TowerrecError(f"{path}: holds a {manifest.get('kind')!r} index, not {kind!r}")
+    return manifest
+
+
+def atomic_write(path: Path, write) -> None:
+    """Writes through a temporary file then renames, so a crash never leaves half a file."""
+    temporary = path.with_name(path.name + ".tmp")
+    write(temporary)
+    os.replace(temporary, path)

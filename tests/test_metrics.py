@@ -1,0 +1,186 @@
+"""Full-catalogue ranks and top-K metrics against hand-computed values and a naive full sort."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from towerrec.errors import TowerrecError
+from towerrec.metrics.topk import CSR, evaluate_retrieval, target_ranks, topk_metrics, user_recall_at_k
+
+# 3 queries x 5 items; with identity candidates the query rows ARE the scores.
+SCORES = torch.tensor(
+    [
+        [0.9, 0.1, 0.5, 0.3, 0.7],  # target 2: beaten by 0.9 and 0.7 -> rank 3
+        [0.2, 0.8, 0.6, 0.4, 0.0],  # target 1: best -> rank 1
+        [0.1, 0.2, 0.3, 0.4, 0.5],  # target 0: worst -> rank 5
+    ]
+)
+TARGETS = torch.tensor([2, 1, 0])
+ITEMS = torch.eye(5)
+
+
+def _naive_ranks(query, candidates, targets, exclude_lists=None) -> torch.Tensor:
+    """Full descending sort per query; the target's position + 1."""
+    scores = query @ candidates.T
+    ranks = []
+    for row, target in enumerate(targets.tolist()):
+        s = scores[row].clone()
+        for item in (exclude_lists or [[]] * len(targets))[row]:
+            if item != target:
+                s[item] = -math.inf
+        order = torch.argsort(s, descending=True, stable=True)
+        ranks.append(int((order == target).nonzero()) + 1)
+    return torch.tensor(ranks)
+
+
+def _random_case(seed: int, num_queries: int, num_items: int, dim: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    query = torch.randn(num_queries, dim, generator=g)
+    candidates = torch.randn(num_items, dim, generator=g)
+    targets = torch.randint(num_items, (num_queries,), generator=g)
+    lists = [rng.choice(num_items, size=rng.integers(0, num_items), replace=True).tolist() for _ in range(num_queries)]
+    return query, candidates, targets, lists
+
+
+# -- ranks ------------------------------------------------------------------------
+def test_ranks_hand_computed() -> None:
+    assert target_ranks(SCORES, ITEMS, TARGETS).tolist() == [3, 1, 5]
+
+
+def test_exclusion_changes_ranks_but_never_removes_the_target() -> None:
+    exclude = CSR.from_lists([[0], [], [0, 4]])  # query 2 lists its own target 0
+    assert target_ranks(SCORES, ITEMS, TARGETS, exclude=exclude).tolist() == [2, 1, 4]
+
+
+def test_ties_count_for_the_target_unless_pessimistic() -> None:
+    query = torch.tensor([[0.5, 0.5, 0.1], [1.0, 1.0, 1.0]])
+    targets = torch.tensor([0, 2])
+    assert target_ranks(query, torch.eye(3), targets).tolist() == [1, 1]  # TFRS in_top_k semantics
+    assert target_ranks(query, torch.eye(3), targets, ties="pessimistic").tolist() == [2, 3]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ranks_agree_with_a_naive_full_sort(seed: int) -> None:
+    query, candidates, targets, lists = _random_case(seed, 23, 17)
+    expected = _naive_ranks(query, candidates, targets, lists)
+    got = target_ranks(query, candidates, targets, exclude=CSR.from_lists(lists), chunk_size=5)
+    assert got.tolist() == expected.tolist()
+    assert target_ranks(query, candidates, targets).tolist() == _naive_ranks(query, candidates, targets).tolist()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    num_queries=st.integers(1, 30),
+    num_items=st.integers(1, 20),
+    chunk_size=st.integers(1, 35),
+)
+def test_chunked_equals_unchunked(seed: int, num_queries: int, num_items: int, chunk_size: int) -> None:
+    query, candidates, targets, lists = _random_case(seed, num_queries, num_items)
+    exclude = CSR.from_lists(lists)
+    whole = target_ranks(query, candidates, targets, exclude=exclude, chunk_size=num_queries)
+    chunked = target_ranks(query, candidates, targets, exclude=exclude, chunk_size=chunk_size)
+    assert torch.equal(whole, chunked)
+    assert bool(((whole >= 1) & (whole <= num_items)).all())
+
+
+def test_ranks_follow_the_query_dtype() -> None:
+    query, candidates, targets, _ = _random_case(0, 6, 9)
+    assert torch.equal(target_ranks(query.double(), candidates.double(), targets), target_ranks(query, candidates, targets))
+
+
+def test_ranks_accept_tensors_that_track_gradients() -> None:
+    query = SCORES.clone().requires_grad_(True)
+    assert target_ranks(query, ITEMS, TARGETS, exclude=CSR.from_lists([[0], [], []])).tolist() == [2, 1, 5]
+
+
+def test_rank_inputs_are_checked() -> None:
+    with pytest.raises(TowerrecError, match="target indices"):
+        target_ranks(SCORES, ITEMS, torch.tensor([0, 1, 5]))
+    with pytest.raises(ValueError, match="rows"):
+        target_ranks(SCORES, ITEMS, TARGETS, exclude=CSR.from_lists([[0], [1]]))
+    with pytest.raises(TowerrecError, match="excluded item indices"):
+        target_ranks(SCORES, ITEMS, TARGETS, exclude=CSR.from_lists([[7], [], []]))
+    with pytest.raises(TowerrecError, match="NaN"):
+        target_ranks(SCORES * math.nan, ITEMS, TARGETS)
+    with pytest.raises(ValueError, match="shape"):
+        target_ranks(SCORES, ITEMS, TARGETS[:2])
+
+
+# -- metrics ----------------------------------------------------------------------
+def test_topk_metrics_hand_computed() -> None:
+    m = topk_metrics(torch.tensor([3, 1, 5]), ks=(1, 3, 5))
+    assert m["top_1_accuracy"] == pytest.approx(1 / 3)
+    assert m["top_3_accuracy"] == pytest.approx(2 / 3)
+    assert m["top_5_accuracy"] == pytest.approx(1.0)
+    assert m["ndcg@1"] == pytest.approx(1 / 3)
+    assert m["ndcg@3"] == pytest.approx((1 / math.log2(4) + 1) / 3)
+    assert m["ndcg@5"] == pytest.approx((1 / math.log2(4) + 1 + 1 / math.log2(6)) / 3)
+    assert m["mrr"] == pytest.approx((1 / 3 + 1 + 1 / 5) / 3)
+
+
+def test_topk_metrics_default_keys() -> None:
+    keys = set(topk_metrics(torch.tensor([1, 2])))
+    assert {f"top_{k}_accuracy" for k in (1, 5, 10, 50, 100)} <= keys
+    assert {f"ndcg@{k}" for k in (1, 5, 10, 50, 100)} <= keys and "mrr" in keys
+
+
+def test_topk_metrics_reject_empty_ranks_and_bad_k() -> None:
+    with pytest.raises(TowerrecError, match="no queries"):
+        topk_metrics(torch.tensor([], dtype=torch.int64))
+    with pytest.raises(ValueError, match="positive integer"):
+        topk_metrics(torch.tensor([1]), ks=(0,))
+
+
+def test_user_recall_averages_over_users_not_interactions() -> None:
+    ranks = torch.tensor([1, 20, 3])
+    users = torch.tensor([7, 7, 9])
+    assert user_recall_at_k(ranks, users, ks=(10,)) == {"recall@10": pytest.approx(0.75)}  # (1/2 + 1) / 2
+    assert topk_metrics(ranks, ks=(10,))["top_10_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_evaluate_retrieval_combines_ranks_and_metrics() -> None:
+    exclude = CSR.from_lists([[0], [], [0, 4]])
+    metrics = evaluate_retrieval(SCORES, ITEMS, TARGETS, exclude=exclude, ks=(1, 2), user_ids=torch.tensor([1, 1, 2]))
+    expected = topk_metrics(torch.tensor([2, 1, 4]), ks=(1, 2))
+    expected.update({"recall@1": 0.25, "recall@2": 0.5})
+    assert metrics == pytest.approx(expected)
+
+
+# -- CSR --------------------------------------------------------------------------
+def test_csr_from_pairs_matches_from_lists() -> None:
+    rows = np.array([2, 0, 2, 0, 3])
+    cols = np.array([5, 1, 6, 2, 0])
+    csr = CSR.from_pairs(rows, cols, num_rows=5)
+    reference = CSR.from_lists([[1, 2], [], [5, 6], [0], []])
+    assert torch.equal(csr.indptr, reference.indptr) and torch.equal(csr.indices, reference.indices)
+    from_arrays = CSR.from_lists([np.array([1, 2]), np.array([], dtype=np.int64), [5, 6], (0,), []])
+    assert torch.equal(from_arrays.indices, reference.indices) and from_arrays.indices.dtype == torch.int64
+    with pytest.raises(ValueError, match="row indices"):
+        CSR.from_pairs(np.array([5]), np.array([0]), num_rows=5)
+
+
+def test_csr_rows_slice_is_rebased() -> None:
+    part = CSR.from_lists([[1, 2], [], [5, 6], [0]]).rows(slice(1, 3))
+    assert part.indptr.tolist() == [0, 0, 2] and part.indices.tolist() == [5, 6]
+    assert CSR.from_lists([[1]]).rows(slice(1, 1)).num_rows == 0
+
+
+def test_csr_masked_fill_writes_each_row_its_own_items() -> None:
+    scores = torch.zeros(3, 4)
+    CSR.from_lists([[1, 1, 3], [], [0]]).masked_fill_(scores, -1.0)
+    assert scores.tolist() == [[0, -1, 0, -1], [0, 0, 0, 0], [-1, 0, 0, 0]]
+
+
+def test_csr_rejects_inconsistent_offsets() -> None:
+    with pytest.raises(ValueError, match="indptr"):
+        CSR(torch.tensor([0, 3]), torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="indptr"):
+        CSR(torch.tensor([0, 2, 1, 2]), torch.tensor([1, 2]))
