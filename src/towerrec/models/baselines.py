@@ -1,0 +1,75 @@
+"""Baselines every results table carries: popularity and EASE.
+
+Both are expressed as query/candidate embeddings whose dot product is the
+score, so they train, evaluate, index and recommend through exactly the same
+code as a two-tower model:
+
+- popularity: query = [1], candidate = [train count]; everyone gets the same list.
+- EASE (Steck 2019): closed-form item-item weights B = argmin ||X - XB||² + λ||B||²
+  with diag(B) = 0; query = the user's train history row x_u, candidate i = B[:, i].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+def interaction_matrix(user_index: np.ndarray, item_index: np.ndarray, num_users: int, num_items: int) -> Tensor:
+    """Dense binary [num_users, num_items] matrix of who interacted with what."""
+    matrix = torch.zeros(num_users, num_items)
+    matrix[torch.as_tensor(user_index), torch.as_tensor(item_index)] = 1.0
+    return matrix
+
+
+class PopularityModel(nn.Module):
+    """Ranks items by their number of training interactions."""
+
+    def __init__(self, num_items: int) -> None:
+        super().__init__()
+        self.register_buffer("counts", torch.zeros(num_items))
+
+    def fit(self, item_index: np.ndarray) -> PopularityModel:
+        self.counts = torch.bincount(torch.as_tensor(item_index), minlength=self.counts.numel()).float()
+        return self
+
+    def query_embeddings(self, user_rows: Tensor) -> Tensor:
+        """[Q] user indices (ignored) -> [Q, 1] ones."""
+        return torch.ones(user_rows.shape[0], 1)
+
+    def candidate_embeddings(self) -> Tensor:
+        """[N, 1] train counts."""
+        return self.counts.unsqueeze(1)
+
+
+class EASEModel(nn.Module):
+    """Embarrassingly shallow autoencoder: a strong linear item-item baseline."""
+
+    def __init__(self, num_users: int, num_items: int, l2: float = 300.0) -> None:
+        super().__init__()
+        self.l2 = l2
+        self.register_buffer("history", torch.zeros(num_users, num_items))
+        self.register_buffer("weights", torch.zeros(num_items, num_items))
+
+    def fit(self, user_index: np.ndarray, item_index: np.ndarray) -> EASEModel:
+        history = interaction_matrix(user_index, item_index, *self.history.shape)
+        gram = (history.T @ history).double()
+        gram.diagonal().add_(self.l2)
+        precision = torch.linalg.inv(gram)
+        weights = -precision / precision.diagonal().unsqueeze(0)
+        weights.diagonal().zero_()
+        self.history = history
+        self.weights = weights.float()
+        return self
+
+    def query_embeddings(self, user_rows: Tensor) -> Tensor:
+        """[Q] user indices (-1 = unknown user: empty history) -> [Q, N] history rows."""
+        rows = torch.zeros(user_rows.shape[0], self.history.shape[1])
+        known = user_rows >= 0
+        rows[known] = self.history[user_rows[known]]
+        return rows
+
+    def candidate_embeddings(self) -> Tensor:
+        """[N, N]: row i holds column i of B, so q·c_i = (x_u B)_i."""
+        return self.weights.T.contiguous()
