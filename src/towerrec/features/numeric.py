@@ -1,0 +1,93 @@
+"""Numeric transforms fitted on train: equal-width buckets and standardisation.
+
+Both compute in float64 so large values (Unix timestamps ~1e9) keep their
+resolution; only the final normalised value is cast to float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from towerrec.errors import DataError
+
+
+def _floats(s: pl.Series) -> np.ndarray:
+    """float64 values with nulls (and values that cannot be cast) as NaN."""
+    if not s.dtype.is_numeric():
+        s = s.cast(pl.Float64, strict=False)
+    return s.cast(pl.Float64).fill_null(float("nan")).to_numpy()
+
+
+def _train_values(s: pl.Series) -> np.ndarray:
+    x = _floats(s)
+    x = x[~np.isnan(x)]
+    if x.size == 0:
+        raise DataError("no numeric values to fit on in the training data", field=s.name)
+    return x
+
+
+@dataclass
+class Bucketizer:
+    """``num_buckets`` equal-width buckets over the train range [min, max].
+
+    Values outside the range clip to the end buckets; nulls take index 0, the
+    single OOV row, so bucket ``b`` has index ``1 + b``.
+    """
+
+    boundaries: list[float]  # num_buckets - 1 inner edges, ascending
+
+    @classmethod
+    def fit(cls, s: pl.Series, num_buckets: int) -> Bucketizer:
+        x = _train_values(s)
+        edges = np.linspace(x.min(), x.max(), num_buckets + 1)[1:-1]
+        return cls(edges.tolist())
+
+    @property
+    def size(self) -> int:
+        return len(self.boundaries) + 2
+
+    def encode(self, s: pl.Series) -> tuple[np.ndarray, int]:
+        """int64 indices in [0, size) and the number of nulls (mapped to OOV index 0)."""
+        x = _floats(s)
+        null = np.isnan(x)
+        idx = 1 + np.searchsorted(np.asarray(self.boundaries, dtype=np.float64), x, side="right")
+        idx[null] = 0
+        return idx.astype(np.int64), int(null.sum())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"boundaries": self.boundaries}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Bucketizer:
+        return cls([float(b) for b in d["boundaries"]])
+
+
+@dataclass
+class Normalizer:
+    """(x - mean) / std with train statistics (population std, as Keras); null -> mean."""
+
+    mean: float
+    std: float
+
+    @classmethod
+    def fit(cls, s: pl.Series) -> Normalizer:
+        x = _train_values(s)
+        std = float(x.std())
+        return cls(float(x.mean()), std if std > 0 else 1.0)
+
+    def encode(self, s: pl.Series) -> np.ndarray:
+        """float32 [n, 1]."""
+        x = _floats(s)
+        z = np.where(np.isnan(x), 0.0, (x - self.mean) / self.std)
+        return z.astype(np.float32).reshape(-1, 1)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Normalizer:
+        return cls(float(d["mean"]), float(d["std"]))
