@@ -1,0 +1,297 @@
+"""Any user-supplied interactions table (CSV or Parquet) -> :class:`Dataset`.
+
+CSV is read as text and every column is typed from ALL its values (not a first-rows
+guess), so a bad value is reported with its file, line and column instead of
+failing deep inside a training run. Line numbers count the header as line 1
+(quoted fields with embedded newlines would shift them). Parquet keeps its types;
+its errors name the 1-based row.
+
+Conversions: ids that are all integers (and print back identically, so "007" stays
+a string) become Int64, other ids String. Timestamps are integer epoch seconds,
+or ISO dates/datetimes converted to epoch seconds (UTC when no zone is given).
+Without a timestamp column the timestamps are null: random splits work, while
+time-ordered protocols (temporal, leave-last-out, sequences) raise a clear error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import polars as pl
+
+from towerrec.data.tables import Dataset
+from towerrec.errors import DataError
+
+CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
+PARQUET_SUFFIXES = (".parquet", ".pq")
+USER_COLUMNS = {"age": pl.Int32, "gender": pl.String, "occupation": pl.String, "zip": pl.String}
+ITEM_COLUMNS = {"title": pl.String, "year": pl.Int32}
+
+
+class _Table:
+    """A raw table plus how to name a row of it in an error message."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        suffix = self.path.suffix.lower()
+        if not self.path.is_file():
+            raise DataError("file not found", file=self.path)
+        try:
+            if suffix in CSV_SUFFIXES:
+                self.csv = True
+                self.frame = pl.read_csv(self.path, separator=CSV_SUFFIXES[suffix], infer_schema=False)
+            elif suffix in PARQUET_SUFFIXES:
+                self.csv = False
+                self.frame = pl.read_parquet(self.path)
+            else:
+                raise DataError(
+                    f"unsupported file type {suffix or '(none)'!r}",
+                    file=self.path,
+                    hint="give a .csv, .tsv or .parquet file",
+                )
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise DataError(f"cannot read: {exc}", file=self.path) from exc
+
+    def column(self, name: str) -> pl.Series:
+        if name not in self.frame.columns:
+            raise DataError(f"no column {name!r}; columns are {self.frame.columns}", file=self.path, field=name)
+        return self.frame[name]
+
+    def fail(self, index: int, column: str, message: str, hint: str | None = None) -> DataError:
+        """An error at 0-based data row ``index``: CSV line (header = line 1) or Parquet row."""
+        if self.csv:
+            return DataError(message, file=self.path, line=index + 2, field=column, hint=hint)
+        return DataError(f"row {index + 1}: {message}", file=self.path, field=column, hint=hint)
+
+    def require_present(self, series: pl.Series, column: str) -> None:
+        if series.null_count():
+            raise self.fail(_first(series.is_null()), column, "missing value")
+
+
+def import_interactions(
+    path: str | Path,
+    *,
+    user_col: str,
+    item_col: str,
+    timestamp_col: str | None = None,
+    rating_col: str | None = None,
+    item_features: str | Path | None = None,
+    user_features: str | Path | None = None,
+    item_key: str | None = None,
+    user_key: str | None = None,
+    name: str | None = None,
+) -> Dataset:
+    """Read an interactions file and optional item/user feature tables joined on the id.
+
+    ``item_key``/``user_key`` name the id column in the feature tables (default:
+    ``item_col``/``user_col``). Only the user, item, timestamp and rating columns
+    of the interactions file are used; per-item and per-user features belong in
+    the side tables. The fingerprint hashes the files' bytes and these options.
+    """
+    table = _Table(path)
+    users = _ids(table, user_col)
+    items = _ids(table, item_col)
+    n = table.frame.height
+    interactions = pl.DataFrame(
+        {
+            "user_id": users,
+            "item_id": items,
+            "rating": _ratings(table, rating_col) if rating_col else pl.repeat(None, n, dtype=pl.Float32, eager=True),
+            "timestamp": (
+                _timestamps(table, timestamp_col) if timestamp_col else pl.repeat(None, n, dtype=pl.Int64, eager=True)
+            ),
+        }
+    )
+    items_table = users_table = None
+    if item_features is not None:
+        frame = _side_table(item_features, item_key or item_col, "item_id", interactions["item_id"], ITEM_COLUMNS)
+        items_table = _item_columns(frame)
+    if user_features is not None:
+        users_table = _side_table(user_features, user_key or user_col, "user_id", interactions["user_id"], USER_COLUMNS)
+    options = {
+        "user_col": user_col, "item_col": item_col, "timestamp_col": timestamp_col, "rating_col": rating_col,
+        "item_key": item_key, "user_key": user_key,
+    }  # fmt: skip
+    files = [p for p in (path, item_features, user_features) if p is not None]
+    return Dataset(
+        name=name or Path(path).stem,
+        interactions=interactions,
+        items=items_table,
+        users=users_table,
+        fingerprint=_fingerprint(files, options),
+        meta={"source": "import", "files": [str(f) for f in files], "options": options},
+    )
+
+
+def _first(mask: pl.Series) -> int:
+    return int(mask.arg_true()[0])
+
+
+def _ids(table: _Table, column: str) -> pl.Series:
+    raw = table.column(column)
+    table.require_present(raw, column)
+    return _as_id(table, raw, column).alias(column)
+
+
+def _as_id(table: _Table, raw: pl.Series, column: str) -> pl.Series:
+    """Int64 when every value is an integer that prints back the same, else String."""
+    if raw.dtype.is_integer():
+        return raw.cast(pl.Int64)
+    if raw.dtype.is_float():
+        if (raw.drop_nulls() % 1 != 0).any():
+            raise table.fail(_first(raw.fill_null(0) % 1 != 0), column, "ids must be integers or strings")
+        return raw.cast(pl.Int64)
+    text = raw.cast(pl.String)
+    as_int = text.str.strip_chars().cast(pl.Int64, strict=False)
+    if as_int.null_count() == raw.null_count() and (as_int.cast(pl.String) == text.str.strip_chars()).all():
+        return as_int
+    return text
+
+
+def _ratings(table: _Table, column: str) -> pl.Series:
+    raw = table.column(column)
+    if raw.dtype.is_numeric():
+        return raw.cast(pl.Float32).alias("rating")
+    values = raw.cast(pl.String).str.strip_chars().cast(pl.Float32, strict=False)
+    bad = values.is_null() & raw.is_not_null()
+    if bad.any():
+        index = _first(bad)
+        raise table.fail(index, column, f"rating {raw[index]!r} is not a number")
+    return values.alias("rating")
+
+
+def _timestamps(table: _Table, column: str) -> pl.Series:
+    """Epoch seconds from integers (floats are floored), dates or datetimes."""
+    raw = table.column(column)
+    table.require_present(raw, column)
+    if raw.dtype.is_integer():
+        return raw.cast(pl.Int64).alias("timestamp")
+    if raw.dtype.is_float():
+        return raw.floor().cast(pl.Int64).alias("timestamp")
+    if raw.dtype == pl.Date:
+        return raw.cast(pl.Datetime("us")).dt.epoch("s").alias("timestamp")
+    if isinstance(raw.dtype, pl.Datetime):
+        return raw.dt.epoch("s").alias("timestamp")
+    text = raw.cast(pl.String).str.strip_chars()
+    values = text.cast(pl.Int64, strict=False)
+    if values.null_count():
+        try:  # the format is inferred from the first value; a zone, if given, is honoured
+            parsed = text.str.to_datetime(strict=False, time_unit="us").dt.epoch("s")
+        except pl.exceptions.ComputeError:  # no date format fits: the first bad value is reported below
+            parsed = pl.repeat(None, text.len(), dtype=pl.Int64, eager=True)
+        values = values.fill_null(parsed)
+    if values.null_count():
+        index = _first(values.is_null())
+        raise table.fail(
+            index,
+            column,
+            f"timestamp {raw[index]!r} is neither epoch seconds nor an ISO date/datetime",
+            hint="use integer seconds or one ISO format (e.g. 2021-03-04 or 2021-03-04T10:00:00) throughout",
+        )
+    return values.alias("timestamp")
+
+
+def _side_table(
+    path: str | Path, key: str, id_name: str, ids: pl.Series, types: dict[str, pl.DataType]
+) -> pl.DataFrame:
+    """A feature table keyed on the id, typed like the interactions' ids, each id once.
+
+    Columns named in ``types`` get that type (a bad value is an error naming its
+    row); ids that the interactions use but the table lacks get null features.
+    """
+    table = _Table(path)
+    raw = table.column(key)
+    table.require_present(raw, key)
+    key_values = _as_id(table, raw, key)
+    if key_values.dtype != ids.dtype:
+        key_values = key_values.cast(ids.dtype, strict=False)
+        if key_values.null_count():
+            index = _first(key_values.is_null())
+            raise table.fail(index, key, f"id {raw[index]!r} is not an integer like the interactions' {id_name}s")
+    duplicated = key_values.is_duplicated()
+    if duplicated.any():
+        index = int(duplicated.arg_true()[1])  # the second occurrence is the offending row
+        raise table.fail(index, key, f"duplicate id {raw[index]!r}")
+    others = table.frame.drop(key)
+    if id_name in others.columns:
+        raise DataError(f"column {id_name!r} clashes with the id column it becomes", file=path, field=id_name)
+    if table.csv:
+        others = _typed(others, {name for name, dtype in types.items() if dtype == pl.String})
+    for name, dtype in types.items():
+        if name in others.columns:
+            cast = others[name].cast(dtype, strict=False)
+            bad = cast.is_null() & others[name].is_not_null()
+            if bad.any():
+                index = _first(bad)
+                raise table.fail(index, name, f"{others[name][index]!r} is not a valid {name} ({dtype})")
+            others = others.with_columns(cast)
+    frame = pl.DataFrame(key_values.alias(id_name)).hstack(others)
+    if ids.len() and not ids.is_in(frame[id_name].implode()).any():
+        raise DataError(
+            f"no id in column {key!r} matches an id of the interactions",
+            file=path,
+            field=key,
+            hint="name the feature table's id column with --on",
+        )
+    unique_ids = ids.unique(maintain_order=True)
+    missing = unique_ids.filter(~unique_ids.is_in(frame[id_name].implode()))
+    if missing.len():
+        frame = pl.concat([frame, pl.DataFrame(missing.alias(id_name))], how="diagonal_relaxed")
+    return frame
+
+
+def _typed(frame: pl.DataFrame, keep_text: set[str]) -> pl.DataFrame:
+    """Type CSV text columns from all their values: Int64 (when it prints back the same,
+    so "02139" stays text), else Float64, else String; ``keep_text`` columns stay text."""
+    columns = []
+    for name in frame.columns:
+        if name in keep_text:
+            columns.append(frame[name])
+            continue
+        text = frame[name].str.strip_chars()
+        present = text.drop_nulls()
+        as_int = present.cast(pl.Int64, strict=False)
+        as_float = present.cast(pl.Float64, strict=False)
+        if present.len() and as_int.null_count() == 0 and (as_int.cast(pl.String) == present).all():
+            columns.append(text.cast(pl.Int64).alias(name))
+        elif present.len() and as_float.null_count() == 0:
+            columns.append(text.cast(pl.Float64).alias(name))
+        else:
+            columns.append(frame[name])
+    return pl.DataFrame(columns, schema={c.name: c.dtype for c in columns}, height=frame.height)
+
+
+def _item_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    """item_id, title, year, genres first (schema of tables.py), then the rest as extras."""
+    ids = frame["item_id"].cast(pl.String)
+    title = frame["title"].fill_null(ids) if "title" in frame.columns else ids
+    if "year" in frame.columns:
+        year = frame["year"]
+    else:  # "Heat (1995)": the year in the title, as MovieLens titles carry it
+        year = title.str.extract(r"\((\d{4})\)\s*$").cast(pl.Int32)
+    if "genres" not in frame.columns:
+        genres = pl.repeat([], frame.height, dtype=pl.List(pl.String), eager=True)
+    elif isinstance(frame.schema["genres"], pl.List):
+        genres = frame["genres"].cast(pl.List(pl.String)).fill_null([])
+    else:  # "Action|Comedy"
+        genres = (
+            frame["genres"].cast(pl.String).fill_null("").str.split("|")
+            .list.eval(pl.element().str.strip_chars().filter(pl.element() != ""))
+        )  # fmt: skip
+    extras = frame.drop([c for c in ("item_id", "title", "year", "genres") if c in frame.columns])
+    return pl.DataFrame([frame["item_id"], title.alias("title"), year.alias("year"), genres.alias("genres")]).hstack(
+        extras
+    )
+
+
+def _fingerprint(files: list[str | Path], options: dict) -> str:
+    digest = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    digest.update(json.dumps(options, sort_keys=True).encode())
+    return digest.hexdigest()
