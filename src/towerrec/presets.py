@@ -1,0 +1,42 @@
+"""Built-in configurations, shipped inside the package (configs/*.toml mirror them).
+
+``w1-tutorial`` is the TFRS basic-retrieval tutorial, setting for setting;
+``default`` is towerrec's best two-tower configuration on MovieLens-100K.
+"""
+
+from __future__ import annotations
+
+from towerrec.config import RunConfig, config_from_dict
+
+PRESETS: dict[str, dict] = {
+    "w1-tutorial": {
+        "name": "w1-tutorial",
+        "data": {"dataset": "movielens-100k", "split": "tfrs-random", "test_fraction": 0.2, "seed": 42,
+                 "candidate_key": "title"},
+        "model": {"query_features": ["user_id"], "candidate_features": ["movie_title"], "embedding_dim": 32,
+                  "init": "keras-uniform"},
+        "task": {"logq_correction": False, "remove_accidental_hits": False, "reduction": "sum"},
+        "train": {"epochs": 3, "batch_size": 8192, "optimizer": "adagrad", "learning_rate": 0.1, "seed": 42,
+                  "eval_every": 3},
+        "eval": {"exclude_seen": False},
+    },
+    "default": {
+        "name": "default",
+        "data": {"dataset": "movielens-100k", "split": "tfrs-random", "test_fraction": 0.2, "seed": 42},
+        "model": {"query_features": ["user_id"], "candidate_features": ["item_id"], "embedding_dim": 64},
+        "task": {"temperature": 0.1, "logq_correction": True, "remove_accidental_hits": True},
+        "train": {"epochs": 20, "batch_size": 1024, "optimizer": "adam", "learning_rate": 0.005, "seed": 42,
+                  "eval_every": 5},
+    },
+    "popularity": {"name": "popularity", "model": {"kind": "popularity"}},
+    "ease": {"name": "ease", "model": {"kind": "ease", "ease_l2": 300.0}},
+}
+
+
+def preset(name: str, **data_overrides) -> RunConfig:
+    if name not in PRESETS:
+        from towerrec.errors import ConfigError
+
+        raise ConfigError(f"unknown preset {name!r}; valid: {sorted(PRESETS)}")
+    config = config_from_dict(PRESETS[name])
+    return config.replace(data=data_overrides) if data_overrides else config

@@ -1,0 +1,166 @@
+"""Run directories: train once, reuse while configuration AND data match.
+
+``runs/<name>-<config hash>-<data fingerprint>/`` holds config.toml,
+features.json, model.safetensors, history.jsonl, metrics.json, meta.json,
+catalogue.parquet (item ids and titles, for printing) and, while training,
+checkpoints/. A finished run (metrics.json present) is reused; an unfinished
+one resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from torch import nn
+
+from towerrec import __version__
+from towerrec.config import RunConfig, load_config
+from towerrec.data.tables import Dataset
+from towerrec.errors import TowerrecError
+from towerrec.features import FittedFeatures
+from towerrec.train.checkpoint import load_json, load_weights, save_json, save_weights
+from towerrec.train.evaluate import evaluate_both_protocols
+from towerrec.train.models import build_model, fit_baseline, is_trainable
+from towerrec.train.prepared import PreparedData, prepare
+from towerrec.train.trainer import Trainer
+
+RUN_FORMAT_VERSION = 1
+
+
+def run_dir_for(config: RunConfig, data_fingerprint: str, root: Path) -> Path:
+    return root / f"{config.name}-{config.hash()}-{data_fingerprint[:8]}"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    reused: bool
+    data: PreparedData | None
+    model: nn.Module | None
+
+
+def train_run(
+    config: RunConfig,
+    *,
+    runs_root: Path = Path("runs"),
+    retrain: bool = False,
+    progress: bool = True,
+    dataset: Dataset | None = None,
+    log=print,
+) -> RunResult:
+    """Train (or reuse, or resume) the run this configuration names, then evaluate it on test."""
+    data = prepare(config, dataset, progress=progress)
+    run_dir = run_dir_for(config, data.dataset.fingerprint, runs_root)
+    if retrain and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if (run_dir / "metrics.json").is_file():
+        log(f"reusing the finished run {run_dir} (same configuration and data; --retrain to train again)")
+        return RunResult(run_dir, load_json(run_dir / "metrics.json"), True, data, None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(config.to_toml())
+    save_json(data.features.to_json(), run_dir / "features.json")
+    _save_catalogue(data, run_dir)
+    model = build_model(config, data)
+    started = time.perf_counter()
+    fit: dict[str, Any] = {}
+    if is_trainable(model):
+        trainer = Trainer(
+            config,
+            data,
+            model,
+            checkpoint_dir=run_dir / "checkpoints",
+            history_path=run_dir / "history.jsonl",
+            progress=progress,
+        )
+        if trainer.checkpointer is not None and trainer.checkpointer.exists():
+            log(f"resuming {run_dir} from its last checkpoint")
+        result = trainer.fit()
+        fit = {
+            "train_seconds": round(result.train_seconds, 3),
+            "examples_per_s": round(result.examples_per_s, 1),
+            "epochs_run": len(result.history),
+            "stopped_early": result.stopped_early,
+            "resumed_from_epoch": result.resumed_from_epoch,
+        }
+    else:
+        fit_baseline(model, data)
+        fit = {"train_seconds": round(time.perf_counter() - started, 3)}
+    save_weights(model, run_dir / "model.safetensors")
+    metrics = {**fit, "test": evaluate_both_protocols(model, data, data.test, config.eval.ks)}
+    save_json(
+        {
+            "format_version": RUN_FORMAT_VERSION,
+            "towerrec_version": __version__,
+            "data_fingerprint": data.dataset.fingerprint,
+            "config_hash": config.hash(),
+        },
+        run_dir / "meta.json",
+    )
+    save_json(metrics, run_dir / "metrics.json")  # last: marks the run finished
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return RunResult(run_dir, metrics, False, data, model)
+
+
+def _save_catalogue(data: PreparedData, run_dir: Path) -> None:
+    ids = data.features.catalogue_ids
+    frame = pl.DataFrame({"item_id": ids})
+    items = data.dataset.items
+    if items is not None:
+        frame = frame.join(items.select("item_id", "title"), on="item_id", how="left", maintain_order="left")
+    else:
+        frame = frame.with_columns(pl.col("item_id").cast(pl.String).alias("title"))
+    frame.write_parquet(run_dir / "catalogue.parquet")
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    config: RunConfig
+    features: FittedFeatures
+    model: nn.Module
+    catalogue: pl.DataFrame
+    meta: dict[str, Any]
+
+
+def load_run(run_dir: str | Path, data: PreparedData | None = None) -> LoadedRun:
+    """Open a finished run directory; every missing or foreign file is a clear error."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise TowerrecError(f"{run_dir}: no such run directory", hint="train one with `towerrec train CONFIG`")
+    meta = load_json(run_dir / "meta.json")
+    if meta.get("format_version") != RUN_FORMAT_VERSION:
+        raise TowerrecError(
+            f"{run_dir}: run format {meta.get('format_version')!r} is not {RUN_FORMAT_VERSION} "
+            f"(written by towerrec {meta.get('towerrec_version')})",
+            hint="retrain it with this version",
+        )
+    config = load_config(run_dir / "config.toml")
+    features = FittedFeatures.from_json(load_json(run_dir / "features.json"))
+    catalogue_path = run_dir / "catalogue.parquet"
+    if not catalogue_path.is_file():
+        raise TowerrecError(f"{catalogue_path}: missing", hint="the run directory is incomplete: retrain it")
+    model = _empty_model(config, features, data)
+    load_weights(model, run_dir / "model.safetensors")
+    model.eval()
+    return LoadedRun(run_dir, config, features, model, pl.read_parquet(catalogue_path), meta)
+
+
+def _empty_model(config: RunConfig, features: FittedFeatures, data: PreparedData | None) -> nn.Module:
+    from towerrec.models.baselines import EASEModel, PopularityModel
+    from towerrec.models.two_tower import build_two_tower
+
+    m = config.model
+    if m.kind == "popularity":
+        return PopularityModel(len(features.catalogue_ids))
+    if m.kind == "ease":
+        return EASEModel(features.num_users, len(features.catalogue_ids), m.ease_l2)
+    return build_two_tower(
+        features, embedding_dim=m.embedding_dim, layer_sizes=m.layer_sizes, similarity=m.similarity,
+        dropout=m.dropout, init=m.init,
+    )

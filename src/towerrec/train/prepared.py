@@ -1,0 +1,164 @@
+"""Config + data -> tensors ready for training and full-catalogue evaluation.
+
+Everything string-like is resolved here, once: features are fitted on the
+train split, each split becomes a dict of query tensors plus the catalogue
+index of its target, and the whole catalogue's candidate features are encoded
+once (the trainer gathers rows per batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+from torch import Tensor
+
+from towerrec.config import RunConfig
+from towerrec.data.registry import load_dataset
+from towerrec.data.splits import Split, make_split
+from towerrec.data.tables import Dataset
+from towerrec.errors import DataError
+from towerrec.features import FeatureSet, FittedFeatures, builtin_feature
+from towerrec.metrics.topk import CSR
+
+
+@dataclass
+class EncodedExamples:
+    """One split's examples: query features, target candidate index, user row."""
+
+    queries: dict[str, Tensor]
+    targets: Tensor  # [n] int64 index into the catalogue
+    user_rows: Tensor  # [n] int64 index into the train-user vocabulary, -1 unknown
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+    def select(self, index: Tensor) -> dict[str, Tensor]:
+        return {name: value[index] for name, value in self.queries.items()}
+
+
+@dataclass
+class PreparedData:
+    dataset: Dataset
+    split: Split
+    features: FittedFeatures
+    catalogue: dict[str, Tensor]
+    train: EncodedExamples
+    validation: EncodedExamples | None
+    test: EncodedExamples
+    seen: CSR  # train items of each train user (rows = user vocabulary rows)
+    item_counts: Tensor  # [N] train interactions per catalogue item
+
+    @property
+    def num_items(self) -> int:
+        return len(self.features.catalogue_ids)
+
+    @property
+    def num_users(self) -> int:
+        """Rows of the train-user vocabulary (users first seen later map to -1)."""
+        return self.seen.indptr.shape[0] - 1
+
+    def exclusions_for(self, user_rows: Tensor) -> CSR:
+        """Per-query CSR of the items each query's user saw in train (none for unknown users)."""
+        return gather_rows(self.seen, user_rows)
+
+
+def merge_items_by_title(dataset: Dataset) -> Dataset:
+    """Items that share a title become one (the lowest id), as with TFRS's title candidates."""
+    if dataset.items is None:
+        raise DataError("candidate_key = 'title' needs an items table with titles", file=dataset.name)
+    canonical = dataset.items.group_by("title").agg(pl.col("item_id").min().alias("canonical"))
+    mapping = dataset.items.join(canonical, on="title").select("item_id", "canonical")
+    interactions = (
+        dataset.interactions.join(mapping, on="item_id", how="left")
+        .with_columns(pl.col("canonical").fill_null(pl.col("item_id")).alias("item_id"))
+        .drop("canonical")
+    )
+    items = dataset.items.filter(pl.col("item_id").is_in(canonical["canonical"].implode()))
+    return Dataset(
+        name=dataset.name,
+        interactions=interactions,
+        items=items,
+        users=dataset.users,
+        fingerprint=dataset.fingerprint + ":by-title",
+        meta=dataset.meta,
+    )
+
+
+def feature_specs(config: RunConfig) -> list:
+    specs = []
+    for name in (*config.model.query_features, *config.model.candidate_features):
+        specs.extend(builtin_feature(name))
+    return specs
+
+
+def _encode(features: FittedFeatures, frame: pl.DataFrame, users: pl.DataFrame | None) -> EncodedExamples:
+    targets = features.item_index(frame["item_id"].to_numpy())
+    if (targets < 0).any():
+        missing = frame["item_id"].to_numpy()[targets < 0][0]
+        raise DataError(f"item {missing!r} is in the interactions but not in the item table", field="item_id")
+    return EncodedExamples(
+        queries=features.encode_queries(frame, users),
+        targets=torch.as_tensor(targets, dtype=torch.int64),
+        user_rows=torch.as_tensor(features.user_index(frame["user_id"].to_numpy()), dtype=torch.int64),
+    )
+
+
+def prepare(config: RunConfig, dataset: Dataset | None = None, *, progress: bool = True) -> PreparedData:
+    """Load (or take) the dataset, split it, fit features on train and encode everything."""
+    if dataset is None:
+        dataset = load_dataset(config.data.dataset, config.data.data_dir, progress=progress)
+    if config.data.candidate_key == "title":
+        dataset = merge_items_by_title(dataset)
+    split = _split(config, dataset)
+    features = FeatureSet(feature_specs(config)).fit(split.train, dataset.items, dataset.users)
+    train = _encode(features, split.train, dataset.users)
+    seen = CSR.from_pairs(
+        train.user_rows.numpy(), train.targets.numpy(), num_rows=int(train.user_rows.max()) + 1 if len(train) else 0
+    )
+    return PreparedData(
+        dataset=dataset,
+        split=split,
+        features=features,
+        catalogue=features.encode_candidates(),
+        train=train,
+        validation=None if split.validation is None else _encode(features, split.validation, dataset.users),
+        test=_encode(features, split.test, dataset.users),
+        seen=seen,
+        item_counts=torch.bincount(train.targets, minlength=len(features.catalogue_ids)).float(),
+    )
+
+
+def _split(config: RunConfig, dataset: Dataset) -> Split:
+    d = config.data
+    if d.split == "leave-last-out":
+        return make_split(dataset.interactions, d.split)
+    options = {"test_fraction": d.test_fraction, "validation_fraction": d.validation_fraction}
+    if d.split == "tfrs-random":
+        options["seed"] = d.seed
+    return make_split(dataset.interactions, d.split, **options)
+
+
+def gather_rows(csr: CSR, rows: Tensor) -> CSR:
+    """A CSR whose row j is ``csr`` row ``rows[j]`` (empty when ``rows[j]`` is -1 or out of range)."""
+    indptr = csr.indptr
+    num_rows = indptr.shape[0] - 1
+    valid = (rows >= 0) & (rows < num_rows)
+    safe = torch.where(valid, rows, torch.zeros_like(rows))
+    starts = indptr[safe]
+    lengths = torch.where(valid, indptr[safe + 1] - starts, torch.zeros_like(rows))
+    new_indptr = torch.zeros(rows.shape[0] + 1, dtype=torch.int64)
+    torch.cumsum(lengths, 0, out=new_indptr[1:])
+    total = int(new_indptr[-1])
+    # position k of the output belongs to row r = searchsorted; its source is starts[r] + offset
+    owner = torch.repeat_interleave(torch.arange(rows.shape[0]), lengths)
+    offsets = torch.arange(total) - new_indptr[owner]
+    indices = csr.indices[starts[owner] + offsets]
+    return CSR(new_indptr, indices)
+
+
+def history_lists(csr: CSR, rows: np.ndarray) -> list[np.ndarray]:
+    """Item indices of each listed row, for printing and exclusion lists."""
+    return [csr.indices[csr.indptr[r] : csr.indptr[r + 1]].numpy() if r >= 0 else np.array([], dtype=np.int64) for r in rows]

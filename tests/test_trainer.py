@@ -1,0 +1,135 @@
+"""The trainer and run directories on tiny synthetic data: learning, determinism, resume, reuse."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from towerrec.config import config_from_dict
+from towerrec.data.synthetic import make_synthetic
+from towerrec.errors import ConfigError, TowerrecError
+from towerrec.runs import load_run, train_run
+from towerrec.train.evaluate import evaluate_examples
+from towerrec.train.models import build_model
+from towerrec.train.prepared import prepare
+from towerrec.train.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return make_synthetic(300, 120, 9000, seed=3)
+
+
+def _config(**sections):
+    base = {
+        "name": "t",
+        "data": {"dataset": "synthetic", "split": "tfrs-random", "seed": 1},
+        "model": {"embedding_dim": 16},
+        "task": {"temperature": 0.2},
+        "train": {"epochs": 4, "batch_size": 512, "optimizer": "adam", "learning_rate": 0.02, "eval_every": 2},
+        "eval": {"ks": [1, 10, 50]},
+    }
+    for key, values in sections.items():
+        base[key] = {**base.get(key, {}), **values}
+    return config_from_dict(base)
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_training_beats_popularity(dataset, tmp_path):
+    config = _config(train={"epochs": 10})
+    trained = train_run(config, runs_root=tmp_path, dataset=dataset, progress=False, log=lambda *_: None)
+    popular = train_run(config.replace(model={"kind": "popularity"}, name="pop"), runs_root=tmp_path,
+                        dataset=dataset, progress=False, log=lambda *_: None)
+    ours = trained.metrics["test"]["seen_excluded"]["top_10_accuracy"]
+    base = popular.metrics["test"]["seen_excluded"]["top_10_accuracy"]
+    assert ours > base * 1.1, (ours, base)
+
+
+def test_same_seed_same_metrics_and_history_written(dataset, tmp_path):
+    config = _config()
+    a = train_run(config, runs_root=tmp_path / "a", dataset=dataset, progress=False, log=lambda *_: None)
+    b = train_run(config, runs_root=tmp_path / "b", dataset=dataset, progress=False, log=lambda *_: None)
+    assert a.metrics["test"] == b.metrics["test"]
+    lines = (a.run_dir / "history.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    assert "test/top_10_accuracy" in lines[1] and "test/top_10_accuracy" not in lines[0]
+
+
+def test_resume_after_crash_equals_uninterrupted(dataset, tmp_path):
+    config = _config()
+    data = prepare(config, dataset, progress=False)
+    straight = build_model(config, data)
+    Trainer(config, data, straight, progress=False).fit()
+
+    ckpt = tmp_path / "ckpt"
+    first = build_model(config, data)
+    Trainer(config.replace(train={"epochs": 2}), data, first, checkpoint_dir=ckpt, progress=False).fit()
+    resumed = build_model(config, data)  # a fresh process would start from new weights
+    result = Trainer(config, data, resumed, checkpoint_dir=ckpt, progress=False).fit()
+    assert result.resumed_from_epoch == 2
+    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
+    for name, value in _weights(straight).items():
+        torch.testing.assert_close(resumed.state_dict()[name], value)
+
+
+def test_finished_run_is_reused_and_retrain_trains_again(dataset, tmp_path):
+    config = _config(train={"epochs": 1})
+    messages = []
+    first = train_run(config, runs_root=tmp_path, dataset=dataset, progress=False, log=messages.append)
+    second = train_run(config, runs_root=tmp_path, dataset=dataset, progress=False, log=messages.append)
+    assert second.reused and second.run_dir == first.run_dir and "reusing" in messages[-1]
+    third = train_run(config, runs_root=tmp_path, dataset=dataset, progress=False, retrain=True, log=messages.append)
+    assert not third.reused
+    other = train_run(config.replace(model={"embedding_dim": 8}), runs_root=tmp_path, dataset=dataset,
+                      progress=False, log=messages.append)
+    assert other.run_dir != first.run_dir
+
+
+def test_loaded_run_scores_like_the_trained_model(dataset, tmp_path):
+    config = _config(train={"epochs": 2})
+    result = train_run(config, runs_root=tmp_path, dataset=dataset, progress=False, log=lambda *_: None)
+    loaded = load_run(result.run_dir)
+    data = result.data
+    expected = evaluate_examples(result.model, data, data.test, ks=(10,))
+    assert evaluate_examples(loaded.model, data, data.test, ks=(10,)) == expected
+
+
+def test_broken_run_directories_are_clear_errors(dataset, tmp_path):
+    config = _config(train={"epochs": 1})
+    result = train_run(config, runs_root=tmp_path, dataset=dataset, progress=False, log=lambda *_: None)
+    (result.run_dir / "model.safetensors").unlink()
+    with pytest.raises(TowerrecError, match="model weights are missing"):
+        load_run(result.run_dir)
+    meta = result.run_dir / "meta.json"
+    meta.write_text(meta.read_text().replace('"format_version": 1', '"format_version": 99'))
+    with pytest.raises(TowerrecError, match="run format 99"):
+        load_run(result.run_dir)
+    with pytest.raises(TowerrecError, match="no such run directory"):
+        load_run(Path(tmp_path) / "nope")
+
+
+def test_early_stopping_needs_validation(dataset):
+    config = _config(train={"early_stopping_patience": 1, "early_stopping_metric": "top_10_accuracy"})
+    data = prepare(config, dataset, progress=False)
+    with pytest.raises(ConfigError, match="validation"):
+        Trainer(config, data, build_model(config, data), progress=False)
+
+
+def test_early_stopping_stops(dataset):
+    config = _config(data={"validation_fraction": 0.1},
+                     train={"epochs": 30, "eval_every": 1, "early_stopping_patience": 1, "learning_rate": 0.5,
+                                            "early_stopping_metric": "top_10_accuracy"})
+    data = prepare(config, dataset, progress=False)
+    result = Trainer(config, data, build_model(config, data), progress=False).fit()
+    assert result.stopped_early and len(result.history) < 30
+    assert "validation/top_10_accuracy" in result.history[0]
+
+
+def test_hard_negative_path_trains(dataset):
+    config = _config(task={"num_hard_negatives": 10}, train={"epochs": 1})
+    data = prepare(config, dataset, progress=False)
+    result = Trainer(config, data, build_model(config, data), progress=False).fit()
+    assert result.history[0]["loss"] > 0
