@@ -89,7 +89,7 @@ def test_finished_run_is_reused_and_retrain_trains_again(dataset, tmp_path):
 
 
 def test_loaded_run_scores_like_the_trained_model(dataset, tmp_path):
-    config = _config(train={"epochs": 2})
+    config = _config(train={"epochs": 2}, model={"query_features": ["user_id", "user_history"], "layer_sizes": [16]})
     result = train_run(config, runs_root=tmp_path, dataset=dataset, progress=False, log=lambda *_: None)
     loaded = load_run(result.run_dir)
     data = result.data

@@ -41,7 +41,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The model: a two-tower network or one of the baselines."""
+    """The model: a two-tower network or one of the baselines.
+
+    The query feature ``user_history`` is the user's most recent ``history_length``
+    train items (mean of their embeddings); in training the example's own target
+    is masked out of it, so the model learns to predict, not to copy.
+    """
 
     kind: Literal["two-tower", "popularity", "ease"] = "two-tower"
     query_features: tuple[str, ...] = ("user_id",)
@@ -51,6 +56,7 @@ class ModelConfig:
     similarity: Literal["dot", "cosine"] = "dot"
     dropout: float = 0.0
     init: Literal["keras-uniform", "normal"] = "normal"
+    history_length: int = 100
     ease_l2: float = 300.0
 
 

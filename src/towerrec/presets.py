@@ -23,9 +23,10 @@ PRESETS: dict[str, dict] = {
     "default": {
         "name": "default",
         "data": {"dataset": "movielens-100k", "split": "tfrs-random", "test_fraction": 0.2, "seed": 42},
-        "model": {"query_features": ["user_id"], "candidate_features": ["item_id"], "embedding_dim": 64},
+        "model": {"query_features": ["user_id", "user_history"], "candidate_features": ["item_id"],
+                  "embedding_dim": 64, "layer_sizes": [128, 64], "similarity": "cosine", "history_length": 100},
         "task": {"temperature": 0.1, "logq_correction": True, "remove_accidental_hits": True},
-        "train": {"epochs": 20, "batch_size": 1024, "optimizer": "adam", "learning_rate": 0.005, "seed": 42,
+        "train": {"epochs": 10, "batch_size": 1024, "optimizer": "adam", "learning_rate": 0.005, "seed": 42,
                   "eval_every": 5},
     },
     "popularity": {"name": "popularity", "model": {"kind": "popularity"}},

@@ -79,6 +79,7 @@ def recommend(
             queries=data.features.encode_queries(frame, data.dataset.users),
             targets=torch.zeros(len(known), dtype=torch.int64),
             user_rows=rows[known],
+            history=data.history,
         )
         index = BruteForceIndex(catalogue_embeddings(run.model, data), ids)
         queries = query_embeddings(run.model, examples)

@@ -25,7 +25,8 @@ from towerrec.errors import TowerrecError
 from towerrec.features import FittedFeatures
 from towerrec.train.checkpoint import load_json, load_weights, save_json, save_weights
 from towerrec.train.evaluate import evaluate_both_protocols
-from towerrec.train.models import build_model, fit_baseline, is_trainable
+from towerrec.models.baselines import EASEModel, PopularityModel
+from towerrec.train.models import build_model, fit_baseline, is_trainable, two_tower_for
 from towerrec.train.prepared import PreparedData, prepare
 from towerrec.train.trainer import Trainer
 
@@ -128,7 +129,7 @@ class LoadedRun:
     meta: dict[str, Any]
 
 
-def load_run(run_dir: str | Path, data: PreparedData | None = None) -> LoadedRun:
+def load_run(run_dir: str | Path) -> LoadedRun:
     """Open a finished run directory; every missing or foreign file is a clear error."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -145,22 +146,16 @@ def load_run(run_dir: str | Path, data: PreparedData | None = None) -> LoadedRun
     catalogue_path = run_dir / "catalogue.parquet"
     if not catalogue_path.is_file():
         raise TowerrecError(f"{catalogue_path}: missing", hint="the run directory is incomplete: retrain it")
-    model = _empty_model(config, features, data)
+    model = _empty_model(config, features)
     load_weights(model, run_dir / "model.safetensors")
     model.eval()
     return LoadedRun(run_dir, config, features, model, pl.read_parquet(catalogue_path), meta)
 
 
-def _empty_model(config: RunConfig, features: FittedFeatures, data: PreparedData | None) -> nn.Module:
-    from towerrec.models.baselines import EASEModel, PopularityModel
-    from towerrec.models.two_tower import build_two_tower
-
+def _empty_model(config: RunConfig, features: FittedFeatures) -> nn.Module:
     m = config.model
     if m.kind == "popularity":
         return PopularityModel(len(features.catalogue_ids))
     if m.kind == "ease":
         return EASEModel(features.num_users, len(features.catalogue_ids), m.ease_l2)
-    return build_two_tower(
-        features, embedding_dim=m.embedding_dim, layer_sizes=m.layer_sizes, similarity=m.similarity,
-        dropout=m.dropout, init=m.init,
-    )
+    return two_tower_for(config, features)

@@ -16,6 +16,7 @@ from torch import nn
 
 from towerrec.errors import ConfigError
 from towerrec.features.fitted import FittedFeatures
+from towerrec.features.spec import InputSpec
 from towerrec.layers.embedding import Init
 from towerrec.models.tower import Tower
 
@@ -68,12 +69,18 @@ def build_two_tower(
     similarity: Similarity = "dot",
     dropout: float = 0.0,
     init: Init = "keras-uniform",
+    extra_query_inputs: Sequence[InputSpec] = (),
 ) -> TwoTowerModel:
-    """Both towers from fitted features with the same sizes (the usual symmetric setup)."""
+    """Both towers from fitted features with the same sizes (the usual symmetric setup).
+
+    ``extra_query_inputs`` are query inputs that do not come from fitted features
+    (e.g. the user's train history, derived from the split).
+    """
 
     def tower(side: Literal["query", "candidate"]) -> Tower:
-        if not fitted.inputs(side):
+        inputs = list(fitted.inputs(side)) + (list(extra_query_inputs) if side == "query" else [])
+        if not inputs:
             raise ConfigError(f"no {side} features are configured", hint=f"add a {side}-side feature")
-        return Tower(fitted.inputs(side), embedding_dim, layer_sizes, dropout, init)
+        return Tower(inputs, embedding_dim, layer_sizes, dropout, init)
 
     return TwoTowerModel(tower("query"), tower("candidate"), similarity)

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from towerrec.config import RunConfig
 from towerrec.models.baselines import EASEModel, PopularityModel
 from towerrec.models.two_tower import TwoTowerModel, build_two_tower
-from towerrec.train.prepared import EncodedExamples, PreparedData
+from towerrec.features import FittedFeatures
+from towerrec.train.prepared import EncodedExamples, PreparedData, history_input
 
 EVAL_CHUNK = 65_536
 
@@ -24,13 +25,20 @@ def build_model(config: RunConfig, data: PreparedData) -> nn.Module:
     if m.kind == "ease":
         return EASEModel(data.num_users, data.num_items, m.ease_l2)
     torch.manual_seed(config.train.seed)
+    return two_tower_for(config, data.features)
+
+
+def two_tower_for(config: RunConfig, features: FittedFeatures) -> TwoTowerModel:
+    """The (untrained) two-tower network a config describes; also used to reload a run."""
+    m = config.model
     return build_two_tower(
-        data.features,
+        features,
         embedding_dim=m.embedding_dim,
         layer_sizes=m.layer_sizes,
         similarity=m.similarity,
         dropout=m.dropout,
         init=m.init,
+        extra_query_inputs=history_input(config, len(features.catalogue_ids)),
     )
 
 
@@ -65,7 +73,7 @@ def query_embeddings(model: nn.Module, examples: EncodedExamples) -> Tensor:
     if isinstance(model, TwoTowerModel):
         model.eval()
         parts = [
-            model.query_embeddings({k: v[s : s + EVAL_CHUNK] for k, v in examples.queries.items()})
+            model.query_embeddings(examples.select(slice(s, s + EVAL_CHUNK)))
             for s in range(0, len(examples), EVAL_CHUNK)
         ]
         return torch.cat(parts) if parts else torch.zeros(0, 1)

@@ -21,22 +21,40 @@ from towerrec.data.splits import Split, make_split
 from towerrec.data.tables import Dataset
 from towerrec.errors import DataError
 from towerrec.features import FeatureSet, FittedFeatures, builtin_feature
+from towerrec.features.spec import InputSpec
 from towerrec.metrics.topk import CSR
+
+
+HISTORY = "user_history"
 
 
 @dataclass
 class EncodedExamples:
-    """One split's examples: query features, target candidate index, user row."""
+    """One split's examples: query features, target candidate index, user row.
+
+    ``history`` ([num_users, L], catalogue index + 1, 0 = padding) adds the
+    ``user_history`` query feature; with ``mask_targets`` (training) each
+    example's own target is removed from its history.
+    """
 
     queries: dict[str, Tensor]
     targets: Tensor  # [n] int64 index into the catalogue
     user_rows: Tensor  # [n] int64 index into the train-user vocabulary, -1 unknown
+    history: Tensor | None = None
+    mask_targets: bool = False
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
 
-    def select(self, index: Tensor) -> dict[str, Tensor]:
-        return {name: value[index] for name, value in self.queries.items()}
+    def select(self, index: Tensor | slice) -> dict[str, Tensor]:
+        batch = {name: value[index] for name, value in self.queries.items()}
+        if self.history is not None:
+            rows = self.user_rows[index]
+            history = self.history[rows.clamp(min=0)] * (rows >= 0).unsqueeze(1)
+            if self.mask_targets:
+                history = history * (history != (self.targets[index] + 1).unsqueeze(1))
+            batch[HISTORY] = history
+        return batch
 
 
 @dataclass
@@ -50,6 +68,7 @@ class PreparedData:
     test: EncodedExamples
     seen: CSR  # train items of each train user (rows = user vocabulary rows)
     item_counts: Tensor  # [N] train interactions per catalogue item
+    history: Tensor | None = None  # [num_users, L] recent train items (+1), when the model uses them
 
     @property
     def num_items(self) -> int:
@@ -90,8 +109,30 @@ def merge_items_by_title(dataset: Dataset) -> Dataset:
 def feature_specs(config: RunConfig) -> list:
     specs = []
     for name in (*config.model.query_features, *config.model.candidate_features):
-        specs.extend(builtin_feature(name))
+        if name != HISTORY:  # derived from the split, not fitted
+            specs.extend(builtin_feature(name))
     return specs
+
+
+def history_input(config: RunConfig, num_items: int) -> list[InputSpec]:
+    """The ``user_history`` input of the query tower, if the config asks for it."""
+    if HISTORY not in config.model.query_features:
+        return []
+    return [InputSpec(HISTORY, "multi", num_items + 1, config.model.history_length)]
+
+
+def recent_history(user_rows: np.ndarray, items: np.ndarray, timestamps: np.ndarray, num_users: int, length: int) -> Tensor:
+    """[num_users, length] of each user's most recent items (catalogue index + 1), oldest first, 0-padded."""
+    order = np.lexsort((np.arange(len(user_rows)), timestamps, user_rows))
+    users, items = user_rows[order], items[order]
+    starts = np.searchsorted(users, users, side="left")
+    ends = np.searchsorted(users, users, side="right")
+    from_end = ends - 1 - np.arange(len(users))
+    keep = from_end < length
+    column = (np.minimum(ends - starts, length) - 1 - from_end)[keep]
+    history = np.zeros((num_users, length), dtype=np.int64)
+    history[users[keep], column] = items[keep] + 1
+    return torch.from_numpy(history)
 
 
 def _encode(features: FittedFeatures, frame: pl.DataFrame, users: pl.DataFrame | None) -> EncodedExamples:
@@ -115,19 +156,31 @@ def prepare(config: RunConfig, dataset: Dataset | None = None, *, progress: bool
     split = _split(config, dataset)
     features = FeatureSet(feature_specs(config)).fit(split.train, dataset.items, dataset.users)
     train = _encode(features, split.train, dataset.users)
-    seen = CSR.from_pairs(
-        train.user_rows.numpy(), train.targets.numpy(), num_rows=int(train.user_rows.max()) + 1 if len(train) else 0
-    )
+    num_users = int(train.user_rows.max()) + 1 if len(train) else 0
+    seen = CSR.from_pairs(train.user_rows.numpy(), train.targets.numpy(), num_rows=num_users)
+    history = None
+    if HISTORY in config.model.query_features:
+        timestamps = split.train["timestamp"].fill_null(0).to_numpy()
+        history = recent_history(
+            train.user_rows.numpy(), train.targets.numpy(), timestamps, num_users, config.model.history_length
+        )
+        train.history, train.mask_targets = history, True
+    validation = None if split.validation is None else _encode(features, split.validation, dataset.users)
+    test = _encode(features, split.test, dataset.users)
+    for examples in (validation, test):
+        if examples is not None:
+            examples.history = history
     return PreparedData(
         dataset=dataset,
         split=split,
         features=features,
         catalogue=features.encode_candidates(),
         train=train,
-        validation=None if split.validation is None else _encode(features, split.validation, dataset.users),
-        test=_encode(features, split.test, dataset.users),
+        validation=validation,
+        test=test,
         seen=seen,
         item_counts=torch.bincount(train.targets, minlength=len(features.catalogue_ids)).float(),
+        history=history,
     )
 
 
