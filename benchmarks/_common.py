@@ -1,0 +1,71 @@
+"""Shared helpers for the benchmarks: TFRS peer runs, medians, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+PEER = SHARED / "peer"
+DEFAULT_DATA = SHARED / "datasets"
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def run_tfrs(script: str, args: list[str], *, python: str, data_root: Path, env: dict[str, str] | None = None) -> dict:
+    """Run one peer script from a scratch copy (it writes its result beside itself) and parse its JSON."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in os.listdir(PEER):
+            if name.endswith(".py"):
+                shutil.copy(PEER / name, tmp)
+        full_env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "ML_DATA": str(data_root), "TF_CPP_MIN_LOG_LEVEL": "2",
+                    **(env or {})}
+        proc = subprocess.run([python, script, *args], cwd=tmp, env=full_env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"TFRS peer {script} failed:\n{proc.stderr[-3000:]}")
+        results = list(Path(tmp, "results").glob("*.json"))
+        return json.loads(results[0].read_text())
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """Measured fp32 matmul throughput of this machine (the roofline's ceiling)."""
+    import time
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * size**3 / median(times) / 1e9
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+    }
+
+
+def write_results(name: str, payload: dict[str, Any], markdown: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    (RESULTS / f"{name}.md").write_text(markdown)
+    print(markdown)
