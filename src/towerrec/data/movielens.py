@@ -26,7 +26,7 @@ from towerrec import paths
 from towerrec.data import cache
 from towerrec.data.download import download, sha256_file
 from towerrec.data.tables import Dataset
-from towerrec.errors import DataError
+from towerrec.errors import DataError, DownloadError
 
 PARSER_VERSION = "1"  # bump when parsed output changes: it is part of every cache key
 RATING_RANGE = (0.5, 5.0)
@@ -164,10 +164,16 @@ def prepare_movielens(
     release = get_release(name)
     if data_dir is None:
         folder = Path(cache_dir) if cache_dir is not None else paths.downloads_dir()
-        zip_path = download(
-            release.url, folder / f"{release.archive}.zip",
-            sha256=release.sha256, md5=release.md5, size=release.size, progress=progress,
-        )  # fmt: skip
+        try:
+            zip_path = download(
+                release.url, folder / f"{release.archive}.zip",
+                sha256=release.sha256, md5=release.md5, size=release.size, progress=progress,
+            )  # fmt: skip
+        except DownloadError as exc:
+            raise DownloadError(
+                f"no data: {exc.message}",
+                hint=f"{exc.hint}; or pass --data-dir with a downloaded {release.archive} folder or zip",
+            ) from exc
         source: _Source = _ZipSource(zip_path, release)
         digests = {"zip": release.sha256 or sha256_file(zip_path)}  # download() verified it
     else:
