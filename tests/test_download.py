@@ -29,7 +29,11 @@ MD5 = hashlib.md5(PAYLOAD).hexdigest()
 
 
 class Server:
-    """Serves PAYLOAD at /data.zip. ``mode``: ok, no-range, cut-once, cut-always, or an HTTP status."""
+    """Serves PAYLOAD at /data.zip.
+
+    ``mode``: ok, no-range (ignores Range), bad-range (answers 206 from byte 0),
+    cut-once / cut-always (sends half the body, then closes), or an HTTP status.
+    """
 
     def __init__(self) -> None:
         self.mode: str | int = "ok"
@@ -53,11 +57,11 @@ class Server:
             return
         start = 0
         rng = h.headers.get("Range")
-        if rng and self.mode != "no-range":
+        if rng and self.mode not in ("no-range", "bad-range"):
             start = int(rng.removeprefix("bytes=").split("-")[0])
         body = PAYLOAD[start:]
-        h.send_response(206 if start else 200)
-        if start:
+        h.send_response(206 if start or (rng and self.mode == "bad-range") else 200)
+        if start or (rng and self.mode == "bad-range"):
             h.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
         h.send_header("Content-Length", str(len(body)))
         h.end_headers()
@@ -69,7 +73,7 @@ class Server:
 @pytest.fixture
 def server() -> Iterator[Server]:
     srv = Server()
-    thread = threading.Thread(target=srv.httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=srv.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     yield srv
     srv.httpd.shutdown()
@@ -149,6 +153,14 @@ def test_interrupted_transfer_restarts_when_the_server_ignores_range(server: Ser
     dest = fetch(server.url, tmp_path / "data.zip")
     assert dest.read_bytes() == PAYLOAD  # the 200 answer replaced the partial file, not appended
     assert server.requests == [f"bytes={len(stale)}-"]
+
+
+def test_a_206_for_the_wrong_range_restarts_cleanly(server: Server, tmp_path: Path) -> None:
+    server.mode = "bad-range"
+    (tmp_path / "data.zip.part").write_bytes(PAYLOAD[:100])
+    dest = fetch(server.url, tmp_path / "data.zip")
+    assert dest.read_bytes() == PAYLOAD
+    assert server.requests == ["bytes=100-", None]
 
 
 def test_transfer_cut_every_time_gives_a_clear_error(server: Server, tmp_path: Path) -> None:

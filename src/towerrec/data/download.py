@@ -144,7 +144,10 @@ def _fetch(url: str, part: Path, timeout: float, size: int | None, bar: Progress
         raise _Transient(f"{type(exc).__name__}: {exc}") from None
     with resp:
         status = getattr(resp, "status", None) or 200  # file:// answers without a status
-        if not (offset and status == 206 and _range_start(resp) == offset):
+        if status == 206 and _range_start(resp) != offset:
+            part.unlink(missing_ok=True)
+            raise _Transient("server sent a different byte range; restarting")
+        if status != 206:
             offset = 0  # the server ignored the Range header: a full body follows
         length = resp.headers.get("Content-Length")
         expected = offset + int(length) if length is not None else size

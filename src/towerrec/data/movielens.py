@@ -337,6 +337,12 @@ def _read_table(raw: bytes, file: str, fmt: _Format) -> pl.DataFrame:
         # Without quoting, row i of the frame is line i+1 of the file (+1 for a header).
         line = 1 if fmt.quoted else int(bad[0]) + 1 + fmt.header
         raise _locate(raw, file, fmt, line) or DataError("invalid value", file=file, line=line)
+    if not all(f.required for f in fmt.fields):
+        # Polars fills a short line's missing optional fields with nulls. Only the small
+        # side tables have optional fields, so their widths are checked line by line.
+        error = _locate(raw, file, fmt)
+        if error is not None:
+            raise error
     return df.filter(~blank) if df.null_count().sum_horizontal().item() else df
 
 
