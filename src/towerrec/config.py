@@ -37,6 +37,11 @@ class DataConfig:
     validation_fraction: float = 0.0
     seed: int = 42
     candidate_key: Literal["item_id", "title"] = "item_id"
+    # Extra item columns from a user-supplied CSV/Parquet table joined on ``item_features_on``
+    # (that file's id column; default "item_id"). See towerrec.features.item_table.
+    item_features: str | None = None
+    item_features_on: str | None = None
+    item_feature_defaults: tuple[str, ...] | None = None  # e.g. ["length=90"]: value for items the table lacks
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ class ModelConfig:
     is masked out of it, so the model learns to predict, not to copy.
     """
 
-    kind: Literal["two-tower", "popularity", "ease"] = "two-tower"
+    kind: Literal["two-tower", "popularity", "ease", "sequential"] = "two-tower"
     query_features: tuple[str, ...] = ("user_id",)
     candidate_features: tuple[str, ...] = ("item_id",)
     embedding_dim: int = 32
@@ -91,6 +96,38 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class SequenceConfig:
+    """Sequential retrieval (``[model] kind = "sequential"``; see towerrec.train.sequential).
+
+    ``protocol``: ``tfrs-sequences`` is the TFRS tutorial's (ratings >= min_rating,
+    timelines >= min_timeline_length, one example per position with the previous
+    ``max_length`` items, all shuffled, ``train_fraction`` / rest); ``leave-last-out``
+    trains on each user's full history (up to ``max_length`` most recent items) with
+    the last item held out for test and the second-last for validation.
+    ``objective``: ``in-batch`` softmax (the tutorial), ``full-softmax`` over the whole
+    catalogue, or ``sampled`` softmax with ``num_sampled`` popularity-drawn negatives
+    and logQ correction. ``all_positions``: every step of a context predicts its next
+    item (always on for leave-last-out). ``step_features``: any of rating, genre, year.
+    """
+
+    protocol: Literal["tfrs-sequences", "leave-last-out"] = "tfrs-sequences"
+    encoder: Literal["gru", "sasrec"] = "gru"
+    max_length: int = 10
+    min_rating: float | None = 2.0
+    min_timeline_length: int = 3
+    train_fraction: float = 0.9
+    hidden_dim: int | None = None
+    num_blocks: int = 2
+    num_heads: int = 1
+    objective: Literal["in-batch", "full-softmax", "sampled"] = "in-batch"
+    num_sampled: int = 1000
+    all_positions: bool = False
+    shared_embeddings: bool = False
+    step_features: tuple[str, ...] = ()
+    unknown_items: Literal["warn", "error"] = "warn"
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
     data: DataConfig = field(default_factory=DataConfig)
@@ -98,6 +135,7 @@ class RunConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _drop_none(dataclasses.asdict(self))
@@ -110,6 +148,9 @@ class RunConfig:
         payload = self.to_dict()
         payload.pop("name")
         payload["data"].pop("data_dir", None)  # where the files are is not what they are
+        payload["data"].pop("item_features", None)  # ditto: its content is in the data fingerprint
+        if self.model.kind != "sequential":
+            payload.pop("sequence", None)  # only sequential runs read it: other hashes stay as they were
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
     def replace(self, **sections: dict[str, Any]) -> RunConfig:
@@ -178,7 +219,8 @@ def _resolved_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "task": TaskConfig, "train": TrainConfig, "eval": EvalConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "task": TaskConfig, "train": TrainConfig, "eval": EvalConfig,
+            "sequence": SequenceConfig}
 
 
 def config_from_dict(values: dict[str, Any]) -> RunConfig:

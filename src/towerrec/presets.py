@@ -29,6 +29,32 @@ PRESETS: dict[str, dict] = {
         "train": {"epochs": 10, "batch_size": 1024, "optimizer": "adam", "learning_rate": 0.005, "seed": 42,
                   "eval_every": 5},
     },
+    # W2 feature-set experiments (towerrec.experiments): the towers of the TFRS "deep recommenders"
+    # tutorial (user_id / movie_title, titles as candidates, embedding 32, layers 64 32) trained the
+    # towerrec way ...
+    "w2": {
+        "name": "w2",
+        "data": {"dataset": "movielens-100k", "split": "tfrs-random", "test_fraction": 0.2, "seed": 42,
+                 "candidate_key": "title"},
+        "model": {"query_features": ["user_id"], "candidate_features": ["movie_title"], "embedding_dim": 32,
+                  "layer_sizes": [64, 32], "similarity": "cosine"},
+        "task": {"temperature": 0.1, "logq_correction": True, "remove_accidental_hits": True},
+        "train": {"epochs": 20, "batch_size": 2048, "optimizer": "adam", "learning_rate": 0.005, "seed": 42,
+                  "eval_every": 5},
+        "eval": {"exclude_seen": False},
+    },
+    # ... and exactly as the TFRS peer (../shared/peer/tfrs_deep.py) trains them.
+    "w2-tfrs": {
+        "name": "w2-tfrs",
+        "data": {"dataset": "movielens-100k", "split": "tfrs-random", "test_fraction": 0.2, "seed": 42,
+                 "candidate_key": "title"},
+        "model": {"query_features": ["user_id"], "candidate_features": ["movie_title"], "embedding_dim": 32,
+                  "layer_sizes": [64, 32], "init": "keras-uniform"},
+        "task": {"logq_correction": False, "remove_accidental_hits": False, "reduction": "sum"},
+        "train": {"epochs": 20, "batch_size": 2048, "optimizer": "adagrad", "learning_rate": 0.1, "seed": 42,
+                  "eval_every": 5},
+        "eval": {"exclude_seen": False},
+    },
     "popularity": {"name": "popularity", "model": {"kind": "popularity"}},
     "ease": {"name": "ease", "model": {"kind": "ease", "ease_l2": 300.0}},
 }

@@ -56,6 +56,11 @@ def train_run(
     log=print,
 ) -> RunResult:
     """Train (or reuse, or resume) the run this configuration names, then evaluate it on test."""
+    if config.model.kind == "sequential":
+        from towerrec.train.sequential import train_sequential_run
+
+        return train_sequential_run(config, runs_root=runs_root, retrain=retrain, progress=progress,
+                                    dataset=dataset, log=log)
     data = prepare(config, dataset, progress=progress)
     run_dir = run_dir_for(config, data.dataset.fingerprint, runs_root)
     if retrain and run_dir.exists():
@@ -142,6 +147,8 @@ def load_run(run_dir: str | Path) -> LoadedRun:
             hint="retrain it with this version",
         )
     config = load_config(run_dir / "config.toml")
+    if config.model.kind == "sequential":
+        return _load_sequential_run(run_dir, config, meta)
     features = FittedFeatures.from_json(load_json(run_dir / "features.json"))
     catalogue_path = run_dir / "catalogue.parquet"
     if not catalogue_path.is_file():
@@ -150,6 +157,19 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     load_weights(model, run_dir / "model.safetensors")
     model.eval()
     return LoadedRun(run_dir, config, features, model, pl.read_parquet(catalogue_path), meta)
+
+
+def _load_sequential_run(run_dir: Path, config: RunConfig, meta: dict[str, Any]) -> LoadedRun:
+    """A sequential run has no fitted features (``features`` is None): items are its catalogue."""
+    from towerrec.train.sequential import load_sequential_model
+
+    catalogue_path = run_dir / "catalogue.parquet"
+    if not catalogue_path.is_file():
+        raise TowerrecError(f"{catalogue_path}: missing", hint="the run directory is incomplete: retrain it")
+    model = load_sequential_model(config, run_dir)
+    load_weights(model, run_dir / "model.safetensors")
+    model.eval()
+    return LoadedRun(run_dir, config, None, model, pl.read_parquet(catalogue_path), meta)  # type: ignore[arg-type]
 
 
 def _empty_model(config: RunConfig, features: FittedFeatures) -> nn.Module:

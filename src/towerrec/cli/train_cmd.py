@@ -89,11 +89,19 @@ def evaluate(
     from towerrec.recommend import open_run_with_data
     from towerrec.train.evaluate import evaluate_examples
 
-    run, data = open_run_with_data(run_dir)
-    examples = {"test": data.test, "validation": data.validation}.get(split)
-    if examples is None:
-        raise TowerrecError(f"split {split!r} does not exist for this run", hint="use --split test")
-    metrics = evaluate_examples(run.model, data, examples, ks=run.config.eval.ks, exclude_seen=not include_seen)
+    config_path = Path(run_dir) / "config.toml"
+    if config_path.is_file() and load_config(config_path).model.kind == "sequential":
+        from towerrec.runs import load_run
+        from towerrec.train.sequential import evaluate_sequential_run
+
+        run = load_run(run_dir)
+        metrics = evaluate_sequential_run(run, split, include_seen)
+    else:
+        run, data = open_run_with_data(run_dir)
+        examples = {"test": data.test, "validation": data.validation}.get(split)
+        if examples is None:
+            raise TowerrecError(f"split {split!r} does not exist for this run", hint="use --split test")
+        metrics = evaluate_examples(run.model, data, examples, ks=run.config.eval.ks, exclude_seen=not include_seen)
     protocol = "TFRS protocol" if include_seen else "seen items excluded"
     console.print(metrics_table(f"{split}, {protocol}", {run.config.name: metrics}, run.config.eval.ks))
     extra = {k: v for k, v in metrics.items() if not k.startswith("top_")}
@@ -103,7 +111,7 @@ def evaluate(
 @app.command()
 def recommend(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `towerrec train`.")],
-    user: Annotated[list[str], typer.Option("--user", "-u", help="User id (repeat for several).")],
+    user: Annotated[Optional[list[str]], typer.Option("--user", "-u", help="User id (repeat for several).")] = None,
     k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
     exclude_seen: Annotated[
         bool, typer.Option("--exclude-seen/--include-seen", help="Leave out items the user has in train.")
@@ -111,25 +119,68 @@ def recommend(
     fallback: Annotated[
         Optional[str], typer.Option(help="'popular': recommend popular items to unknown users instead of failing.")
     ] = None,
+    history: Annotated[
+        Optional[str],
+        typer.Option(help="Sequential runs: an explicit item history, oldest first, e.g. 1,2,3 "
+                          "(unknown ids: [sequence] unknown_items; longer than max_length: most recent kept)."),
+    ] = None,
 ) -> None:
-    """Print the top-k items for one or more users.
+    """Print the top-k items for one or more users, or (sequential runs) for an item history.
 
     Examples:
 
       towerrec recommend runs/default-... --user 42 -k 10
 
       towerrec recommend runs/default-... --user 99999 --fallback popular
+
+      towerrec recommend runs/w3-sasrec-... --history 50,181,172 -k 10
     """
+    from towerrec.config import load_config
     from towerrec.errors import TowerrecError
     from towerrec.recommend import open_run_with_data, recommend as _recommend
 
     if fallback not in (None, "popular"):
         raise TowerrecError(f"--fallback {fallback!r} is not supported", hint="use --fallback popular")
+    if not user and history is None:
+        raise TowerrecError("say whose recommendations: --user ID (or, for sequential runs, --history 1,2,3)")
+    config_path = Path(run_dir) / "config.toml"
+    if config_path.is_file() and load_config(config_path).model.kind == "sequential":
+        _recommend_sequential(run_dir, user or [], history, k, exclude_seen, fallback)
+        return
+    if history is not None:
+        raise TowerrecError("--history works with sequential runs ([model] kind = \"sequential\")",
+                            hint="use --user ID for this run")
     run, data = open_run_with_data(run_dir)
     for u, recs in _recommend(run, data, user, k=k, exclude_seen=exclude_seen, fallback=fallback).items():
-        console.print(f"[bold]top {k} for user {u}[/bold]")
-        for rank, rec in enumerate(recs, 1):
-            console.print(f"  {rank:>3}. {rec.title}  [dim](id {rec.item_id}, score {rec.score:.3f})[/dim]")
+        _print_recs(f"user {u}", k, recs)
+
+
+def _print_recs(who: str, k: int, recs) -> None:
+    console.print(f"[bold]top {k} for {who}[/bold]")
+    for rank, rec in enumerate(recs, 1):
+        console.print(f"  {rank:>3}. {rec.title}  [dim](id {rec.item_id}, score {rec.score:.3f})[/dim]")
+
+
+def _recommend_sequential(run_dir: Path, users: list[str], history: Optional[str], k: int, exclude_seen: bool,
+                          fallback: Optional[str]) -> None:
+    from towerrec.runs import load_run
+    from towerrec.train.sequential import (
+        _coerce_items, history_to_indices, recommend_from_histories, user_histories,
+    )
+
+    run = load_run(run_dir)
+    histories: dict[str, list[int]] = {}
+    if users:
+        histories.update({f"user {u}": h for u, h in user_histories(run, users, fallback=fallback)[0].items()})
+    if history is not None:
+        raw = [part.strip() for part in history.split(",") if part.strip()]
+        items = _coerce_items(raw, run.catalogue)
+        histories["history"] = history_to_indices(
+            items, run.catalogue, unknown=run.config.sequence.unknown_items,
+            warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}"))
+    results = recommend_from_histories(run, histories, k=k, exclude_seen=exclude_seen, fallback=fallback)
+    for who, recs in results.items():
+        _print_recs(who, k, recs)
 
 
 @app.command()

@@ -110,18 +110,60 @@ _BUILTINS: dict[str, list[tuple[str, Side, Kind, str, dict[str, Any]]]] = {
     "movie_title_text": [("movie_title_text", "candidate", "text", "title", {})],
     "movie_genres": [("movie_genres", "candidate", "multi", "genres", {"max_length": 10})],
     "movie_year": [("movie_year", "candidate", "normalized", "year", {})],
+    # From a user-supplied item table (--item-features FILE --on movie_id; see features.item_table):
+    # the length in minutes, normalized, plus the 0/1 flag of items the table lacked.
+    "movie_length": [
+        ("movie_length", "candidate", "normalized", "length", {}),
+        ("movie_length_missing", "candidate", "normalized", "length_missing", {}),
+    ],
 }
 BUILTIN_NAMES: tuple[str, ...] = tuple(_BUILTINS)
+ITEM_PREFIX = "item:"  # ``item:<column>``: any column of a user-supplied item table
 
 
-def builtin_feature(name: str) -> list[FeatureSpec]:
-    """The spec(s) behind a built-in name; ``timestamp`` gives two (bucket + normalized)."""
+def builtin_feature(name: str, item_schema: dict[str, Any] | None = None) -> list[FeatureSpec]:
+    """The spec(s) behind a built-in name; ``timestamp`` gives two (bucket + normalized).
+
+    ``item:<column>`` names a column of the items table (``item_schema``: its
+    column -> dtype): numeric columns are normalized (plus the ``<column>_missing``
+    flag when the table has one), others are id features.
+    """
+    if name.startswith(ITEM_PREFIX) and len(name) > len(ITEM_PREFIX):
+        return item_column_feature(name[len(ITEM_PREFIX):], item_schema)
     if name not in _BUILTINS:
         raise ConfigError(
-            f"unknown feature {name!r}; built-in features: {', '.join(BUILTIN_NAMES)}",
+            f"unknown feature {name!r}; built-in features: {', '.join(BUILTIN_NAMES)}, "
+            f"or {ITEM_PREFIX}<column> for a column of an --item-features table",
             hint="or spell a feature out as a table with name, side, kind and column",
         )
     return [FeatureSpec(n, side, kind, column, **opts) for n, side, kind, column, opts in _BUILTINS[name]]
+
+
+def item_column_feature(column: str, item_schema: dict[str, Any] | None) -> list[FeatureSpec]:
+    name = ITEM_PREFIX + column
+    if item_schema is None or column not in item_schema:
+        have = "" if item_schema is None else f"; the items table has: {', '.join(item_schema)}"
+        raise ConfigError(f"feature {name!r}: no item column {column!r}{have}",
+                          hint="supply it with --item-features FILE --on ID_COLUMN")
+    dtype = item_schema[column]
+    if getattr(dtype, "is_numeric", lambda: False)():
+        specs = [FeatureSpec(name, "candidate", "normalized", column)]
+        flag = column + "_missing"
+        if flag in item_schema:
+            specs.append(FeatureSpec(name + "_missing", "candidate", "normalized", flag))
+        return specs
+    return [FeatureSpec(name, "candidate", "id", column)]
+
+
+def feature_side(name: str) -> Side:
+    """Which tower a built-in (or ``item:``) feature name feeds; unknown names raise with the valid list."""
+    if name.startswith(ITEM_PREFIX):
+        return "candidate"
+    if name == "user_history":
+        return "query"
+    if name not in _BUILTINS:
+        builtin_feature(name)  # raises with the list of valid names
+    return _BUILTINS[name][0][1]
 
 
 def resolve_features(entries: list[str | dict[str, Any] | FeatureSpec]) -> list[FeatureSpec]:

@@ -106,7 +106,7 @@ class BruteForceIndex(Index):
         exclusions = as_exclusions(exclude, queries.shape[0])
         check_k(k, self.num_candidates, exclusions)
         queries = queries.detach().to(self.embeddings.device, self.embeddings.dtype)
-        candidates_t = self.embeddings.T.contiguous()
+        candidates_t = self.embeddings.T  # a view: matmul reads it transposed, no per-call copy of the catalogue
         scores, indices = [], []
         for start in range(0, queries.shape[0], chunk_size):
             stop = min(start + chunk_size, queries.shape[0])

@@ -106,12 +106,25 @@ def merge_items_by_title(dataset: Dataset) -> Dataset:
     )
 
 
-def feature_specs(config: RunConfig) -> list:
+def feature_specs(config: RunConfig, items: pl.DataFrame | None = None) -> list:
+    """Specs of the configured features; ``items`` resolves ``item:<column>`` names."""
+    schema = None if items is None else dict(items.schema)
     specs = []
     for name in (*config.model.query_features, *config.model.candidate_features):
         if name != HISTORY:  # derived from the split, not fitted
-            specs.extend(builtin_feature(name))
+            specs.extend(builtin_feature(name, schema))
     return specs
+
+
+def with_item_features(config: RunConfig, dataset: Dataset, warn=None) -> Dataset:
+    """Join the configured item-features table (``[data] item_features``) into the items, if any."""
+    d = config.data
+    if not d.item_features:
+        return dataset
+    from towerrec.features.item_table import join_item_features, parse_defaults
+
+    return join_item_features(dataset, d.item_features, d.item_features_on, parse_defaults(d.item_feature_defaults),
+                              warn=warn)
 
 
 def history_input(config: RunConfig, num_items: int) -> list[InputSpec]:
@@ -151,10 +164,12 @@ def prepare(config: RunConfig, dataset: Dataset | None = None, *, progress: bool
     """Load (or take) the dataset, split it, fit features on train and encode everything."""
     if dataset is None:
         dataset = load_dataset(config.data.dataset, config.data.data_dir, progress=progress)
+    if config.data.item_features and "item_features" not in dataset.meta:
+        dataset = with_item_features(config, dataset, warn=_warn)
     if config.data.candidate_key == "title":
         dataset = merge_items_by_title(dataset)
     split = _split(config, dataset)
-    features = FeatureSet(feature_specs(config)).fit(split.train, dataset.items, dataset.users)
+    features = FeatureSet(feature_specs(config, dataset.items)).fit(split.train, dataset.items, dataset.users)
     train = _encode(features, split.train, dataset.users)
     num_users = int(train.user_rows.max()) + 1 if len(train) else 0
     seen = CSR.from_pairs(train.user_rows.numpy(), train.targets.numpy(), num_rows=num_users)
@@ -182,6 +197,12 @@ def prepare(config: RunConfig, dataset: Dataset | None = None, *, progress: bool
         item_counts=torch.bincount(train.targets, minlength=len(features.catalogue_ids)).float(),
         history=history,
     )
+
+
+def _warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, stacklevel=3)
 
 
 def _split(config: RunConfig, dataset: Dataset) -> Split:

@@ -1,0 +1,229 @@
+"""W2 benchmark: context-feature towers on MovieLens-100K, feature set by feature set, beside TFRS.
+
+Protocol: random 80/20 split (seed 42), test split, full catalogue (titles as
+candidates, as TFRS), 20 epochs, embedding 32, layers 64 32. For each feature
+set the TFRS peer (../shared/peer/tfrs_deep.py, run from a scratch copy) and
+towerrec train one after the other, so both see the same machine load.
+towerrec's recipe is preset "w2" (Adam, cosine/temperature, logQ); with
+--faithful the TFRS recipe (preset "w2-tfrs": Adagrad 0.1, sum loss) runs too.
+Then the experiment command itself runs twice (configs/w2_ml100k.toml, fresh
+run folder) to time the cached second invocation.
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/w2_features.py --tfrs-python /tmp/tfrs/bin/python
+
+(On a shared, busy machine PyTorch's OpenMP threads spin-wait for each other and
+lose 10-100x; OMP_WAIT_POLICY=PASSIVE, set below for both sides, avoids that.)
+Writes benchmarks/results/w2_features.json and .md.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads its OpenMP runtime
+
+import argparse  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from _common import DEFAULT_DATA, REPO, machine, run_tfrs, write_results  # noqa: E402
+from towerrec.data.registry import load_dataset  # noqa: E402
+from towerrec.experiments.runner import ExperimentConfig, run_configs  # noqa: E402
+from towerrec.presets import preset  # noqa: E402
+from towerrec.runs import train_run  # noqa: E402
+
+KS = (1, 5, 10, 50, 100)
+FEATURE_SETS = ["none", "timestamp", "movie_title_text", "timestamp,movie_title_text",
+                "timestamp,movie_title_text,movie_genres"]
+# TFRS 0.7.7 on this machine (../shared/peer/results, 20 epochs, layers 64 32): top-10 / top-100.
+TFRS_REFERENCE = {
+    "none": (0.0123, 0.2085),
+    "timestamp": (0.0195, 0.2624),
+    "movie_title_text": (0.0121, 0.1916),
+    "timestamp+movie_title_text": (0.0159, 0.2604),
+    "timestamp+movie_title_text+movie_genres": (0.0182, 0.2486),
+}
+EASE_REFERENCE = (0.1732, 0.6227)  # seen excluded, benchmarks/results/w1_basic.md
+# Nested chains for the article's claim "more context features -> higher accuracy".
+CHAINS = [
+    ["none", "timestamp", "timestamp+movie_title_text", "timestamp+movie_title_text+movie_genres"],
+    ["none", "movie_title_text", "timestamp+movie_title_text", "timestamp+movie_title_text+movie_genres"],
+]
+
+
+def towerrec_run(label_cfg, dataset, runs_root: Path) -> dict:
+    label, cfg = label_cfg
+    result = train_run(cfg, runs_root=runs_root, retrain=True, progress=False, dataset=dataset, log=lambda *_: None)
+    m = result.metrics
+    return {"feature_set": label, "tfrs": m["test"]["tfrs"], "seen_excluded": m["test"]["seen_excluded"],
+            "train_seconds": m["train_seconds"], "examples_per_s": m["examples_per_s"]}
+
+
+def tfrs_metrics(run: dict) -> dict:
+    return {f"top_{k}_accuracy": run["metrics"][f"factorized_top_k/top_{k}_categorical_accuracy"] for k in KS}
+
+
+def time_cli(config: Path, data_dir: Path, workdir: Path) -> tuple[float, str]:
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", "from towerrec.cli.app import main; main()", "experiment", "--config", str(config),
+         "--data-dir", str(data_dir), "--quiet"], cwd=workdir, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"towerrec experiment failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - started, proc.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA / "ml-100k")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--tfrs-python", default="/tmp/tfrs/bin/python")
+    parser.add_argument("--skip-tfrs", action="store_true")
+    parser.add_argument("--faithful", action="store_true", help="also train the TFRS-faithful recipe (w2-tfrs)")
+    parser.add_argument("--skip-cli", action="store_true", help="skip the cached-second-invocation timing")
+    args = parser.parse_args()
+
+    dataset = load_dataset("movielens-100k", args.data_dir, progress=False)
+    use_tfrs = not args.skip_tfrs and Path(args.tfrs_python).exists()
+    exp = ExperimentConfig(name="w2-bench", feature_sets=tuple(FEATURE_SETS), num_epochs=args.epochs,
+                           overrides={"data": {"data_dir": str(args.data_dir)}})
+    configs = run_configs(exp)
+    faithful = run_configs(exp.with_changes(recipe="tfrs")) if args.faithful else []
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        runs_root = Path(tmp)
+        for i, (label, cfg) in enumerate(configs):
+            row: dict = {"feature_set": label}
+            if use_tfrs:
+                feats = "none" if label == "none" else label.replace("+", ",")
+                peer = run_tfrs("tfrs_deep.py", [str(args.epochs), feats, "64,32"], python=args.tfrs_python,
+                                data_root=args.data_dir.parent,
+                                env={"DATASET": args.data_dir.name, "OMP_WAIT_POLICY": "PASSIVE"})
+                row["tfrs_measured"] = {"metrics": tfrs_metrics(peer), "examples_per_s": peer["train_examples_per_s"],
+                                        "fit_s": peer["fit_s"]}
+            row["towerrec"] = towerrec_run((label, cfg), dataset, runs_root)
+            if faithful:
+                row["towerrec_faithful"] = towerrec_run(faithful[i], dataset, runs_root)
+            rows.append(row)
+            print(label, {k: v for k, v in row.items() if k != "feature_set"}, flush=True)
+        ease = train_run(preset("ease").replace(data={"data_dir": str(args.data_dir)}), runs_root=runs_root,
+                         progress=False, dataset=dataset, log=lambda *_: None).metrics["test"]
+
+    cli = None
+    if not args.skip_cli:
+        with tempfile.TemporaryDirectory() as work:
+            first, _ = time_cli(REPO / "configs" / "w2_ml100k.toml", args.data_dir.resolve(), Path(work))
+            second, out = time_cli(REPO / "configs" / "w2_ml100k.toml", args.data_dir.resolve(), Path(work))
+        cli = {"first_s": first, "second_s": second, "ratio": second / first,
+               "second_reused_all": "6 reused from cache" in out}
+
+    payload = {
+        "workload": "W2 context features, MovieLens-100K, random 80/20 split seed 42, test split, full catalogue "
+                    f"(titles), {args.epochs} epochs, embedding 32, layers 64 32",
+        "machine": machine(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "towerrec_recipe": "preset w2: " + str(preset("w2").to_dict()),
+        "rows": rows,
+        "ease": ease,
+        "cli_cache": cli,
+    }
+    payload["goals"] = goals(payload)
+    write_results("w2_features", payload, render(payload))
+
+
+def goals(p: dict) -> dict:
+    out: dict = {"quality_1_25x": {}, "speed_3x": {}}
+    for row in p["rows"]:
+        label = row["feature_set"]
+        t = row["towerrec"]["tfrs"]
+        ref10, ref100 = TFRS_REFERENCE[label]
+        q = {"vs_reference": [t["top_10_accuracy"] / ref10, t["top_100_accuracy"] / ref100]}
+        if "tfrs_measured" in row:
+            m = row["tfrs_measured"]["metrics"]
+            q["vs_measured"] = [t["top_10_accuracy"] / m["top_10_accuracy"], t["top_100_accuracy"] / m["top_100_accuracy"]]
+            out["speed_3x"][label] = row["towerrec"]["examples_per_s"] / row["tfrs_measured"]["examples_per_s"]
+        q["met"] = all(r >= 1.25 for r in q["vs_reference"] + q.get("vs_measured", []))
+        out["quality_1_25x"][label] = q
+    best = max(p["rows"], key=lambda r: r["towerrec"]["seen_excluded"]["top_100_accuracy"])
+    b = best["towerrec"]["seen_excluded"]
+    e = p["ease"]["seen_excluded"]
+    out["beats_ease"] = {"best_feature_set": best["feature_set"], "top_10": b["top_10_accuracy"],
+                         "top_100": b["top_100_accuracy"], "ease_top_10": e["top_10_accuracy"],
+                         "ease_top_100": e["top_100_accuracy"],
+                         "met": b["top_10_accuracy"] > e["top_10_accuracy"] and b["top_100_accuracy"] > e["top_100_accuracy"]}
+    by = {r["feature_set"]: r["towerrec"] for r in p["rows"]}
+    claim = {}
+    for protocol in ("tfrs", "seen_excluded"):
+        for k in (10, 100):
+            key = f"top_{k}_accuracy"
+            claim[f"{protocol}/{key}"] = [
+                {"chain": chain, "values": [by[c][protocol][key] for c in chain],
+                 "monotone": all(by[a][protocol][key] < by[b][protocol][key] for a, b in zip(chain, chain[1:]))}
+                for chain in CHAINS if all(c in by for c in chain)
+            ]
+    out["more_features_higher_accuracy"] = claim
+    if p["cli_cache"]:
+        out["second_invocation_under_10pct"] = p["cli_cache"]["ratio"] < 0.10
+    return out
+
+
+def render(p: dict) -> str:
+    g = p["goals"]
+
+    def cells(m):
+        return " | ".join(f"{m[f'top_{k}_accuracy']:.4f}" for k in KS)
+
+    head = "| feature set | model | " + " | ".join(f"top-{k}" for k in KS) + " | examples/s |\n|---|---|" + "---:|" * (len(KS) + 1)
+    lines = ["# W2 — context features on MovieLens-100K", "",
+             f"{p['workload']}. Machine: {p['machine']['cores']} cores, torch {p['machine']['torch']}, "
+             f"OMP_WAIT_POLICY={p['omp_wait_policy']} (shared machine). "
+             "Regenerate: `.venv/bin/python benchmarks/w2_features.py`.", "",
+             "## TFRS protocol (items rated in train are NOT excluded)", "", head]
+    for row in p["rows"]:
+        label = row["feature_set"]
+        ref = TFRS_REFERENCE[label]
+        lines.append(f"| {label} | TFRS 0.7.7 reference | — | — | {ref[0]:.4f} | — | {ref[1]:.4f} | — |")
+        if "tfrs_measured" in row:
+            m = row["tfrs_measured"]
+            lines.append(f"| {label} | TFRS 0.7.7 measured now | {cells(m['metrics'])} | {m['examples_per_s']:,.0f} |")
+        t = row["towerrec"]
+        lines.append(f"| {label} | **towerrec** (w2) | {cells(t['tfrs'])} | {t['examples_per_s']:,.0f} |")
+        if "towerrec_faithful" in row:
+            f = row["towerrec_faithful"]
+            lines.append(f"| {label} | towerrec, TFRS recipe (w2-tfrs) | {cells(f['tfrs'])} | {f['examples_per_s']:,.0f} |")
+    lines += ["", "## Seen items excluded", "", "| feature set | " + " | ".join(f"top-{k}" for k in KS) + " |",
+              "|---|" + "---:|" * len(KS)]
+    for row in p["rows"]:
+        lines.append(f"| towerrec {row['feature_set']} | {cells(row['towerrec']['seen_excluded'])} |")
+    lines.append(f"| EASE baseline | {cells(p['ease']['seen_excluded'])} |")
+    lines += ["", "## Goals", ""]
+    for label, q in g["quality_1_25x"].items():
+        parts = [f"{r:.2f}x / {s:.2f}x" for r, s in [q["vs_reference"]] + ([q["vs_measured"]] if "vs_measured" in q else [])]
+        lines.append(f"- quality {label}: top-10 / top-100 vs TFRS reference {parts[0]}"
+                     + (f", vs TFRS measured now {parts[1]}" if len(parts) > 1 else "")
+                     + f" → {'met' if q['met'] else 'MISSED'} (goal >= 1.25x)")
+    for label, s in g["speed_3x"].items():
+        lines.append(f"- speed {label}: {s:.1f}x TFRS examples/s → {'met' if s >= 3 else 'MISSED'} (goal >= 3x)")
+    e = g["beats_ease"]
+    lines.append(f"- seen excluded, best feature set ({e['best_feature_set']}) {e['top_10']:.4f} / {e['top_100']:.4f} "
+                 f"vs EASE {e['ease_top_10']:.4f} / {e['ease_top_100']:.4f} → {'met' if e['met'] else 'MISSED'}")
+    if p["cli_cache"]:
+        c = p["cli_cache"]
+        lines.append(f"- `towerrec experiment --config configs/w2_ml100k.toml`: first {c['first_s']:.1f} s, second "
+                     f"(all cached) {c['second_s']:.1f} s = {100 * c['ratio']:.1f}% → "
+                     f"{'met' if g['second_invocation_under_10pct'] else 'MISSED'} (goal < 10%)")
+    lines += ["", "## Does \"more context features → higher accuracy\" hold for towerrec?", ""]
+    for key, chains in g["more_features_higher_accuracy"].items():
+        for c in chains:
+            vals = " → ".join(f"{v:.4f}" for v in c["values"])
+            lines.append(f"- {key}: {' ⊂ '.join(c['chain'])}: {vals} → "
+                         f"{'holds (strictly increasing)' if c['monotone'] else 'does NOT hold strictly'}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""``towerrec index build | index recall``, ``towerrec export``, ``towerrec serve``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from towerrec.cli.app import app
+from towerrec.cli.common import console
+
+index_app = typer.Typer(
+    help="Build candidate indexes (brute force, FAISS HNSW / IVF / IVF-PQ) and measure their recall.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(index_app, name="index")
+
+RunDir = Annotated[Path, typer.Argument(help="A finished run directory written by `towerrec train`.")]
+KindOption = Annotated[str, typer.Option("--kind", help="brute-force | hnsw | ivf | ivfpq")]
+HnswM = Annotated[Optional[int], typer.Option("--hnsw-m", help="HNSW: links per node (default 32).")]
+EfConstruction = Annotated[Optional[int], typer.Option("--ef-construction", help="HNSW: build beam width (default 128).")]
+EfSearch = Annotated[Optional[int], typer.Option("--ef-search", help="HNSW: query beam width (default 256).")]
+Nlist = Annotated[Optional[int], typer.Option("--nlist", help="IVF: number of lists (default ~4·sqrt(N)).")]
+Nprobe = Annotated[Optional[int], typer.Option("--nprobe", help="IVF: lists searched per query (default nlist/16).")]
+PqM = Annotated[Optional[int], typer.Option("--pq-m", help="IVF-PQ: bytes per vector (default dim/4).")]
+Refine = Annotated[Optional[int], typer.Option("--refine", help="IVF-PQ: re-score refine·k candidates exactly (0 off).")]
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _check_kind(kind: str, params: dict[str, Any]) -> None:
+    from towerrec.errors import TowerrecError
+    from towerrec.serve.export import INDEX_KINDS
+
+    if kind not in INDEX_KINDS:
+        raise TowerrecError(f"--kind {kind!r} is not one of {', '.join(INDEX_KINDS)}")
+    if kind == "brute-force" and params:
+        raise TowerrecError(f"{', '.join('--' + p.replace('_', '-') for p in params)} apply to FAISS indexes only")
+
+
+@index_app.command("build")
+def index_build(
+    run_dir: RunDir,
+    kind: KindOption = "hnsw",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Index folder (default RUN_DIR/index-KIND).")] = None,
+    hnsw_m: HnswM = None,
+    ef_construction: EfConstruction = None,
+    ef_search: EfSearch = None,
+    nlist: Nlist = None,
+    nprobe: Nprobe = None,
+    pq_m: PqM = None,
+    refine: Refine = None,
+) -> None:
+    """Index a run's candidate embeddings and save the index (FAISS binary + JSON, never pickled).
+
+    Examples:
+
+      towerrec index build runs/default-... --kind hnsw
+
+      towerrec index build runs/default-... --kind ivf --nlist 256 --nprobe 32 --out my-index/
+    """
+    from towerrec.runs import load_run
+    from towerrec.serve.export import build_index, run_candidate_embeddings
+
+    params = _params(hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, nlist=nlist,
+                     nprobe=nprobe, pq_m=pq_m, refine=refine)
+    _check_kind(kind, params)
+    run = load_run(run_dir)
+    embeddings = run_candidate_embeddings(run)
+    started = time.perf_counter()
+    index = build_index(kind, embeddings, run.catalogue["item_id"].to_list(), metadata={"run": run.run_dir.name}, **params)
+    seconds = time.perf_counter() - started
+    folder = out or run.run_dir / f"index-{kind}"
+    index.save(folder)
+    console.print(f"{kind} index of {index.num_candidates:,} items x {embeddings.shape[1]} dims built in {seconds:.2f} s")
+    console.print(f"saved to [bold]{folder}[/bold]")
+
+
+@index_app.command("recall")
+def index_recall(
+    run_dir: RunDir,
+    kind: KindOption = "hnsw",
+    k: Annotated[int, typer.Option("-k", help="Recall@K against brute force.")] = 100,
+    queries: Annotated[int, typer.Option("--queries", help="Held-out (test split) queries to use, at most.")] = 1000,
+    exclude_seen: Annotated[bool, typer.Option("--exclude-seen/--include-seen", help="Exclude train items.")] = True,
+    hnsw_m: HnswM = None,
+    ef_construction: EfConstruction = None,
+    ef_search: EfSearch = None,
+    nlist: Nlist = None,
+    nprobe: Nprobe = None,
+    pq_m: PqM = None,
+    refine: Refine = None,
+) -> None:
+    """Recall@K of an approximate index against brute force, on the run's held-out test queries.
+
+    Recall@K = |approximate top-K ∩ exact top-K| / K, averaged over queries; also
+    prints each index's queries per second on one batch.
+
+    Examples:
+
+      towerrec index recall runs/default-... --kind hnsw -k 100
+
+      towerrec index recall runs/default-... --kind ivf --nprobe 8
+    """
+    import torch
+
+    from towerrec.errors import TowerrecError
+    from towerrec.index import BruteForceIndex
+    from towerrec.recommend import open_run_with_data
+    from towerrec.serve.export import build_index, run_candidate_embeddings
+    from towerrec.train.models import query_embeddings
+
+    params = _params(hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, nlist=nlist,
+                     nprobe=nprobe, pq_m=pq_m, refine=refine)
+    _check_kind(kind, params)
+    if queries < 1:
+        raise TowerrecError(f"--queries must be ≥ 1, got {queries}")
+    run, data = open_run_with_data(run_dir)
+    embeddings = run_candidate_embeddings(run).float()
+    ids = run.catalogue["item_id"].to_list()
+    examples = data.test
+    chosen = torch.randperm(len(examples), generator=torch.Generator().manual_seed(0))[:queries].sort().values
+    query = query_embeddings(run.model, examples).float()[chosen]
+    exclude = data.exclusions_for(examples.user_rows[chosen]) if exclude_seen else None
+    if exclude is not None:
+        left = data.num_items - torch.diff(exclude.indptr).max()
+        k = min(k, int(left))
+    exact = BruteForceIndex(embeddings, ids)
+    started = time.perf_counter()
+    approximate = build_index(kind, embeddings, ids, **params)
+    build_seconds = time.perf_counter() - started
+
+    def timed(index):
+        t = time.perf_counter()
+        found = index.search(query, k, exclude=exclude)
+        return found, len(query) / (time.perf_counter() - t)
+
+    truth, exact_qps = timed(exact)
+    found, approx_qps = timed(approximate)
+    rows = torch.arange(len(query)).unsqueeze(1) * (1 << 40)
+    recall = torch.isin(rows + found.indices, rows + truth.indices).double().mean().item()
+    console.print(
+        f"{kind}: recall@{k} = [bold]{recall:.4f}[/bold] against brute force over {len(query):,} test queries "
+        f"({data.num_items:,} items; build {build_seconds:.2f} s; "
+        f"{approx_qps:,.0f} queries/s vs brute force {exact_qps:,.0f}/s, batched)"
+    )
+
+
+@app.command("export")
+def export(
+    run_dir: RunDir,
+    out: Annotated[Path, typer.Option("--out", help="The bundle folder to write.")],
+    index: Annotated[str, typer.Option("--index", help="brute-force | hnsw | ivf | ivfpq")] = "brute-force",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle.")] = False,
+    hnsw_m: HnswM = None,
+    ef_construction: EfConstruction = None,
+    ef_search: EfSearch = None,
+    nlist: Nlist = None,
+    nprobe: Nprobe = None,
+    pq_m: PqM = None,
+    refine: Refine = None,
+) -> None:
+    """Export a trained two-tower run to a self-contained serving bundle.
+
+    The bundle holds the config, vocabularies, query tower weights (safetensors),
+    candidate embeddings, the index, item metadata and each train user's seen
+    items and history: serving needs nothing else, and loading never unpickles.
+
+    Examples:
+
+      towerrec export runs/default-... --out bundles/ml100k
+
+      towerrec export runs/default-... --out bundles/ml100k-hnsw --index hnsw --ef-search 128
+    """
+    from towerrec.serve.export import export_bundle
+
+    params = _params(hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, nlist=nlist,
+                     nprobe=nprobe, pq_m=pq_m, refine=refine)
+    _check_kind(index, params)
+    started = time.perf_counter()
+    export_bundle(run_dir, out, index=index, index_params=params, overwrite=overwrite)
+    size = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
+    console.print(f"bundle written to [bold]{out}[/bold] ({size / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)")
+    console.print(f"serve it with: towerrec serve {out}")
+
+
+@app.command("serve")
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder written by `towerrec export`.")],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    threads: Annotated[int, typer.Option("--threads", help="Torch/FAISS threads per batch.")] = 1,
+    batching: Annotated[bool, typer.Option("--batching/--no-batching", help="Combine concurrent requests.")] = True,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
+) -> None:
+    """Answer top-K requests over HTTP (FastAPI + uvicorn); docs at /docs.
+
+    Endpoints: GET /healthz, GET /recommend?user_id=..&k=..&exclude_seen=true,
+    POST /recommend (new users: features and/or history), GET /similar?item_id=..&k=..
+
+    Examples:
+
+      towerrec serve bundles/ml100k --port 8000
+
+      curl '127.0.0.1:8000/recommend?user_id=42&k=5'
+    """
+    import torch
+    import uvicorn
+
+    from towerrec.errors import TowerrecError
+    from towerrec.serve.app import create_app
+
+    if not 0 < port < 65536:
+        raise TowerrecError(f"--port {port} is not a TCP port")
+    if threads < 1:
+        raise TowerrecError(f"--threads must be ≥ 1, got {threads}")
+    torch.set_num_threads(threads)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+    except ImportError:  # pragma: no cover
+        pass
+    application = create_app(bundle, batching=batching)
+    info = application.state.bundle.manifest
+    console.print(
+        f"serving [bold]{info.get('run')}[/bold] ({info.get('num_items'):,} items) on http://{host}:{port} "
+        f"(docs: http://{host}:{port}/docs)"
+    )
+    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)

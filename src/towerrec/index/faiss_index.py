@@ -1,0 +1,377 @@
+"""Approximate top-K retrieval with FAISS: HNSW graphs and inverted files (IVF, IVF-PQ).
+
+Brute force scores all N candidates per query; an approximate index looks at
+a small part of the catalogue (the graph neighbourhood of the query, or the
+``nprobe`` closest of ``nlist`` clusters) and returns nearly the same top-K
+far faster. Recall against brute force is measurable: :func:`recall_against`.
+
+Seen-item exclusion works by over-fetching: each query asks FAISS for
+``k + (its number of exclusions)`` results (rounded up to a power of two),
+drops the excluded ones and keeps the best ``k``; a query still short (an IVF
+probe that found too few items) is fetched again with twice as many, and at
+worst scored exactly. So results never contain an excluded item and always
+have ``k`` rows.
+
+The index is saved with FAISS's own binary format (``faiss.write_index``: raw
+arrays, no pickling) beside the JSON manifest every index writes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from towerrec.errors import TowerrecError
+from towerrec.index.base import (
+    Exclusions,
+    Index,
+    SearchResult,
+    as_exclusions,
+    atomic_write,
+    check_k,
+    normalize_ids,
+    read_manifest,
+    write_manifest,
+)
+
+INDEX_FILE = "index.faiss"
+Variant = Literal["hnsw", "ivf", "ivfpq"]
+VARIANTS: tuple[str, ...] = ("hnsw", "ivf", "ivfpq")
+DEFAULTS: dict[str, Any] = {
+    "hnsw_m": 32,
+    "ef_construction": 128,
+    "ef_search": 256,
+    "nlist": None,  # None: about 4·sqrt(N), at least 39 training points per list
+    "nprobe": None,  # None: nlist / 16 (at least 8)
+    "pq_m": None,  # None: d / 4 sub-quantizers (each a byte)
+    "pq_bits": 8,
+    "refine": 4,  # ivfpq: re-score refine·k PQ candidates exactly (0 = off)
+    "seed": 1234,
+}
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as error:  # pragma: no cover - faiss-cpu is a dependency
+        raise TowerrecError("the FAISS index needs faiss-cpu", hint="pip install faiss-cpu") from error
+    return faiss
+
+
+class FaissIndex(Index):
+    """Approximate inner-product top-K over a catalogue, with the :class:`Index` interface.
+
+    Variants: ``"hnsw"`` (graph; ``hnsw_m`` links per node, ``ef_construction``
+    build beam, ``ef_search`` query beam: larger = better recall, slower),
+    ``"ivf"`` (k-means into ``nlist`` lists, search the ``nprobe`` nearest;
+    exact vectors) and ``"ivfpq"`` (IVF with vectors compressed to ``pq_m``
+    bytes, then the best ``refine``·k re-scored exactly). With ``ef_search ≥ N``
+    or ``nprobe = nlist`` (and ``refine`` ≥ N/k for ivfpq) the answer is exact.
+
+    Search runs on CPU in float32. Scores are inner products (cosine models
+    already return unit vectors).
+
+    Args:
+        candidate_embeddings: [N, d] one row per candidate.
+        ids: N unique candidate ids, all int or all str.
+        variant: ``"hnsw"``, ``"ivf"`` or ``"ivfpq"``.
+        metadata: JSON-serialisable facts stored with the index (e.g. run name).
+        **params: the knobs above; see ``DEFAULTS``.
+    """
+
+    kind = "faiss"
+    is_exact = False
+
+    def __init__(
+        self,
+        candidate_embeddings: Tensor | np.ndarray | None = None,
+        ids: Sequence[int | str] | np.ndarray | None = None,
+        *,
+        variant: Variant = "hnsw",
+        metadata: dict[str, Any] | None = None,
+        **params: Any,
+    ) -> None:
+        if variant not in VARIANTS:
+            raise TowerrecError(f"FAISS index variant {variant!r} is not one of {', '.join(VARIANTS)}")
+        unknown = sorted(set(params) - set(DEFAULTS))
+        if unknown:
+            raise TowerrecError(f"unknown FAISS index option(s) {unknown}; valid: {sorted(DEFAULTS)}")
+        self.variant = variant
+        self.params = {**DEFAULTS, **params}
+        for key, value in self.params.items():
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise TowerrecError(f"FAISS option {key} must be a non-negative integer, got {value!r}")
+        self.metadata = dict(metadata or {})
+        self._index = None
+        self._vectors: np.ndarray | None = None
+        self._ids = np.empty(0, dtype=np.int64)
+        self.dim = 0
+        if candidate_embeddings is not None:
+            if ids is None:
+                raise TowerrecError("FaissIndex needs the ids of its candidate embeddings")
+            self.build(candidate_embeddings, ids)
+
+    # ------------------------------------------------------------------ build
+    def build(self, candidate_embeddings: Tensor | np.ndarray, ids: Sequence[int | str] | np.ndarray) -> FaissIndex:
+        """(Re)builds the index over [N, d] embeddings (N ≥ 1, finite) and their N ids."""
+        faiss = _faiss()
+        x = _as_float32(candidate_embeddings)
+        if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+            raise TowerrecError(f"candidate embeddings must be [N, d] with N ≥ 1, got {list(x.shape)}")
+        if not np.isfinite(x).all():
+            raise TowerrecError("candidate embeddings contain NaN or infinity", hint="the model diverged; retrain it")
+        self._ids = normalize_ids(ids, x.shape[0])
+        n, d = x.shape
+        self.dim = d
+        p = self.params
+        if self.variant == "hnsw":
+            index = faiss.IndexHNSWFlat(d, max(2, p["hnsw_m"]), faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = max(1, p["ef_construction"])
+        else:
+            nlist = p["nlist"] or default_nlist(n)
+            if nlist > n:
+                raise TowerrecError(f"nlist = {nlist} is larger than the catalogue ({n} candidates)", hint="lower --nlist")
+            p["nlist"] = nlist
+            p["nprobe"] = min(nlist, p["nprobe"] or max(8, nlist // 16))
+            quantizer = faiss.IndexFlatIP(d)
+            if self.variant == "ivf":
+                index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            else:
+                pq_m = p["pq_m"] or _default_pq_m(d)
+                if d % pq_m:
+                    raise TowerrecError(f"pq_m = {pq_m} must divide the embedding size {d}")
+                p["pq_m"] = pq_m
+                # each of the 2^bits PQ centroids needs ~39 training points: fewer bits on tiny catalogues
+                p["pq_bits"] = max(1, min(p["pq_bits"] or 8, int(math.log2(max(2, n // 39)))))
+                index = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, p["pq_bits"], faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = p["seed"]
+            index.own_fields = True
+            quantizer.this.disown()  # owned by the IVF index from here on
+            sample = _training_sample(x, max(nlist * 64, 4096 if self.variant == "ivfpq" else 0), p["seed"])
+            index.train(sample)
+            if self.variant == "ivfpq" and p["refine"]:
+                index = faiss.IndexRefineFlat(index)
+        index.add(x)
+        self._index = index
+        self._vectors = None
+        return self
+
+    @property
+    def num_candidates(self) -> int:
+        return 0 if self._index is None else int(self._index.ntotal)
+
+    @property
+    def ids(self) -> list[int | str]:
+        return self._ids.tolist()
+
+    # ----------------------------------------------------------------- search
+    def search(
+        self, queries: Tensor | np.ndarray, k: int, *, exclude: Exclusions | None = None, batch_size: int = 4096
+    ) -> SearchResult:
+        """Approximate top ``k`` of each query, best first, never returning an excluded one.
+
+        Same contract as :meth:`BruteForceIndex.search`: raises :class:`TowerrecError`
+        when ``k`` < 1 or a query keeps fewer than ``k`` candidates after exclusions.
+
+        Args:
+            queries: [Q, d] query embeddings.
+            k: results per query.
+            exclude: per-query catalogue positions to skip, as a CSR of Q rows or Q lists.
+            batch_size: queries handed to FAISS per call.
+        Returns:
+            :class:`SearchResult` with [Q, k] float32 scores and int64 indices and Q lists of ids.
+        """
+        if self._index is None:
+            raise TowerrecError("the FAISS index is empty", hint="build it first")
+        q = _as_float32(queries)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise TowerrecError(
+                f"queries must be [Q, {self.dim}], got {list(q.shape)}",
+                hint="the query and candidate towers must produce embeddings of the same size",
+            )
+        if not np.isfinite(q).all():
+            raise TowerrecError("query embeddings contain NaN or infinity", hint="the model diverged; retrain it")
+        exclusions = as_exclusions(exclude, q.shape[0])
+        check_k(k, self.num_candidates, exclusions)
+        n = self.num_candidates
+        num_queries = q.shape[0]
+        scores = np.empty((num_queries, k), dtype=np.float32)
+        indices = np.empty((num_queries, k), dtype=np.int64)
+        counts = np.zeros(num_queries, dtype=np.int64) if exclusions is None else np.diff(exclusions.indptr.numpy())
+        # Over-fetch: each row asks for k + its exclusions, rounded up to a power of two so rows group.
+        fetch = np.minimum(n, 2 ** np.ceil(np.log2(np.maximum(k + counts, 1))).astype(np.int64))
+        pending = np.arange(num_queries)
+        while pending.size:
+            short: list[np.ndarray] = []
+            for size in np.unique(fetch[pending]):
+                rows = pending[fetch[pending] == size]
+                for start in range(0, rows.size, batch_size):
+                    chunk = rows[start : start + batch_size]
+                    found_scores, found = self._faiss_search(q[chunk], int(size), k)
+                    done = self._take(chunk, found_scores, found, k, exclusions, scores, indices)
+                    short.append(chunk[~done])
+            pending = np.concatenate(short) if short else np.empty(0, dtype=np.int64)
+            exhausted = pending[fetch[pending] >= n]
+            if exhausted.size:  # FAISS saw every candidate it could reach and is still short
+                self._exact(q, exhausted, k, exclusions, scores, indices)
+            pending = pending[fetch[pending] < n]
+            fetch[pending] = np.minimum(n, fetch[pending] * 2)
+        return SearchResult(torch.from_numpy(scores), torch.from_numpy(indices), self._ids[indices].tolist())
+
+    def _search_params(self, fetch: int, k: int):
+        faiss = _faiss()
+        p = self.params
+        if self.variant == "hnsw":
+            return faiss.SearchParametersHNSW(efSearch=max(p["ef_search"], fetch))
+        ivf = faiss.SearchParametersIVF(nprobe=p["nprobe"])
+        if isinstance(self._index, faiss.IndexRefine):
+            return faiss.IndexRefineSearchParameters(k_factor=float(max(1, p["refine"])), base_index_params=ivf)
+        return ivf
+
+    def _faiss_search(self, q: np.ndarray, fetch: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._index.search(np.ascontiguousarray(q), fetch, params=self._search_params(fetch, k))
+
+    @staticmethod
+    def _take(
+        rows: np.ndarray,
+        found_scores: np.ndarray,
+        found: np.ndarray,
+        k: int,
+        exclusions,
+        scores: np.ndarray,
+        indices: np.ndarray,
+    ) -> np.ndarray:
+        """Writes the first k valid results of each row; returns which rows had k of them."""
+        valid = found >= 0
+        if exclusions is not None and exclusions.indices.numel():
+            valid &= ~_excluded(exclusions, rows, found)
+        done = valid.sum(axis=1) >= k
+        if done.any():
+            order = np.argsort(~valid[done], axis=1, kind="stable")[:, :k]
+            scores[rows[done]] = np.take_along_axis(found_scores[done], order, axis=1)
+            indices[rows[done]] = np.take_along_axis(found[done], order, axis=1)
+        return done
+
+    def _exact(self, q, rows, k, exclusions, scores, indices) -> None:
+        vectors = torch.from_numpy(self.vectors())
+        chunk = torch.from_numpy(q[rows]) @ vectors.T
+        if exclusions is not None:
+            from towerrec.train.prepared import gather_rows
+
+            gather_rows(exclusions, torch.from_numpy(rows)).masked_fill_(chunk, -torch.inf)
+        best = chunk.topk(k, dim=1)
+        scores[rows], indices[rows] = best.values.numpy(), best.indices.numpy()
+
+    def vectors(self) -> np.ndarray:
+        """[N, d] float32 stored vectors (reconstructed; approximate for ivfpq without refine)."""
+        if self._vectors is None:
+            faiss = _faiss()
+            index = self._index
+            if isinstance(index, faiss.IndexRefine):
+                index = faiss.downcast_index(index.refine_index)
+            elif isinstance(index, faiss.IndexIVF):
+                index.make_direct_map()
+            self._vectors = index.reconstruct_n(0, index.ntotal)
+        return self._vectors
+
+    # ------------------------------------------------------------- save/load
+    def save(self, folder: str | Path) -> None:
+        """Writes ``index.faiss`` (FAISS binary format) then ``index.json``."""
+        if self._index is None:
+            raise TowerrecError("the FAISS index is empty", hint="build it before saving")
+        faiss = _faiss()
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / INDEX_FILE, lambda path: faiss.write_index(self._index, str(path)))
+        write_manifest(
+            folder,
+            {
+                "kind": self.kind,
+                "variant": self.variant,
+                "params": self.params,
+                "num_candidates": self.num_candidates,
+                "dim": self.dim,
+                "ids": self.ids,
+                "metadata": self.metadata,
+                "faiss_version": faiss.__version__,
+            },
+        )
+
+    @classmethod
+    def load(cls, folder: str | Path, *, mmap: bool = False) -> FaissIndex:
+        """Reads an index written by :meth:`save`; ``mmap`` maps the file instead of reading it."""
+        faiss = _faiss()
+        manifest = read_manifest(folder, cls.kind)
+        path = Path(folder) / INDEX_FILE
+        if not path.is_file():
+            raise TowerrecError(f"{path}: missing", hint="the index folder is incomplete: save it again")
+        try:
+            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if mmap else 0)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
+            raise TowerrecError(f"{path}: unreadable ({first})", hint="the index folder is corrupt: save it again") from None
+        params = manifest.get("params") or {}
+        self = cls(variant=manifest.get("variant", "hnsw"), metadata=manifest.get("metadata"),
+                   **{k: v for k, v in params.items() if k in DEFAULTS})
+        expected = (manifest.get("num_candidates"), manifest.get("dim"))
+        if (index.ntotal, index.d) != expected:
+            raise TowerrecError(
+                f"{path}: holds {index.ntotal} vectors of size {index.d}, {Path(folder) / 'index.json'} says {expected}",
+                hint="the index folder mixes two saves: save it again",
+            )
+        self._index, self.dim = index, index.d
+        self._ids = normalize_ids(manifest.get("ids", []), index.ntotal)
+        return self
+
+
+def default_nlist(num_candidates: int) -> int:
+    """About 4·sqrt(N) lists, with at least 39 training points each (FAISS's minimum)."""
+    return max(1, min(int(4 * math.sqrt(num_candidates)), num_candidates // 39))
+
+
+def _default_pq_m(dim: int) -> int:
+    for m in (dim // 4, dim // 2, dim):
+        if m >= 1 and dim % m == 0:
+            return m
+    return dim
+
+
+def _training_sample(x: np.ndarray, size: int, seed: int) -> np.ndarray:
+    if x.shape[0] <= size:
+        return x
+    rows = np.sort(np.random.default_rng(seed).choice(x.shape[0], size, replace=False))
+    return x[rows]
+
+
+def _as_float32(x: Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(x, Tensor):
+        x = x.detach().to("cpu", torch.float32).numpy()
+    return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+
+
+def _excluded(exclusions, rows: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """[len(rows), fetch] bool: is ``found[i, j]`` among the exclusions of query ``rows[i]``?"""
+    indptr = exclusions.indptr.numpy()
+    flat = exclusions.indices.numpy()
+    starts, ends = indptr[rows], indptr[rows + 1]
+    lengths = ends - starts
+    owner = np.repeat(np.arange(rows.size), lengths)
+    offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    keys = owner * (1 << 40) + flat[starts[owner] + offsets]
+    candidate_keys = np.arange(rows.size)[:, None] * (1 << 40) + found
+    return np.isin(candidate_keys, keys)
+
+
+def recall_against(approximate: Index, exact: Index, queries: Tensor, k: int, *, exclude: Exclusions | None = None) -> float:
+    """Mean |approximate top-k ∩ exact top-k| / k over the queries (1.0 = same answers)."""
+    a = approximate.search(queries, k, exclude=exclude).indices.cpu().numpy()
+    e = exact.search(queries, k, exclude=exclude).indices.cpu().numpy()
+    rows = np.arange(a.shape[0])[:, None] * (1 << 40)
+    hits = np.isin(rows + a, rows + e).sum()
+    return float(hits / max(1, a.size))

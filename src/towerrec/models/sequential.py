@@ -1,0 +1,112 @@
+"""Sequential retrieval model: item-history query tower (GRU or self-attention) · item candidate tower.
+
+Item indices are catalogue index + 1; 0 is padding. The candidate tower is an
+item-id embedding, either the query tower's input table (``shared_embeddings``)
+or a separate one. Optional per-step context features are added to each step's
+item embedding: ``rating`` (the rating of that event), ``genre`` (mean of the
+item's genre embeddings) and ``year`` (the item's release year, bucketed).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from towerrec.layers.embedding import init_embedding_
+from towerrec.layers.sequence import GRUEncoder, SelfAttentionEncoder
+
+STEP_FEATURES = ("rating", "genre", "year")
+NUM_RATING_SLOTS = 12  # ratings rounded to 0..10 (+ padding); MovieLens uses 1..5
+
+
+class SequentialModel(nn.Module):
+    def __init__(
+        self,
+        num_items: int,
+        *,
+        embedding_dim: int = 32,
+        encoder: Literal["gru", "sasrec"] = "gru",
+        max_length: int = 10,
+        hidden_dim: int | None = None,
+        num_blocks: int = 2,
+        num_heads: int = 1,
+        dropout: float = 0.0,
+        shared_embeddings: bool = False,
+        init: Literal["keras-uniform", "normal"] = "normal",
+        step_features: tuple[str, ...] = (),
+        num_genres: int = 0,
+        num_year_buckets: int = 0,
+        genre_width: int = 1,
+    ) -> None:
+        super().__init__()
+        unknown = sorted(set(step_features) - set(STEP_FEATURES))
+        if unknown:
+            raise ValueError(f"unknown step feature(s) {unknown}; valid: {list(STEP_FEATURES)}")
+        self.num_items = num_items
+        self.encoder_kind = encoder
+        self.step_features = tuple(step_features)
+        self.item_embedding = nn.Embedding(num_items + 1, embedding_dim, padding_idx=0)
+        init_embedding_(self.item_embedding.weight, init)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+        self.shared_embeddings = shared_embeddings
+        out_dim = embedding_dim
+        if encoder == "gru":
+            out_dim = hidden_dim or embedding_dim
+            self.encoder: nn.Module = GRUEncoder(embedding_dim, out_dim, dropout=dropout,
+                                                 init="keras" if init == "keras-uniform" else "torch")
+            self.step_dropout = nn.Dropout(dropout)
+        elif encoder == "sasrec":
+            self.encoder = SelfAttentionEncoder(embedding_dim, max_length, num_blocks=num_blocks,
+                                                num_heads=num_heads, dropout=dropout)
+            self.step_dropout = nn.Identity()
+        else:
+            raise ValueError(f"unknown encoder {encoder!r}; valid: gru, sasrec")
+        if shared_embeddings and out_dim != embedding_dim:
+            raise ValueError("shared_embeddings needs hidden_dim == embedding_dim")
+        if not shared_embeddings:
+            self.candidate_embedding = nn.Embedding(num_items + 1, out_dim, padding_idx=0)
+            init_embedding_(self.candidate_embedding.weight, init)
+        if "rating" in self.step_features:
+            self.rating_embedding = nn.Embedding(NUM_RATING_SLOTS, embedding_dim, padding_idx=0)
+            nn.init.normal_(self.rating_embedding.weight, std=0.02)
+        if "genre" in self.step_features:
+            self.genre_embedding = nn.Embedding(num_genres + 1, embedding_dim, padding_idx=0)
+            nn.init.normal_(self.genre_embedding.weight, std=0.02)
+            self.register_buffer("item_genres", torch.zeros(num_items + 1, genre_width, dtype=torch.int64))
+        if "year" in self.step_features:
+            self.year_embedding = nn.Embedding(num_year_buckets + 1, embedding_dim, padding_idx=0)
+            nn.init.normal_(self.year_embedding.weight, std=0.02)
+            self.register_buffer("item_years", torch.zeros(num_items + 1, dtype=torch.int64))
+
+    def set_item_features(self, genres: Tensor | None, years: Tensor | None) -> None:
+        """``genres``: [N + 1, G] genre indices (+1, 0 pad); ``years``: [N + 1] bucket (+1, 0 unknown)."""
+        if genres is not None and hasattr(self, "item_genres"):
+            self.item_genres = genres.to(torch.int64)
+        if years is not None and hasattr(self, "item_years"):
+            self.item_years = years.to(torch.int64)
+
+    def _steps(self, items: Tensor, ratings: Tensor | None) -> Tensor:
+        x = self.item_embedding(items)
+        if "rating" in self.step_features and ratings is not None:
+            x = x + self.rating_embedding(ratings)
+        if "genre" in self.step_features:
+            genres = self.item_genres[items]  # [B, L, G]
+            count = (genres > 0).sum(-1, keepdim=True).clamp(min=1)
+            x = x + self.genre_embedding(genres).sum(-2) / count
+        if "year" in self.step_features:
+            x = x + self.year_embedding(self.item_years[items])
+        return x
+
+    def encode(self, items: Tensor, ratings: Tensor | None = None, *, last_only: bool = True) -> Tensor:
+        """Query embeddings of left-padded histories ``[B, L]``: ``[B, d]`` (last step) or ``[B, L, d]``."""
+        mask = items > 0
+        steps = self.step_dropout(self._steps(items, ratings)) * mask.unsqueeze(-1)
+        return self.encoder(steps, mask, last_only=last_only)
+
+    def candidate_weight(self) -> Tensor:
+        """[N, d] embeddings of every catalogue item (row i = catalogue index i)."""
+        table = self.item_embedding if self.shared_embeddings else self.candidate_embedding
+        return table.weight[1:]

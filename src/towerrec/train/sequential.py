@@ -1,0 +1,653 @@
+"""Sequential retrieval (workload W3): protocols, padded tensors, training, evaluation, run directories.
+
+Data become padded int tensors once: item index + 1 (0 = padding), LEFT-padded
+so the most recent item sits in the last column. A training row holds
+``inputs [L]`` and ``targets [L]`` (the item each step should predict, 0 = no
+target); without ``all_positions`` only the last column has a target. Batches
+are index slices of these tensors.
+
+Protocols (``[sequence] protocol``):
+
+* ``tfrs-sequences``: the TFRS tutorial exactly (:func:`towerrec.data.sequences.build_sequence_examples`).
+  The examples of one user land in both train and test: it leaks the future.
+  "Seen items" of a test example are the items of its context.
+* ``leave-last-out``: per user (ratings >= ``min_rating``, time order), the last
+  item is the test target and the second-last the validation target; training
+  uses the rest, every position predicting the next item. Test contexts are the
+  ``max_length`` most recent items before the target; "seen" is the whole
+  earlier history. Users with fewer than ``min_timeline_length`` events only train.
+
+Objectives (``[sequence] objective``): in-batch softmax over the batch's unique
+targets (exact and fast, :mod:`towerrec.tasks.unique_softmax`, with the [task]
+options), full softmax over the catalogue, or sampled softmax with
+popularity-drawn shared negatives and logQ correction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import Tensor
+
+from towerrec import __version__
+from towerrec.config import RunConfig
+from towerrec.data.registry import load_dataset
+from towerrec.data.sequences import build_sequence_examples
+from towerrec.data.tables import Dataset
+from towerrec.errors import ConfigError, DataError, TowerrecError
+from towerrec.metrics.topk import CSR, evaluate_retrieval
+from towerrec.models.sequential import NUM_RATING_SLOTS, SequentialModel
+from towerrec.tasks.unique_softmax import unique_candidates, unique_in_batch_softmax_loss
+from towerrec.train.checkpoint import Checkpointer, load_json, save_json, save_weights
+from towerrec.train.trainer import FitResult, make_optimizer
+
+EVAL_CHUNK = 8192
+YEAR_BUCKET = 5  # years per bucket for the "year" step feature
+
+
+# -- data ----------------------------------------------------------------------
+@dataclass
+class SequenceExamples:
+    """Training rows (``targets`` [n, L]) or evaluation rows (``targets`` [n] catalogue index)."""
+
+    inputs: Tensor  # [n, L] item index + 1, left-padded
+    ratings: Tensor | None  # [n, L] rating slot (0 = pad / unknown), when the model uses ratings
+    targets: Tensor
+    seen: CSR | None = None  # evaluation: items to exclude per row (catalogue indices)
+    user_ids: list | None = None
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+
+@dataclass
+class SequenceData:
+    dataset: Dataset
+    item_ids: np.ndarray  # catalogue ids, row i = catalogue index i
+    titles: list[str]
+    train: SequenceExamples
+    validation: SequenceExamples | None
+    test: SequenceExamples
+    item_counts: Tensor  # [N] training targets per item
+    genres: Tensor | None  # [N + 1, G] genre indices + 1 (row 0 = padding)
+    years: Tensor | None  # [N + 1] year bucket + 1
+    num_genres: int = 0
+    num_year_buckets: int = 0
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+
+def left_pad(values: np.ndarray, ends: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
+    """``[n, width]``: row r = the last ``min(lengths[r], width)`` of ``values[ends[r] - lengths[r]:ends[r]]``,
+    right-aligned, 0 before them."""
+    take = np.minimum(lengths, width)
+    cols = np.arange(width)
+    src = ends[:, None] - width + cols[None, :]
+    valid = cols[None, :] >= (width - take)[:, None]
+    out = np.zeros((len(ends), width), dtype=np.int64)
+    out[valid] = values[src[valid]]
+    return out
+
+
+def _csr_of_ranges(values: np.ndarray, ends: np.ndarray, lengths: np.ndarray) -> CSR:
+    indptr = np.zeros(len(ends) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    starts = np.repeat(ends - lengths, lengths)
+    flat = starts + np.arange(indptr[-1]) - np.repeat(indptr[:-1], lengths)
+    return CSR(torch.from_numpy(indptr), torch.from_numpy(values[flat].astype(np.int64)))
+
+
+def catalogue_of(dataset: Dataset) -> tuple[np.ndarray, list[str]]:
+    """Item ids (sorted) and titles: the item table's items, else the items in interactions."""
+    if dataset.items is not None:
+        items = dataset.items.select("item_id", "title").unique("item_id").sort("item_id")
+        return items["item_id"].to_numpy(), [str(t) for t in items["title"].to_list()]
+    ids = dataset.interactions["item_id"].unique().sort()
+    return ids.to_numpy(), [str(i) for i in ids.to_list()]
+
+
+def _item_lookup(item_ids: np.ndarray, dtype) -> pl.DataFrame:
+    return pl.DataFrame({"item_id": pl.Series(item_ids.tolist(), dtype=dtype),
+                         "__item": np.arange(len(item_ids), dtype=np.int64)})
+
+
+def _events(dataset: Dataset, item_ids: np.ndarray, min_rating: float | None) -> pl.DataFrame:
+    """Interactions with their catalogue index and rating slot, filtered by rating; input row order."""
+    inter = dataset.interactions
+    events = inter.select("user_id", "item_id", "rating", "timestamp").join(
+        _item_lookup(item_ids, inter.schema["item_id"]), on="item_id", how="left", maintain_order="left")
+    missing = events["__item"].null_count()
+    if missing:
+        bad = events.filter(pl.col("__item").is_null())["item_id"][0]
+        raise DataError(f"item {bad!r} is in the interactions but not in the item table", field="item_id")
+    if min_rating is not None:
+        events = events.filter(pl.col("rating").is_null() | (pl.col("rating") >= min_rating))
+    slot = (pl.col("rating").round(0).clip(0, NUM_RATING_SLOTS - 2) + 1).fill_null(0).cast(pl.Int64)
+    return events.with_columns(__slot=slot)
+
+
+def _item_side(dataset: Dataset, item_ids: np.ndarray, step_features: tuple[str, ...]):
+    genres = years = None
+    num_genres = num_years = 0
+    items = dataset.items
+    if items is None:
+        if {"genre", "year"} & set(step_features):
+            raise DataError("the genre/year step features need an item table", file=dataset.name)
+        return genres, years, num_genres, num_years
+    lookup = pl.DataFrame({"item_id": pl.Series(item_ids.tolist(), dtype=items.schema["item_id"])})
+    table = lookup.join(items.unique("item_id"), on="item_id", how="left", maintain_order="left")
+    if "genre" in step_features:
+        names = sorted({g for gs in table["genres"].to_list() if gs for g in gs})
+        index = {g: i + 1 for i, g in enumerate(names)}
+        lists = [[index[g] for g in (gs or [])] for gs in table["genres"].to_list()]
+        width = max(1, max((len(x) for x in lists), default=1))
+        matrix = np.zeros((len(item_ids) + 1, width), dtype=np.int64)
+        for row, gs in enumerate(lists, start=1):
+            matrix[row, : len(gs)] = gs
+        genres, num_genres = torch.from_numpy(matrix), len(names)
+    if "year" in step_features:
+        year = table["year"].cast(pl.Float64).to_numpy()
+        known = ~np.isnan(year)
+        low = np.nanmin(year) if known.any() else 0
+        bucket = np.where(known, (np.nan_to_num(year) - low) // YEAR_BUCKET + 1, 0).astype(np.int64)
+        years = torch.from_numpy(np.concatenate([[0], bucket]))
+        num_years = int(bucket.max()) if bucket.size else 0
+    return genres, years, num_genres, num_years
+
+
+def prepare_sequences(config: RunConfig, dataset: Dataset | None = None, *, progress: bool = True) -> SequenceData:
+    """Load (or take) the dataset and build the configured protocol's padded tensors."""
+    s = config.sequence
+    _check_sequence_config(config)
+    if dataset is None:
+        dataset = load_dataset(config.data.dataset, config.data.data_dir, progress=progress)
+    item_ids, titles = catalogue_of(dataset)
+    events = _events(dataset, item_ids, s.min_rating)
+    use_ratings = "rating" in s.step_features
+    if s.protocol == "tfrs-sequences":
+        train, test = _tfrs_sequences(config, events, use_ratings)
+        validation = None
+    else:
+        train, validation, test = _leave_last_out(config, events, use_ratings)
+    flat_targets = train.targets[train.targets > 0] - 1
+    counts = torch.bincount(flat_targets, minlength=len(item_ids)).float()
+    genres, years, num_genres, num_years = _item_side(dataset, item_ids, s.step_features)
+    return SequenceData(dataset, item_ids, titles, train, validation, test, counts, genres, years, num_genres, num_years)
+
+
+def _tfrs_sequences(config: RunConfig, events: pl.DataFrame, use_ratings: bool):
+    s, width = config.sequence, config.sequence.max_length
+    # Build on event row numbers so contexts can be mapped to items AND ratings afterwards.
+    rows = events.with_row_index("__event").with_columns(pl.col("__event").cast(pl.Int64))
+    train_df, test_df = build_sequence_examples(
+        rows.select("user_id", pl.col("__event").alias("item_id"), "rating", "timestamp"),
+        min_rating=None,  # already applied
+        min_timeline_length=s.min_timeline_length,
+        max_context_length=width,
+        train_fraction=s.train_fraction,
+        seed=config.data.seed,
+    )
+    item1 = rows["__item"].to_numpy() + 1
+    slots = rows["__slot"].to_numpy()
+
+    def encode(frame: pl.DataFrame, *, train: bool) -> SequenceExamples:
+        ctx = frame["context"]
+        offsets = ctx.list.len().to_numpy().astype(np.int64)
+        flat = ctx.explode().to_numpy().astype(np.int64) if frame.height else np.zeros(0, dtype=np.int64)
+        ends = np.cumsum(offsets)
+        inputs = left_pad(item1[flat], ends, offsets, width)
+        ratings = left_pad(slots[flat], ends, offsets, width) if use_ratings else None
+        label = item1[frame["label_item_id"].to_numpy()]
+        if train:
+            targets = np.zeros_like(inputs)
+            if s.all_positions:
+                targets[:, :-1] = inputs[:, 1:]
+            targets[:, -1] = label
+            return SequenceExamples(torch.from_numpy(inputs), _t(ratings), torch.from_numpy(targets))
+        seen = _csr_of_ranges(item1[flat] - 1, ends, offsets)
+        return SequenceExamples(torch.from_numpy(inputs), _t(ratings), torch.from_numpy(label - 1), seen,
+                                frame["user_id"].to_list())
+
+    return encode(train_df, train=True), encode(test_df, train=False)
+
+
+def _t(array: np.ndarray | None) -> Tensor | None:
+    return None if array is None else torch.from_numpy(array)
+
+
+def _leave_last_out(config: RunConfig, events: pl.DataFrame, use_ratings: bool):
+    s, width = config.sequence, config.sequence.max_length
+    if s.min_timeline_length < 3:
+        raise ConfigError("[sequence] leave-last-out needs min_timeline_length >= 3 (train, validation, test)")
+    ordered = events.with_row_index("__row").sort(["user_id", "timestamp", "__row"])
+    items = ordered["__item"].to_numpy().astype(np.int64)
+    slots = ordered["__slot"].to_numpy().astype(np.int64)
+    users = ordered["user_id"]
+    bounds = np.flatnonzero(np.concatenate([[True], (users[1:] != users[:-1]).to_numpy(), [True]]))
+    starts, ends = bounds[:-1], bounds[1:]
+    lengths = ends - starts
+    user_ids = users.gather(starts).to_list()
+    held = lengths >= s.min_timeline_length
+    train_len = np.where(held, lengths - 2, lengths)  # the part training sees
+    # training rows: inputs = items[:train_len - 1], targets = items[1:train_len] (last `width` of them)
+    has_pair = train_len >= 2
+    t_end, t_len = (starts + train_len)[has_pair], (train_len - 1)[has_pair]
+    inputs = left_pad(items + 1, t_end - 1, t_len, width)
+    targets = left_pad(items + 1, t_end, t_len, width)
+    ratings = left_pad(slots, t_end - 1, t_len, width) if use_ratings else None
+    train = SequenceExamples(torch.from_numpy(inputs), _t(ratings), torch.from_numpy(targets))
+
+    def held_out(offset: int) -> SequenceExamples:
+        label_pos = (ends - offset)[held]
+        ctx_len = (lengths - offset)[held]
+        sel_users = [u for u, h in zip(user_ids, held) if h]
+        return SequenceExamples(
+            torch.from_numpy(left_pad(items + 1, label_pos, ctx_len, width)),
+            _t(left_pad(slots, label_pos, ctx_len, width)) if use_ratings else None,
+            torch.from_numpy(items[label_pos]),
+            _csr_of_ranges(items, label_pos, ctx_len),
+            sel_users,
+        )
+
+    return train, held_out(2), held_out(1)
+
+
+def _check_sequence_config(config: RunConfig) -> None:
+    s = config.sequence
+    for key in ("max_length", "num_blocks", "num_heads", "num_sampled"):
+        if getattr(s, key) < 1:
+            raise ConfigError(f"[sequence] {key} must be >= 1, got {getattr(s, key)}")
+    if s.encoder == "sasrec" and config.model.embedding_dim % s.num_heads:
+        raise ConfigError(f"[model] embedding_dim {config.model.embedding_dim} must be divisible by "
+                          f"[sequence] num_heads {s.num_heads}")
+    if s.shared_embeddings and s.hidden_dim not in (None, config.model.embedding_dim):
+        raise ConfigError("[sequence] shared_embeddings needs hidden_dim == [model] embedding_dim")
+    from towerrec.models.sequential import STEP_FEATURES
+
+    bad = sorted(set(s.step_features) - set(STEP_FEATURES))
+    if bad:
+        raise ConfigError(f"[sequence] step_features {bad} unknown; valid: {list(STEP_FEATURES)}")
+
+
+# -- model ---------------------------------------------------------------------
+def sequential_model_for(config: RunConfig, num_items: int, num_genres: int = 0, num_year_buckets: int = 0,
+                         genre_width: int = 1) -> SequentialModel:
+    s, m = config.sequence, config.model
+    return SequentialModel(
+        num_items,
+        embedding_dim=m.embedding_dim,
+        encoder=s.encoder,
+        max_length=s.max_length,
+        hidden_dim=s.hidden_dim,
+        num_blocks=s.num_blocks,
+        num_heads=s.num_heads,
+        dropout=m.dropout,
+        shared_embeddings=s.shared_embeddings,
+        init=m.init,
+        step_features=s.step_features,
+        num_genres=num_genres,
+        num_year_buckets=num_year_buckets,
+        genre_width=genre_width,
+    )
+
+
+def build_sequential_model(config: RunConfig, data: SequenceData) -> SequentialModel:
+    torch.manual_seed(config.train.seed)
+    model = sequential_model_for(config, data.num_items, data.num_genres, data.num_year_buckets, _genre_width(data))
+    model.set_item_features(data.genres, data.years)
+    return model
+
+
+# -- evaluation ----------------------------------------------------------------
+@torch.no_grad()
+def encode_histories(model: SequentialModel, inputs: Tensor, ratings: Tensor | None = None) -> Tensor:
+    model.eval()
+    parts = [model.encode(inputs[s : s + EVAL_CHUNK], None if ratings is None else ratings[s : s + EVAL_CHUNK])
+             for s in range(0, inputs.shape[0], EVAL_CHUNK)]
+    return torch.cat(parts) if parts else torch.zeros(0, model.candidate_weight().shape[1])
+
+
+@torch.no_grad()
+def evaluate_sequences(model: SequentialModel, examples: SequenceExamples, *, ks=(1, 5, 10, 50, 100),
+                       exclude_seen: bool = True) -> dict[str, float]:
+    """Full-catalogue metrics of the last-step queries; ``exclude_seen`` removes each row's history items."""
+    queries = encode_histories(model, examples.inputs, examples.ratings)
+    candidates = model.candidate_weight().detach()
+    ks = tuple(k for k in ks if k <= candidates.shape[0])
+    return evaluate_retrieval(queries, candidates, examples.targets,
+                              exclude=examples.seen if exclude_seen else None, ks=ks)
+
+
+def popularity_metrics(data: SequenceData, examples: SequenceExamples, *, ks=(1, 5, 10, 50, 100),
+                       exclude_seen: bool = True) -> dict[str, float]:
+    """The popularity baseline (train target counts) under the same protocol."""
+    queries = torch.ones(len(examples), 1)
+    candidates = torch.log1p(data.item_counts).unsqueeze(1)
+    ks = tuple(k for k in ks if k <= data.num_items)
+    return evaluate_retrieval(queries, candidates, examples.targets,
+                              exclude=examples.seen if exclude_seen else None, ks=ks)
+
+
+def evaluate_both(model: SequentialModel, examples: SequenceExamples, ks) -> dict[str, dict[str, float]]:
+    return {"seen_excluded": evaluate_sequences(model, examples, ks=ks, exclude_seen=True),
+            "tfrs": evaluate_sequences(model, examples, ks=ks, exclude_seen=False)}
+
+
+# -- training ------------------------------------------------------------------
+class SequentialTrainer:
+    """Epochs of index-sliced batches; eval every N epochs; history, checkpoints, resume, early stopping."""
+
+    def __init__(self, config: RunConfig, data: SequenceData, model: SequentialModel, *,
+                 checkpoint_dir: Path | None = None, history_path: Path | None = None, progress: bool = True) -> None:
+        self.config, self.data, self.model = config, data, model
+        self.optimizer = make_optimizer(config, model)
+        self.checkpointer = Checkpointer(checkpoint_dir) if checkpoint_dir else None
+        self.history_path = history_path
+        self.progress = progress
+        counts = data.item_counts
+        self.log_q = torch.log(counts.clamp(min=1.0) / counts.sum().clamp(min=1.0))
+        self.sample_probs = counts.clamp(min=1.0) / counts.clamp(min=1.0).sum()
+        self.all_positions = config.sequence.all_positions or config.sequence.protocol == "leave-last-out"
+        t = config.train
+        if t.early_stopping_patience is not None and data.validation is None:
+            raise ConfigError("[train] early_stopping_patience needs a validation split",
+                              hint="use [sequence] protocol = 'leave-last-out'")
+
+    def batch_loss(self, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        train = self.data.train
+        inputs, targets = train.inputs[index], train.targets[index]
+        ratings = None if train.ratings is None else train.ratings[index]
+        if self.all_positions:
+            states = self.model.encode(inputs, ratings, last_only=False)
+            valid = targets > 0
+            query, target = states[valid], targets[valid] - 1
+        else:
+            query, target = self.model.encode(inputs, ratings, last_only=True), targets[:, -1] - 1
+        return self.loss(query, target, generator)
+
+    def loss(self, query: Tensor, target: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        task, s = self.config.task, self.config.sequence
+        weight = self.model.candidate_weight()
+        scale = 1.0 / task.temperature
+        if s.objective == "in-batch":
+            unique, labels, counts = unique_candidates(target)
+            return unique_in_batch_softmax_loss(
+                query, weight[unique], labels, counts,
+                log_q=self.log_q[unique] if task.logq_correction else None,
+                remove_accidental_hits=task.remove_accidental_hits,
+                temperature=task.temperature, reduction=task.reduction)
+        if s.objective == "full-softmax":
+            return F.cross_entropy(query @ weight.t() * scale, target, reduction=task.reduction)
+        negatives = torch.multinomial(self.sample_probs, s.num_sampled, replacement=True, generator=generator)
+        positive = (query * weight[target]).sum(-1, keepdim=True) * scale
+        negative = query @ weight[negatives].t() * scale
+        if task.logq_correction:
+            positive = positive - self.log_q[target].unsqueeze(1)
+            negative = negative - self.log_q[negatives].unsqueeze(0)
+        if task.remove_accidental_hits:
+            negative = negative.masked_fill(negatives.unsqueeze(0) == target.unsqueeze(1), -torch.inf)
+        logits = torch.cat([positive, negative], dim=1)
+        return F.cross_entropy(logits, torch.zeros_like(target), reduction=task.reduction)
+
+    def fit(self) -> FitResult:
+        t = self.config.train
+        result = FitResult()
+        start_epoch = 0
+        best = {"metric": -math.inf, "epoch": 0, "bad_epochs": 0}
+        if self.checkpointer is not None and self.checkpointer.exists():
+            state = self.checkpointer.load(self.model, self.optimizer)
+            start_epoch, result.history, best = state["epoch"], state["history"], state["best"]
+            result.resumed_from_epoch = start_epoch
+            result.train_seconds = state.get("train_seconds", 0.0)
+        if self.history_path is not None:
+            self.history_path.write_text("".join(json.dumps(r) + "\n" for r in result.history))
+        n = len(self.data.train)
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       transient=True, disable=not self.progress)
+        with bar:
+            task_id = bar.add_task("training", total=(t.epochs - start_epoch) * math.ceil(n / t.batch_size))
+            for epoch in range(start_epoch + 1, t.epochs + 1):
+                started = time.perf_counter()
+                loss = self._epoch(epoch, bar, task_id)
+                seconds = time.perf_counter() - started
+                result.train_seconds += seconds
+                record: dict[str, Any] = {"epoch": epoch, "loss": loss, "seconds": round(seconds, 4),
+                                          "examples_per_s": round(n / seconds, 1)}
+                stop = False
+                if epoch % t.eval_every == 0 or epoch == t.epochs:
+                    name, examples = ("validation", self.data.validation) if self.data.validation is not None \
+                        else ("test", self.data.test)
+                    metrics = evaluate_sequences(self.model, examples, ks=self.config.eval.ks,
+                                                 exclude_seen=self.config.eval.exclude_seen)
+                    record.update({f"{name}/{k}": v for k, v in metrics.items()})
+                    stop = self._early_stopping(best, epoch, metrics)
+                result.history.append(record)
+                if self.history_path is not None:
+                    with self.history_path.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                if self.checkpointer is not None:
+                    self.checkpointer.save(self.model, self.optimizer, {
+                        "epoch": epoch, "history": result.history, "best": best,
+                        "train_seconds": result.train_seconds})
+                if stop:
+                    result.stopped_early = True
+                    break
+        trained = [r for r in result.history if r["epoch"] > start_epoch]
+        total = sum(r["seconds"] for r in trained)
+        result.examples_per_s = n * len(trained) / total if total else 0.0
+        return result
+
+    def _epoch(self, epoch: int, bar: Progress, task_id: Any) -> float:
+        t = self.config.train
+        n = len(self.data.train)
+        generator = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
+        torch.manual_seed(t.seed * 7_919 + epoch)  # dropout
+        order = torch.randperm(n, generator=generator)
+        self.model.train()
+        total, batches = 0.0, 0
+        for start in range(0, n, t.batch_size):
+            loss = self.batch_loss(order[start : start + t.batch_size], generator)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += float(loss.detach())
+            batches += 1
+            bar.update(task_id, advance=1, description=f"epoch {epoch}/{t.epochs} loss {total / batches:.4f}")
+        return total / max(batches, 1)
+
+    def _early_stopping(self, best: dict[str, Any], epoch: int, metrics: dict[str, float]) -> bool:
+        patience, name = self.config.train.early_stopping_patience, self.config.train.early_stopping_metric
+        if patience is None:
+            return False
+        if name not in metrics:
+            raise ConfigError(f"[train] early_stopping_metric {name!r} is not one of {sorted(metrics)}")
+        if metrics[name] > best["metric"]:
+            best.update(metric=metrics[name], epoch=epoch, bad_epochs=0)
+            return False
+        best["bad_epochs"] += 1
+        return best["bad_epochs"] >= patience
+
+
+# -- run directories -----------------------------------------------------------
+def train_sequential_run(config: RunConfig, *, runs_root: Path, retrain: bool, progress: bool,
+                         dataset: Dataset | None, log):
+    """Like :func:`towerrec.runs.train_run`, for ``[model] kind = "sequential"``."""
+    from towerrec.runs import RUN_FORMAT_VERSION, RunResult, run_dir_for
+
+    data = prepare_sequences(config, dataset, progress=progress)
+    run_dir = run_dir_for(config, data.dataset.fingerprint, runs_root)
+    if retrain and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if (run_dir / "metrics.json").is_file():
+        log(f"reusing the finished run {run_dir} (same configuration and data; --retrain to train again)")
+        return RunResult(run_dir, load_json(run_dir / "metrics.json"), True, data, None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(config.to_toml())
+    save_json({"num_items": data.num_items, "num_genres": data.num_genres,
+               "num_year_buckets": data.num_year_buckets, "genre_width": _genre_width(data)},
+              run_dir / "sequence.json")
+    frame = pl.DataFrame({"item_id": pl.Series(data.item_ids.tolist(),
+                                               dtype=data.dataset.interactions.schema["item_id"]),
+                          "title": data.titles, "train_count": data.item_counts.numpy()})
+    frame.write_parquet(run_dir / "catalogue.parquet")
+    model = build_sequential_model(config, data)
+    trainer = SequentialTrainer(config, data, model, checkpoint_dir=run_dir / "checkpoints",
+                                history_path=run_dir / "history.jsonl", progress=progress)
+    if trainer.checkpointer is not None and trainer.checkpointer.exists():
+        log(f"resuming {run_dir} from its last checkpoint")
+    fit = trainer.fit()
+    save_weights(model, run_dir / "model.safetensors")
+    metrics: dict[str, Any] = {
+        "train_seconds": round(fit.train_seconds, 3),
+        "examples_per_s": round(fit.examples_per_s, 1),
+        "epochs_run": len(fit.history),
+        "stopped_early": fit.stopped_early,
+        "resumed_from_epoch": fit.resumed_from_epoch,
+        "test": evaluate_both(model, data.test, config.eval.ks),
+    }
+    if data.validation is not None:
+        metrics["validation"] = evaluate_both(model, data.validation, config.eval.ks)
+    save_json({"format_version": RUN_FORMAT_VERSION, "towerrec_version": __version__,
+               "data_fingerprint": data.dataset.fingerprint, "config_hash": config.hash()}, run_dir / "meta.json")
+    save_json(metrics, run_dir / "metrics.json")
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return RunResult(run_dir, metrics, False, data, model)
+
+
+def load_sequential_model(config: RunConfig, run_dir: Path) -> SequentialModel:
+    shape = load_json(run_dir / "sequence.json")
+    return sequential_model_for(config, shape["num_items"], shape["num_genres"], shape["num_year_buckets"],
+                                shape.get("genre_width", 1))
+
+
+def _genre_width(data: SequenceData) -> int:
+    return 1 if data.genres is None else int(data.genres.shape[1])
+
+
+# -- recommendation ------------------------------------------------------------
+def _coerce_items(raw: list[str], catalogue: pl.DataFrame) -> list[Any]:
+    if catalogue.schema["item_id"] == pl.Int64:
+        out = []
+        for value in raw:
+            try:
+                out.append(int(value))
+            except ValueError as exc:
+                raise TowerrecError(f"--history item {value!r} is not an integer, as this dataset's ids are") from exc
+        return out
+    return list(raw)
+
+
+def history_to_indices(items: list[Any], catalogue: pl.DataFrame, *, unknown: str = "warn",
+                       max_length: int | None = None, warn=None) -> list[int]:
+    """Catalogue indices of a history (oldest first). Unknown ids warn (and are dropped) or raise;
+    longer histories keep their ``max_length`` most recent items."""
+    index = {v: i for i, v in enumerate(catalogue["item_id"].to_list())}
+    missing = [v for v in items if v not in index]
+    if missing:
+        if unknown == "error":
+            raise TowerrecError(f"history item id(s) {missing} are not in the catalogue",
+                                hint="set [sequence] unknown_items = 'warn' to ignore them")
+        message = f"ignoring history item id(s) not in the catalogue: {missing}"
+        (warn or (lambda m: warnings.warn(m, stacklevel=3)))(message)
+    kept = [index[v] for v in items if v in index]
+    return kept[-max_length:] if max_length else kept
+
+
+def recommend_from_histories(run, histories: dict[str, list[int]], *, k: int = 10, exclude_seen: bool = True,
+                             fallback: str | None = None, seen: dict[str, list[int]] | None = None):
+    """Top ``k`` per named history (catalogue indices, oldest first). Empty histories get popular items
+    with ``fallback='popular'``, else raise."""
+    from towerrec.recommend import Recommendation
+
+    catalogue = run.catalogue
+    ids, titles = catalogue["item_id"].to_list(), catalogue["title"].to_list()
+    num_items = len(ids)
+    if k <= 0 or k > num_items:
+        raise TowerrecError(f"k must be between 1 and the catalogue size {num_items}, got {k}")
+    empty = [name for name, h in histories.items() if not h]
+    if empty and fallback != "popular":
+        raise TowerrecError(f"empty history for {empty}: nothing to condition on",
+                            hint="pass --fallback popular to recommend the most popular items instead")
+    results: dict[str, list] = {}
+    named = [name for name, h in histories.items() if h]
+    width = run.config.sequence.max_length
+    if named:
+        rows = [histories[name][-width:] for name in named]
+        inputs = torch.zeros(len(rows), width, dtype=torch.int64)
+        for r, h in enumerate(rows):
+            inputs[r, width - len(h):] = torch.as_tensor(h, dtype=torch.int64) + 1
+        ratings = torch.zeros_like(inputs) if "rating" in run.config.sequence.step_features else None
+        queries = encode_histories(run.model, inputs, ratings)
+        scores = queries @ run.model.candidate_weight().detach().t()
+        if exclude_seen:
+            for r, name in enumerate(named):
+                scores[r, torch.as_tensor((seen or histories)[name], dtype=torch.int64)] = -torch.inf
+        top = torch.topk(scores, k, dim=1)
+        for r, name in enumerate(named):
+            results[name] = [Recommendation(ids[c], titles[c], float(s))
+                             for c, s in zip(top.indices[r].tolist(), top.values[r].tolist())]
+    if empty:
+        counts = torch.as_tensor(catalogue["train_count"].to_numpy().copy(), dtype=torch.float32)
+        top = torch.topk(counts, k)
+        popular = [Recommendation(ids[c], titles[c], float(s)) for c, s in zip(top.indices.tolist(), top.values.tolist())]
+        for name in empty:
+            results[name] = popular
+    return {name: results[name] for name in histories}
+
+
+def user_histories(run, users: list[str], *, fallback: str | None = None) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """Each user's full timeline (ratings >= min_rating, time order) as catalogue indices: (recent, seen)."""
+    config = run.config
+    dataset = load_dataset(config.data.dataset, config.data.data_dir, progress=False)
+    if dataset.fingerprint != run.meta.get("data_fingerprint"):
+        raise TowerrecError(f"{run.run_dir}: the dataset changed since this run was trained",
+                            hint="retrain the run on the current data")
+    item_ids = np.asarray(run.catalogue["item_id"].to_list())
+    events = _events(dataset, item_ids, config.sequence.min_rating).with_row_index("__row")
+    schema = dataset.interactions.schema["user_id"]
+    histories: dict[str, list[int]] = {}
+    unknown = []
+    for user in users:
+        if schema == pl.Int64:
+            try:
+                raw: Any = int(user)
+            except ValueError as exc:
+                raise TowerrecError(f"user id {user!r} is not an integer, as this dataset's ids are") from exc
+        else:
+            raw = user
+        timeline = events.filter(pl.col("user_id") == raw).sort(["timestamp", "__row"])["__item"].to_list()
+        if not timeline:
+            unknown.append(user)
+        histories[user] = timeline
+    if unknown and fallback != "popular":
+        raise TowerrecError(f"user(s) {unknown} have no history in the training data",
+                            hint="pass --fallback popular to recommend the most popular items to them")
+    return histories, histories
+
+
+def evaluate_sequential_run(run, split: str = "test", include_seen: bool = False) -> dict[str, float]:
+    """Re-evaluate a finished sequential run on its protocol's split."""
+    config = run.config
+    data = prepare_sequences(config, progress=False)
+    if data.dataset.fingerprint != run.meta.get("data_fingerprint"):
+        raise TowerrecError(f"{run.run_dir}: the dataset changed since this run was trained",
+                            hint="retrain the run on the current data")
+    run.model.set_item_features(data.genres, data.years)
+    examples = {"test": data.test, "validation": data.validation}.get(split)
+    if examples is None:
+        raise TowerrecError(f"split {split!r} does not exist for this run", hint="use --split test")
+    return evaluate_sequences(run.model, examples, ks=config.eval.ks, exclude_seen=not include_seen)

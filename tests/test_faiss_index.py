@@ -1,0 +1,96 @@
+"""The FAISS index honours the Index interface: exact settings give brute force's answer, exclusions, save/load."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from towerrec.errors import TowerrecError
+from towerrec.index import BruteForceIndex, FaissIndex, load_index, recall_against
+from towerrec.metrics.topk import CSR
+
+N, D = 300, 16
+EXACT = {"hnsw": {"ef_search": N}, "ivf": {"nlist": 6, "nprobe": 6}, "ivfpq": {"nlist": 6, "nprobe": 6, "refine": N}}
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(0)
+    items = torch.randn(N, D, generator=g)
+    queries = torch.randn(40, D, generator=g)
+    ids = [f"item{i}" for i in range(N)]
+    rng = np.random.default_rng(0)
+    exclude = [rng.choice(N, size=int(rng.integers(0, 60)), replace=False) for _ in range(len(queries))]
+    return items, queries, ids, exclude
+
+
+@pytest.mark.parametrize("variant", ["hnsw", "ivf", "ivfpq"])
+def test_exact_settings_give_the_brute_force_answer(data, variant):
+    items, queries, ids, exclude = data
+    exact = BruteForceIndex(items, ids)
+    index = FaissIndex(items, ids, variant=variant, **EXACT[variant])
+    for k, excl in ((1, None), (10, exclude), (50, exclude)):
+        got, want = index.search(queries, k, exclude=excl), exact.search(queries, k, exclude=excl)
+        assert torch.equal(got.indices, want.indices)
+        torch.testing.assert_close(got.scores, want.scores, rtol=1e-4, atol=1e-4)
+        assert got.ids == want.ids
+    assert recall_against(index, exact, queries, 10, exclude=exclude) == 1.0
+
+
+@pytest.mark.parametrize("variant", ["hnsw", "ivf"])
+def test_approximate_settings_never_return_excluded_items_and_always_k(data, variant):
+    items, queries, ids, exclude = data
+    params = {"hnsw": {"ef_search": 16, "hnsw_m": 4}, "ivf": {"nlist": 7, "nprobe": 1}}[variant]
+    index = FaissIndex(items, ids, variant=variant, **params)
+    found = index.search(queries, 100, exclude=CSR.from_lists(exclude))
+    assert found.indices.shape == (len(queries), 100)
+    for row, excl in zip(found.indices.tolist(), exclude):
+        assert len(set(row)) == 100 and not set(row) & set(excl.tolist())
+    assert 0 < recall_against(index, BruteForceIndex(items, ids), queries, 10) <= 1
+
+
+def test_save_load_round_trip_keeps_answers_params_and_id_types(data, tmp_path):
+    items, queries, _, exclude = data
+    index = FaissIndex(items, list(range(100, 100 + N)), variant="hnsw", metadata={"run": "x"}, ef_search=64)
+    index.save(tmp_path / "ix")
+    assert not (tmp_path / "ix" / "index.faiss.tmp").exists()
+    loaded = load_index(tmp_path / "ix")
+    assert isinstance(loaded, FaissIndex) and loaded.params["ef_search"] == 64 and loaded.metadata == {"run": "x"}
+    a, b = index.search(queries, 10, exclude=exclude), loaded.search(queries, 10, exclude=exclude)
+    assert torch.equal(a.indices, b.indices) and a.ids == b.ids and isinstance(b.ids[0][0], int)
+    BruteForceIndex(items, list(range(N))).save(tmp_path / "bf")
+    assert isinstance(load_index(tmp_path / "bf"), BruteForceIndex)
+
+
+def test_load_errors_are_clear(data, tmp_path):
+    items, _, ids, _ = data
+    with pytest.raises(TowerrecError, match="no saved index"):
+        load_index(tmp_path / "nothing")
+    FaissIndex(items, ids, variant="ivf", nlist=4).save(tmp_path / "ix")
+    (tmp_path / "ix" / "index.faiss").write_bytes(b"garbage")
+    with pytest.raises(TowerrecError, match="unreadable"):
+        FaissIndex.load(tmp_path / "ix")
+    manifest = json.loads((tmp_path / "ix" / "index.json").read_text())
+    (tmp_path / "ix" / "index.json").write_text(json.dumps({**manifest, "kind": "mystery"}))
+    with pytest.raises(TowerrecError, match="unknown index kind"):
+        load_index(tmp_path / "ix")
+
+
+def test_bad_inputs_raise_towerrec_errors(data):
+    items, queries, ids, _ = data
+    index = FaissIndex(items, ids, variant="hnsw")
+    with pytest.raises(TowerrecError, match="k must be"):
+        index.search(queries, 0)
+    with pytest.raises(TowerrecError, match="larger than the catalogue"):
+        index.search(queries, N + 1)
+    with pytest.raises(TowerrecError, match="queries must be"):
+        index.search(queries[:, :3], 5)
+    with pytest.raises(TowerrecError, match="leaving fewer"):
+        index.search(queries[:1], 10, exclude=[list(range(N - 5))])
+    with pytest.raises(TowerrecError, match="NaN"):
+        FaissIndex(items * float("nan"), ids)
+    with pytest.raises(TowerrecError, match="variant"):
+        FaissIndex(items, ids, variant="lsh")
+    with pytest.raises(TowerrecError, match="unknown FAISS index option"):
+        FaissIndex(items, ids, efsearch=3)

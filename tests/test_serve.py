@@ -1,0 +1,160 @@
+"""The HTTP service (FastAPI TestClient): known users, new users, similar items, validation, batching."""
+
+import threading
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from _serve_helpers import tiny_run
+from towerrec.serve import export_bundle, load_bundle
+from towerrec.serve.app import Combiner, Job, create_app
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    run = tiny_run(root / "runs")
+    return load_bundle(export_bundle(run.run_dir, root / "bundle", data=run.data))
+
+
+@pytest.fixture(scope="module")
+def client(bundle):
+    with TestClient(create_app(bundle)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def feature_client(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve-features")
+    run = tiny_run(root / "runs", query_features=("user_id", "user_gender", "user_age"), name="feat")
+    with TestClient(create_app(export_bundle(run.run_dir, root / "bundle", data=run.data))) as c:
+        yield c
+
+
+def _direct(bundle, user_id, k, exclude_seen=True):
+    row = int(bundle.user_rows([user_id])[0])
+    embedding = bundle.embed(bundle.known_user_queries(np.array([row])))
+    exclude = [bundle.seen_positions(row)] if exclude_seen else None
+    found = bundle.index.search(embedding, k, exclude=exclude)
+    return [bundle.items["item_id"][i] for i in found.indices[0].tolist()]
+
+
+def test_healthz_and_openapi(client, bundle):
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["num_items"] == bundle.num_items and health["uses_history"]
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/healthz", "/recommend", "/similar"} <= set(paths) and "post" in paths["/recommend"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_known_user_matches_the_bundle_and_excludes_seen(client, bundle):
+    user = int(bundle.features.user_ids[3])
+    body = client.get(f"/recommend?user_id={user}&k=5").json()
+    assert body["known_user"] and body["user_id"] == user
+    assert [item["item_id"] for item in body["items"]] == _direct(bundle, user, 5)
+    seen = set(bundle.items["item_id"][i] for i in bundle.seen_positions(3).tolist())
+    assert not seen & {item["item_id"] for item in body["items"]}
+    scores = [item["score"] for item in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    included = client.get(f"/recommend?user_id={user}&k=5&exclude_seen=false").json()
+    assert [i["item_id"] for i in included["items"]] == _direct(bundle, user, 5, exclude_seen=False)
+    same = client.post("/recommend", json={"user_id": user, "k": 5}).json()
+    assert same["items"] == body["items"]
+
+
+def test_new_user_from_history_and_similar_items(client, bundle):
+    history = bundle.items["item_id"].to_list()[:3]
+    body = client.post("/recommend", json={"history": history, "k": 4}).json()
+    assert not body["known_user"] and len(body["items"]) == 4
+    assert not set(history) & {item["item_id"] for item in body["items"]}
+    similar = client.get(f"/similar?item_id={history[0]}&k=3").json()
+    assert len(similar["items"]) == 3 and history[0] not in {i["item_id"] for i in similar["items"]}
+
+
+def test_new_user_from_features(feature_client):
+    health = feature_client.get("/healthz").json()
+    assert set(health["user_features"]) == {"gender", "age"} and not health["uses_history"]
+    a = feature_client.post("/recommend", json={"features": {"gender": "F", "age": 25}, "k": 5})
+    b = feature_client.post("/recommend", json={"features": {"gender": "M", "age": 56}, "k": 5})
+    assert a.status_code == b.status_code == 200 and a.json()["items"] != b.json()["items"]
+    assert feature_client.post("/recommend", json={"features": {"age": "old"}}).status_code == 422
+    wrong = feature_client.post("/recommend", json={"features": {"shoe_size": 42}})
+    assert wrong.status_code == 422 and "shoe_size" in wrong.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "status"),
+    [
+        ("get", "/recommend?user_id=nobody", None, 404),
+        ("get", "/recommend?user_id=99999999", None, 404),
+        ("get", "/similar?item_id=99999999", None, 404),
+        ("get", "/recommend?user_id=1&k=0", None, 422),
+        ("get", "/recommend?user_id=1&k=abc", None, 422),
+        ("get", "/recommend?user_id=1&k=100000", None, 422),
+        ("get", "/recommend?user_id=1&k=1000", None, 422),  # more than the catalogue
+        ("get", "/recommend", None, 422),
+        ("get", "/similar?item_id=1&k=-3", None, 422),
+        ("post", "/recommend", {}, 422),
+        ("post", "/recommend", {"history": [99999999]}, 404),
+        ("post", "/recommend", {"user_id": 99999999}, 404),
+        ("post", "/recommend", {"history": [1], "surprise": 1}, 422),
+        ("post", "/recommend", {"history": [1] * 5000}, 422),
+        ("post", "/recommend", {"history": [1], "k": 10**30}, 422),
+        ("post", "/recommend", {"history": "1,2"}, 422),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx(client, method, url, body, status):
+    response = client.get(url) if method == "get" else client.post(url, json=body)
+    assert response.status_code == status, response.text
+    assert isinstance(response.json()["detail"], str) and response.json()["detail"]
+
+
+def test_oversized_and_malformed_bodies_are_rejected(client):
+    big = client.post("/recommend", content=b"[" + b"1," * 40000 + b"1]", headers={"content-type": "application/json"})
+    assert big.status_code == 413
+    assert client.post("/recommend", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+
+
+def test_concurrent_jobs_are_batched_and_match_one_by_one(bundle):
+    combiner = Combiner(bundle)
+    rows = np.arange(min(40, bundle.num_users))
+    queries = bundle.known_user_queries(rows)
+
+    def job(r):
+        return Job(k=5, exclude=bundle.seen_positions(int(r)), queries={n: v[r : r + 1] for n, v in queries.items()})
+
+    alone = [combiner.submit(job(r))[0] for r in rows]
+    results: dict[int, list[int]] = {}
+    barrier = threading.Barrier(len(rows))
+
+    def call(r):
+        barrier.wait()
+        results[int(r)] = combiner.submit(job(r))[0]
+
+    threads = [threading.Thread(target=call, args=(r,)) for r in rows]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [results[int(r)] for r in rows] == alone
+    assert combiner.batches < 2 * len(rows)  # some requests shared a batch
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    user=st.text(max_size=20),
+    k=st.one_of(st.integers(-5, 2000), st.text(max_size=5)),
+    body=st.dictionaries(
+        st.sampled_from(["user_id", "features", "history", "k", "exclude_seen", "x"]),
+        st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                     max_leaves=8),
+    ),
+)
+def test_fuzzed_requests_never_get_a_server_error(client, user, k, body):
+    assert client.get("/recommend", params={"user_id": user, "k": k}).status_code < 500
+    assert client.get("/similar", params={"item_id": user, "k": k}).status_code < 500
+    assert client.post("/recommend", json=body).status_code < 500
