@@ -1,0 +1,79 @@
+"""The experiment's results table (Markdown + JSON) and the recommendations for one user."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+KS = (1, 5, 10, 50, 100)
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def results_payload(config, runs) -> dict[str, Any]:
+    from towerrec.experiments.runner import experiment_dict, summary_row
+
+    return {"experiment": experiment_dict(config), "runs": [summary_row(r, KS) for r in runs]}
+
+
+def results_markdown(config, runs) -> str:
+    from towerrec.experiments.runner import summary_row
+
+    rows = [summary_row(r, KS) for r in runs]
+    lines = [
+        f"# Experiment {config.name}",
+        "",
+        f"recipe {config.recipe}, {config.num_epochs} epochs, embedding {config.embedding_size}, "
+        f"layers {' '.join(map(str, config.layer_sizes))}; test split, full catalogue.",
+        "",
+    ]
+    for protocol, title in (("tfrs_protocol", "TFRS protocol (items rated in train are not excluded)"),
+                            ("seen_excluded", "Seen items excluded")):
+        lines += [f"## {title}", "",
+                  "| feature set | " + " | ".join(f"top-{k}" for k in KS) + " | train s | examples/s | cached |",
+                  "|---|" + "---:|" * (len(KS) + 3)]
+        for row in rows:
+            m = row[protocol]
+            lines.append(
+                f"| {row['feature_set']} | " + " | ".join(_fmt(m[f'top_{k}']) for k in KS)
+                + f" | {_fmt(row['train_seconds'], '.1f')} | {_fmt(row['examples_per_s'], ',.0f')}"
+                + f" | {'yes' if row['reused'] else 'no'} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_results(config, runs, out_dir: Path) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, js = out_dir / "results.md", out_dir / "results.json"
+    _atomic_write(js, json.dumps(results_payload(config, runs), indent=2, default=str))
+    _atomic_write(md, results_markdown(config, runs))
+    return {"results_md": md, "results_json": js}
+
+
+def recommendations_markdown(recs: dict[str, Any]) -> str:
+    seen = "excluded" if recs["exclude_seen"] else "included"
+    lines = [f"# Recommendations for user {recs['user']}", "", "## The user's highest-rated movies (train split)", ""]
+    lines += [f"{i}. {r['title']} ({r['rating']:g})" for i, r in enumerate(recs["rated"], 1)] or ["(none)"]
+    for label, items in recs["models"].items():
+        lines += ["", f"## {label}: top {recs['k']} (movies rated in train {seen})", ""]
+        lines += [f"{i}. {r['title']}" for i, r in enumerate(items, 1)]
+    return "\n".join(lines) + "\n"
+
+
+def write_recommendations(recs: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    md, js = out_dir / "recommendations.md", out_dir / "recommendations.json"
+    _atomic_write(md, recommendations_markdown(recs))
+    _atomic_write(js, json.dumps(recs, indent=2, default=str))
+    return {"recommendations_md": md, "recommendations_json": js}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
