@@ -17,10 +17,11 @@ Writes benchmarks/results/w3_sequential.json and .md.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
-from _common import DEFAULT_DATA, REPO, machine, median, run_tfrs, write_results
+from _common import DEFAULT_DATA, REPO, RESULTS, machine, median, run_tfrs, write_results
 from towerrec.config import load_config
 from towerrec.data.registry import load_dataset
 from towerrec.runs import train_run
@@ -105,6 +106,11 @@ def main() -> None:
         llo["popularity"] = {"seen_excluded": popularity_metrics(llo_data, llo_data.test, ks=KS, exclude_seen=True),
                              "validation": {"seen_excluded": popularity_metrics(llo_data, llo_data.validation, ks=KS)}}
         payload["leave_last_out"] = llo
+    else:
+        previous = RESULTS / "w3_sequential.json"  # keep the last measured leave-last-out table
+        if previous.is_file() and "leave_last_out" in json.loads(previous.read_text()):
+            payload["leave_last_out"] = json.loads(previous.read_text())["leave_last_out"]
+            payload["leave_last_out_from_previous_run"] = True
     write_results("w3_sequential", payload, render(payload))
 
 
@@ -149,7 +155,8 @@ def render(p: dict) -> str:
                  f"{t10['fit_seconds']:.1f} s")
     if "leave_last_out" in p:
         llo = p["leave_last_out"]
-        lines += ["", "## Leave-last-out (test = last item per user, validation = second-last; seen items excluded)",
+        note = " (kept from the previous full run: --skip-leave-last-out)" if p.get("leave_last_out_from_previous_run") else ""
+        lines += ["", f"## Leave-last-out (test = last item per user, validation = second-last; seen items excluded){note}",
                   "| model | recall@10 | NDCG@10 | recall@100 | val recall@10 | train time |", "|---|---|---|---|---|---|"]
         for name, r in llo.items():
             m = r["seen_excluded"]
