@@ -37,6 +37,19 @@ def run_dir_for(config: RunConfig, data_fingerprint: str, root: Path) -> Path:
     return root / f"{config.name}-{config.hash()}-{data_fingerprint[:8]}"
 
 
+def open_run_dir(config: RunConfig, fingerprint: str, runs_root: Path, *, retrain: bool, log) -> tuple[Path, dict | None]:
+    """The run's directory, ready to train into, plus its metrics when a finished run can be reused."""
+    run_dir = run_dir_for(config, fingerprint, runs_root)
+    if retrain and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if (run_dir / "metrics.json").is_file():
+        log(f"reusing the finished run {run_dir} (same configuration and data; --retrain to train again)")
+        return run_dir, load_json(run_dir / "metrics.json")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(config.to_toml())
+    return run_dir, None
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -62,14 +75,9 @@ def train_run(
         return train_sequential_run(config, runs_root=runs_root, retrain=retrain, progress=progress,
                                     dataset=dataset, log=log)
     data = prepare(config, dataset, progress=progress)
-    run_dir = run_dir_for(config, data.dataset.fingerprint, runs_root)
-    if retrain and run_dir.exists():
-        shutil.rmtree(run_dir)
-    if (run_dir / "metrics.json").is_file():
-        log(f"reusing the finished run {run_dir} (same configuration and data; --retrain to train again)")
-        return RunResult(run_dir, load_json(run_dir / "metrics.json"), True, data, None)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(config.to_toml())
+    run_dir, finished = open_run_dir(config, data.dataset.fingerprint, runs_root, retrain=retrain, log=log)
+    if finished is not None:
+        return RunResult(run_dir, finished, True, data, None)
     save_json(data.features.to_json(), run_dir / "features.json")
     _save_catalogue(data, run_dir)
     model = build_model(config, data)

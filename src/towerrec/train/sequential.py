@@ -486,17 +486,12 @@ class SequentialTrainer:
 def train_sequential_run(config: RunConfig, *, runs_root: Path, retrain: bool, progress: bool,
                          dataset: Dataset | None, log):
     """Like :func:`towerrec.runs.train_run`, for ``[model] kind = "sequential"``."""
-    from towerrec.runs import RUN_FORMAT_VERSION, RunResult, run_dir_for
+    from towerrec.runs import RUN_FORMAT_VERSION, RunResult, open_run_dir
 
     data = prepare_sequences(config, dataset, progress=progress)
-    run_dir = run_dir_for(config, data.dataset.fingerprint, runs_root)
-    if retrain and run_dir.exists():
-        shutil.rmtree(run_dir)
-    if (run_dir / "metrics.json").is_file():
-        log(f"reusing the finished run {run_dir} (same configuration and data; --retrain to train again)")
-        return RunResult(run_dir, load_json(run_dir / "metrics.json"), True, data, None)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(config.to_toml())
+    run_dir, finished = open_run_dir(config, data.dataset.fingerprint, runs_root, retrain=retrain, log=log)
+    if finished is not None:
+        return RunResult(run_dir, finished, True, data, None)
     save_json({"num_items": data.num_items, "num_genres": data.num_genres,
                "num_year_buckets": data.num_year_buckets, "genre_width": _genre_width(data)},
               run_dir / "sequence.json")
