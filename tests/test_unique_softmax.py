@@ -53,3 +53,15 @@ def test_all_distinct_candidates_is_plain_cross_entropy():
     c = torch.randn(5, 3)
     loss = unique_in_batch_softmax_loss(q, c, torch.arange(5), torch.ones(5))
     torch.testing.assert_close(loss, F.cross_entropy(q @ c.T, torch.arange(5)))
+
+
+def test_loss_stays_exact_when_the_positive_probability_underflows():
+    # Logit gaps of ~1000 make p[label] underflow to 0 in float32; the loss must
+    # still be logsumexp - positive, finite, and equal to cross-entropy.
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    c = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
+    labels = torch.tensor([1, 0, 2])
+    loss = unique_in_batch_softmax_loss(q, c, labels, torch.ones(3), temperature=0.001, reduction="sum")
+    expected = F.cross_entropy(q @ c.T / 0.001, labels, reduction="sum")
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, expected)

@@ -9,9 +9,8 @@ positive counts once (its duplicates are the "accidental hits"). The result,
 loss and gradients, is the same as the B x B computation (tested), at U/B of
 the cost, and the candidate tower runs once per unique item.
 
-The custom autograd function keeps one [B, U] buffer: logits, turned into
-probabilities in place, reused by the backward pass (no second copy, no
-recomputation).
+The custom autograd function keeps one [B, U] buffer of probabilities for the
+backward pass (no recomputation); the logits are freed after the forward.
 """
 
 from __future__ import annotations
@@ -22,6 +21,10 @@ import torch
 from torch import Tensor
 
 
+# -log p beyond this means p is within a few orders of float32's smallest normal.
+_UNDERFLOW_LOSS = 80.0
+
+
 class _UniqueSoftmaxLoss(torch.autograd.Function):
     """Per-row loss ``logsumexp(scale * q c^T + bias) - positive`` with a fused backward."""
 
@@ -30,12 +33,18 @@ class _UniqueSoftmaxLoss(torch.autograd.Function):
         rows = torch.arange(query.shape[0], device=query.device)
         logits = torch.addmm(column_bias.unsqueeze(0).expand(query.shape[0], -1), query, candidates.t(), alpha=scale)
         logits[rows, labels] += label_bias
-        positive = logits[rows, labels]
-        lse = torch.logsumexp(logits, dim=1)
-        probabilities = logits.sub_(lse.unsqueeze(1)).exp_()
+        # softmax is one fused pass (about 4x faster on CPU than logsumexp then
+        # exp); the loss is -log p[label], exact unless p underflows, and those
+        # rare rows are recomputed from the logits as logsumexp - positive.
+        probabilities = torch.softmax(logits, dim=1)
+        per_row = probabilities[rows, labels].log().neg_()
+        underflow = ~torch.isfinite(per_row) | (per_row > _UNDERFLOW_LOSS)
+        if bool(underflow.any()):
+            stable = logits[underflow]
+            per_row[underflow] = torch.logsumexp(stable, dim=1) - stable[rows[: stable.shape[0]], labels[underflow]]
         ctx.save_for_backward(query, candidates, labels, probabilities)
         ctx.scale = scale
-        return lse - positive
+        return per_row
 
     @staticmethod
     def backward(ctx, grad_rows):  # type: ignore[override]

@@ -38,7 +38,7 @@ def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer
             params, lr=t.learning_rate, initial_accumulator_value=0.1, eps=1e-7, weight_decay=t.weight_decay
         )
     if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+        return torch.optim.Adam(params, lr=t.learning_rate, weight_decay=t.weight_decay, fused=True)
     return torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
 
 
