@@ -91,11 +91,31 @@ def idx_never(data, padded_index):
     return not any((t == padded_index).any() for t in (data.train.inputs, data.test.inputs, data.train.targets))
 
 
-def test_all_positions_targets_are_the_next_items():
+def _distinct_timelines(users: int = 20, length: int = 15) -> Dataset:
+    # Every (user, position) has its own item id, so an item names the test example it labels.
+    ids = [u * 1000 + i for u in range(users) for i in range(length)]
+    inter = pl.DataFrame({"user_id": [u for u in range(users) for _ in range(length)], "item_id": ids,
+                          "rating": [4.0] * len(ids), "timestamp": [i for _ in range(users) for i in range(length)]},
+                         schema_overrides={"rating": pl.Float32})
+    items = pl.DataFrame({"item_id": ids, "title": [str(i) for i in ids], "year": [1990] * len(ids),
+                          "genres": [["a"]] * len(ids)}, schema_overrides={"year": pl.Int32})
+    return Dataset("distinct", inter, items, fingerprint="distinct")
+
+
+def test_all_positions_targets_are_the_next_items_except_test_labels():
     config = _config(sequence={"protocol": "tfrs-sequences", "max_length": 4, "all_positions": True})
-    data = prepare_sequences(config, _tiny())
+    data = prepare_sequences(config, _distinct_timelines())
     inputs, targets = data.train.inputs, data.train.targets
-    assert torch.equal(targets[:, :-1], inputs[:, 1:])
+    test_labels = set((data.test.targets + 1).tolist())
+    inner = targets[:, :-1]
+    kept = inner > 0
+    # Every kept inner target is the next input; every dropped one (with an input there) is a test label.
+    assert torch.equal(inner[kept], inputs[:, 1:][kept])
+    dropped = (~kept) & (inputs[:, 1:] > 0)
+    assert dropped.any() and set(inputs[:, 1:][dropped].tolist()) <= test_labels
+    # No training target at all is a test example's label (all-positions training would leak otherwise).
+    assert not set(targets[targets > 0].tolist()) & test_labels
+    assert kept.sum() > dropped.sum()
 
 
 @pytest.fixture(scope="module")
@@ -150,15 +170,15 @@ def run_cli(capsys, *args):
     return exit_info.value.code, out.out + out.err
 
 
-@pytest.mark.parametrize("encoder", ["gru", "sasrec"])
-def test_cli_train_and_recommend_history(capsys, tmp_path, encoder):
+@pytest.mark.parametrize("encoder,user_embedding", [("gru", "false"), ("sasrec", "true")])
+def test_cli_train_and_recommend_history(capsys, tmp_path, encoder, user_embedding):
     save_dataset(make_synthetic(100, 60, 2500, seed=5), tmp_path / "ds")
     config = tmp_path / "c.toml"
     config.write_text(
         f'name = "seq-{encoder}"\n[data]\ndataset = "{tmp_path / "ds"}"\n'
         '[model]\nkind = "sequential"\nembedding_dim = 16\n'
         f'[sequence]\nprotocol = "leave-last-out"\nencoder = "{encoder}"\nmax_length = 8\nobjective = "full-softmax"\n'
-        'step_features = ["genre", "year", "rating"]\n'
+        f'step_features = ["genre", "year", "rating"]\nuser_embedding = {user_embedding}\n'
         '[train]\nepochs = 2\nbatch_size = 32\noptimizer = "adam"\nlearning_rate = 0.01\n[eval]\nks = [1, 10]\n'
     )
     code, out = run_cli(capsys, "train", str(config), "--runs", str(tmp_path / "runs"))
@@ -184,3 +204,30 @@ def test_cli_train_and_recommend_history(capsys, tmp_path, encoder):
 
     code, out = run_cli(capsys, "evaluate", run_dir)
     assert code == 0 and "mrr" in out
+
+
+def test_user_embedding_personalises_training_users_only(tmp_path):
+    from towerrec.runs import load_run
+    from towerrec.train.sequential import recommend_from_histories, train_sequential_run
+
+    dataset = make_synthetic(60, 80, 1500, seed=3)
+    config = _config(sequence={"protocol": "leave-last-out", "max_length": 6, "objective": "full-softmax",
+                               "user_embedding": True, "min_rating": None},
+                     train={"epochs": 2, "batch_size": 32})
+    result = train_sequential_run(config, runs_root=tmp_path, retrain=True, progress=False, dataset=dataset,
+                                  log=lambda *_: None)
+    data = result.data
+    assert data.user_vocabulary == sorted(data.user_vocabulary) and (data.train.users > 0).all()
+    assert data.test.users.tolist() == [data.user_vocabulary.index(u) + 1 for u in data.test.user_ids]
+    run = load_run(result.run_dir)
+    known = str(data.user_vocabulary[0])
+
+    def scores(**kwargs):
+        recs = recommend_from_histories(run, {"h": [0, 1, 2]}, k=5, exclude_seen=False, **kwargs)["h"]
+        return [(r.item_id, round(r.score, 5)) for r in recs]
+
+    anonymous = scores()
+    assert scores(users={"h": "no-such-user"}) == anonymous  # unknown users: the history alone decides
+    assert scores(users={"h": known}) != anonymous  # a training user's own vector moves the query
+    # the reloaded run's embedding matches the trained one for that user
+    torch.testing.assert_close(run.model.user_embedding.weight, result.model.user_embedding.weight)

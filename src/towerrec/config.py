@@ -107,7 +107,10 @@ class SequenceConfig:
     ``objective``: ``in-batch`` softmax (the tutorial), ``full-softmax`` over the whole
     catalogue, or ``sampled`` softmax with ``num_sampled`` popularity-drawn negatives
     and logQ correction. ``all_positions``: every step of a context predicts its next
-    item (always on for leave-last-out). ``step_features``: any of rating, genre, year.
+    item (always on for leave-last-out; under ``tfrs-sequences`` a step whose target is
+    a test example's label, same user and position, is not trained). ``user_embedding``:
+    add a learned vector per training user to the query (unknown users get zero:
+    history only). ``step_features``: any of rating, genre, year.
     """
 
     protocol: Literal["tfrs-sequences", "leave-last-out"] = "tfrs-sequences"
@@ -123,6 +126,7 @@ class SequenceConfig:
     num_sampled: int = 1000
     all_positions: bool = False
     shared_embeddings: bool = False
+    user_embedding: bool = False
     step_features: tuple[str, ...] = ()
     unknown_items: Literal["warn", "error"] = "warn"
 

@@ -178,7 +178,8 @@ def _recommend_sequential(run_dir: Path, users: list[str], history: Optional[str
         histories["history"] = history_to_indices(
             items, run.catalogue, unknown=run.config.sequence.unknown_items,
             warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}"))
-    results = recommend_from_histories(run, histories, k=k, exclude_seen=exclude_seen, fallback=fallback)
+    results = recommend_from_histories(run, histories, k=k, exclude_seen=exclude_seen, fallback=fallback,
+                                       users={f"user {u}": u for u in users})
     for who, recs in results.items():
         _print_recs(who, k, recs)
 

@@ -5,6 +5,11 @@ item-id embedding, either the query tower's input table (``shared_embeddings``)
 or a separate one. Optional per-step context features are added to each step's
 item embedding: ``rating`` (the rating of that event), ``genre`` (mean of the
 item's genre embeddings) and ``year`` (the item's release year, bucketed).
+
+With ``num_users > 0`` a learned per-user vector is added to the sequence state:
+long-term taste beside the recent context. Index 0 (a user not seen in training,
+or an anonymous history) is a fixed zero vector, so such queries rest on their
+history alone instead of sharing one out-of-vocabulary bucket.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class SequentialModel(nn.Module):
         num_genres: int = 0,
         num_year_buckets: int = 0,
         genre_width: int = 1,
+        num_users: int = 0,
     ) -> None:
         super().__init__()
         unknown = sorted(set(step_features) - set(STEP_FEATURES))
@@ -69,6 +75,12 @@ class SequentialModel(nn.Module):
         if not shared_embeddings:
             self.candidate_embedding = nn.Embedding(num_items + 1, out_dim, padding_idx=0)
             init_embedding_(self.candidate_embedding.weight, init)
+        self.num_users = num_users
+        if num_users:
+            self.user_embedding = nn.Embedding(num_users + 1, out_dim, padding_idx=0)
+            nn.init.normal_(self.user_embedding.weight, std=0.02)
+            with torch.no_grad():
+                self.user_embedding.weight[0].zero_()
         if "rating" in self.step_features:
             self.rating_embedding = nn.Embedding(NUM_RATING_SLOTS, embedding_dim, padding_idx=0)
             nn.init.normal_(self.rating_embedding.weight, std=0.02)
@@ -100,11 +112,19 @@ class SequentialModel(nn.Module):
             x = x + self.year_embedding(self.item_years[items])
         return x
 
-    def encode(self, items: Tensor, ratings: Tensor | None = None, *, last_only: bool = True) -> Tensor:
-        """Query embeddings of left-padded histories ``[B, L]``: ``[B, d]`` (last step) or ``[B, L, d]``."""
+    def encode(self, items: Tensor, ratings: Tensor | None = None, users: Tensor | None = None, *,
+               last_only: bool = True) -> Tensor:
+        """Query embeddings of left-padded histories ``[B, L]``: ``[B, d]`` (last step) or ``[B, L, d]``.
+
+        ``users``: ``[B]`` user index + 1 (0 = unknown); ignored without a user embedding.
+        """
         mask = items > 0
         steps = self.step_dropout(self._steps(items, ratings)) * mask.unsqueeze(-1)
-        return self.encoder(steps, mask, last_only=last_only)
+        states = self.encoder(steps, mask, last_only=last_only)
+        if self.num_users and users is not None:
+            user = self.user_embedding(users)
+            states = states + (user if last_only else user.unsqueeze(1) * mask.unsqueeze(-1))
+        return states
 
     def candidate_weight(self) -> Tensor:
         """[N, d] embeddings of every catalogue item (row i = catalogue index i)."""

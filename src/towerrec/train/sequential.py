@@ -54,7 +54,9 @@ from towerrec.train.checkpoint import Checkpointer, load_json, save_json, save_w
 from towerrec.train.trainer import FitResult, make_optimizer
 
 EVAL_CHUNK = 8192
+USERS_FILE = "users.parquet"  # a run's training users, when it has a user embedding
 YEAR_BUCKET = 5  # years per bucket for the "year" step feature
+_POSITION_RANGE = 1 << 32  # timeline positions per user in a (user, position) key
 
 
 # -- data ----------------------------------------------------------------------
@@ -66,7 +68,8 @@ class SequenceExamples:
     ratings: Tensor | None  # [n, L] rating slot (0 = pad / unknown), when the model uses ratings
     targets: Tensor
     seen: CSR | None = None  # evaluation: items to exclude per row (catalogue indices)
-    user_ids: list | None = None
+    user_ids: list | None = None  # the raw user id of each row
+    users: Tensor | None = None  # [n] user index + 1 (0 = not a training user), set by prepare_sequences
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
@@ -85,6 +88,7 @@ class SequenceData:
     years: Tensor | None  # [N + 1] year bucket + 1
     num_genres: int = 0
     num_year_buckets: int = 0
+    user_vocabulary: list | None = None  # training users; user index i + 1 = user_vocabulary[i]
 
     @property
     def num_items(self) -> int:
@@ -186,7 +190,18 @@ def prepare_sequences(config: RunConfig, dataset: Dataset | None = None, *, prog
     flat_targets = train.targets[train.targets > 0] - 1
     counts = torch.bincount(flat_targets, minlength=len(item_ids)).float()
     genres, years, num_genres, num_years = _item_side(dataset, item_ids, s.step_features)
-    return SequenceData(dataset, item_ids, titles, train, validation, test, counts, genres, years, num_genres, num_years)
+    vocabulary = sorted(set(train.user_ids or []))
+    for examples in (train, validation, test):
+        if examples is not None:
+            examples.users = user_indices(examples.user_ids or [], vocabulary)
+    return SequenceData(dataset, item_ids, titles, train, validation, test, counts, genres, years, num_genres,
+                        num_years, vocabulary)
+
+
+def user_indices(user_ids: list, vocabulary: list) -> Tensor:
+    """User index + 1 of each id in ``vocabulary`` (sorted), 0 for ids outside it."""
+    position = {u: i + 1 for i, u in enumerate(vocabulary)}
+    return torch.tensor([position.get(u, 0) for u in user_ids], dtype=torch.int64)
 
 
 def _tfrs_sequences(config: RunConfig, events: pl.DataFrame, use_ratings: bool):
@@ -203,6 +218,7 @@ def _tfrs_sequences(config: RunConfig, events: pl.DataFrame, use_ratings: bool):
     )
     item1 = rows["__item"].to_numpy() + 1
     slots = rows["__slot"].to_numpy()
+    held_out = _timeline_keys(test_df, train_df, test_df)
 
     def encode(frame: pl.DataFrame, *, train: bool) -> SequenceExamples:
         ctx = frame["context"]
@@ -216,13 +232,37 @@ def _tfrs_sequences(config: RunConfig, events: pl.DataFrame, use_ratings: bool):
             targets = np.zeros_like(inputs)
             if s.all_positions:
                 targets[:, :-1] = inputs[:, 1:]
+                targets[:, :-1][_inner_targets_held_out(frame, held_out, width, train_df, test_df)] = 0
             targets[:, -1] = label
-            return SequenceExamples(torch.from_numpy(inputs), _t(ratings), torch.from_numpy(targets))
+            return SequenceExamples(torch.from_numpy(inputs), _t(ratings), torch.from_numpy(targets),
+                                    user_ids=frame["user_id"].to_list())
         seen = _csr_of_ranges(item1[flat] - 1, ends, offsets)
         return SequenceExamples(torch.from_numpy(inputs), _t(ratings), torch.from_numpy(label - 1), seen,
                                 frame["user_id"].to_list())
 
     return encode(train_df, train=True), encode(test_df, train=False)
+
+
+def _timeline_keys(frame: pl.DataFrame, *universe: pl.DataFrame) -> np.ndarray:
+    """One int64 per (user, timeline position) of ``frame``'s labels, comparable across ``universe``."""
+    users = pl.concat([u.select(pl.col("user_id").cast(pl.String)) for u in universe])["user_id"].unique().sort()
+    codes = frame.select(pl.col("user_id").cast(pl.String).replace_strict(users, pl.int_range(len(users), eager=True),
+                                                                          return_dtype=pl.Int64))
+    return codes["user_id"].to_numpy() * _POSITION_RANGE + frame["position"].to_numpy()
+
+
+def _inner_targets_held_out(frame: pl.DataFrame, held_out: np.ndarray, width: int,
+                            *universe: pl.DataFrame) -> np.ndarray:
+    """``[n, width - 1]`` mask of inner targets that are test labels of the same user.
+
+    All-positions training under the tutorial protocol would otherwise train on
+    test pairs: column c of a right-aligned context ending before label position p
+    predicts the item at position ``p - width + c + 1``, which is a test example's
+    label whenever that (user, position) landed in the 10% test part.
+    """
+    keys = _timeline_keys(frame, *universe)
+    inner = keys[:, None] - width + np.arange(1, width)[None, :]
+    return np.isin(inner, held_out)
 
 
 def _t(array: np.ndarray | None) -> Tensor | None:
@@ -249,7 +289,8 @@ def _leave_last_out(config: RunConfig, events: pl.DataFrame, use_ratings: bool):
     inputs = left_pad(items + 1, t_end - 1, t_len, width)
     targets = left_pad(items + 1, t_end, t_len, width)
     ratings = left_pad(slots, t_end - 1, t_len, width) if use_ratings else None
-    train = SequenceExamples(torch.from_numpy(inputs), _t(ratings), torch.from_numpy(targets))
+    train = SequenceExamples(torch.from_numpy(inputs), _t(ratings), torch.from_numpy(targets),
+                             user_ids=[u for u, pair in zip(user_ids, has_pair) if pair])
 
     def held_out(offset: int) -> SequenceExamples:
         label_pos = (ends - offset)[held]
@@ -285,7 +326,7 @@ def _check_sequence_config(config: RunConfig) -> None:
 
 # -- model ---------------------------------------------------------------------
 def sequential_model_for(config: RunConfig, num_items: int, num_genres: int = 0, num_year_buckets: int = 0,
-                         genre_width: int = 1) -> SequentialModel:
+                         genre_width: int = 1, num_users: int = 0) -> SequentialModel:
     s, m = config.sequence, config.model
     return SequentialModel(
         num_items,
@@ -302,21 +343,25 @@ def sequential_model_for(config: RunConfig, num_items: int, num_genres: int = 0,
         num_genres=num_genres,
         num_year_buckets=num_year_buckets,
         genre_width=genre_width,
+        num_users=num_users if s.user_embedding else 0,
     )
 
 
 def build_sequential_model(config: RunConfig, data: SequenceData) -> SequentialModel:
     torch.manual_seed(config.train.seed)
-    model = sequential_model_for(config, data.num_items, data.num_genres, data.num_year_buckets, _genre_width(data))
+    model = sequential_model_for(config, data.num_items, data.num_genres, data.num_year_buckets, _genre_width(data),
+                                 len(data.user_vocabulary or []))
     model.set_item_features(data.genres, data.years)
     return model
 
 
 # -- evaluation ----------------------------------------------------------------
 @torch.no_grad()
-def encode_histories(model: SequentialModel, inputs: Tensor, ratings: Tensor | None = None) -> Tensor:
+def encode_histories(model: SequentialModel, inputs: Tensor, ratings: Tensor | None = None,
+                     users: Tensor | None = None) -> Tensor:
     model.eval()
-    parts = [model.encode(inputs[s : s + EVAL_CHUNK], None if ratings is None else ratings[s : s + EVAL_CHUNK])
+    parts = [model.encode(inputs[s : s + EVAL_CHUNK], None if ratings is None else ratings[s : s + EVAL_CHUNK],
+                          None if users is None else users[s : s + EVAL_CHUNK])
              for s in range(0, inputs.shape[0], EVAL_CHUNK)]
     return torch.cat(parts) if parts else torch.zeros(0, model.candidate_weight().shape[1])
 
@@ -325,7 +370,7 @@ def encode_histories(model: SequentialModel, inputs: Tensor, ratings: Tensor | N
 def evaluate_sequences(model: SequentialModel, examples: SequenceExamples, *, ks=(1, 5, 10, 50, 100),
                        exclude_seen: bool = True) -> dict[str, float]:
     """Full-catalogue metrics of the last-step queries; ``exclude_seen`` removes each row's history items."""
-    queries = encode_histories(model, examples.inputs, examples.ratings)
+    queries = encode_histories(model, examples.inputs, examples.ratings, examples.users)
     candidates = model.candidate_weight().detach()
     ks = tuple(k for k in ks if k <= candidates.shape[0])
     return evaluate_retrieval(queries, candidates, examples.targets,
@@ -371,12 +416,13 @@ class SequentialTrainer:
         train = self.data.train
         inputs, targets = train.inputs[index], train.targets[index]
         ratings = None if train.ratings is None else train.ratings[index]
+        users = None if train.users is None else train.users[index]
         if self.all_positions:
-            states = self.model.encode(inputs, ratings, last_only=False)
+            states = self.model.encode(inputs, ratings, users, last_only=False)
             valid = targets > 0
             query, target = states[valid], targets[valid] - 1
         else:
-            query, target = self.model.encode(inputs, ratings, last_only=True), targets[:, -1] - 1
+            query, target = self.model.encode(inputs, ratings, users, last_only=True), targets[:, -1] - 1
         return self.loss(query, target, generator)
 
     def loss(self, query: Tensor, target: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -493,8 +539,11 @@ def train_sequential_run(config: RunConfig, *, runs_root: Path, retrain: bool, p
     if finished is not None:
         return RunResult(run_dir, finished, True, data, None)
     save_json({"num_items": data.num_items, "num_genres": data.num_genres,
-               "num_year_buckets": data.num_year_buckets, "genre_width": _genre_width(data)},
-              run_dir / "sequence.json")
+               "num_year_buckets": data.num_year_buckets, "genre_width": _genre_width(data),
+               "num_users": len(data.user_vocabulary or [])}, run_dir / "sequence.json")
+    if config.sequence.user_embedding:
+        pl.DataFrame({"user_id": pl.Series(data.user_vocabulary, dtype=data.dataset.interactions.schema["user_id"])}
+                     ).write_parquet(run_dir / USERS_FILE)
     frame = pl.DataFrame({"item_id": pl.Series(data.item_ids.tolist(),
                                                dtype=data.dataset.interactions.schema["item_id"]),
                           "title": data.titles, "train_count": data.item_counts.numpy()})
@@ -526,7 +575,16 @@ def train_sequential_run(config: RunConfig, *, runs_root: Path, retrain: bool, p
 def load_sequential_model(config: RunConfig, run_dir: Path) -> SequentialModel:
     shape = load_json(run_dir / "sequence.json")
     return sequential_model_for(config, shape["num_items"], shape["num_genres"], shape["num_year_buckets"],
-                                shape.get("genre_width", 1))
+                                shape.get("genre_width", 1), shape.get("num_users", 0))
+
+
+def run_user_indices(run, user_ids: list) -> Tensor | None:
+    """User index + 1 of raw ids for a run with a user embedding (0 = unknown); None without one."""
+    if not getattr(run.model, "num_users", 0):
+        return None
+    vocabulary = pl.read_parquet(run.run_dir / USERS_FILE)["user_id"]
+    typed = pl.Series([None if u is None else str(u) for u in user_ids], dtype=pl.String).cast(vocabulary.dtype, strict=False)  # "42" -> 42; bad -> null
+    return user_indices(typed.to_list(), vocabulary.to_list())
 
 
 def _genre_width(data: SequenceData) -> int:
@@ -563,9 +621,11 @@ def history_to_indices(items: list[Any], catalogue: pl.DataFrame, *, unknown: st
 
 
 def recommend_from_histories(run, histories: dict[str, list[int]], *, k: int = 10, exclude_seen: bool = True,
-                             fallback: str | None = None, seen: dict[str, list[int]] | None = None):
+                             fallback: str | None = None, seen: dict[str, list[int]] | None = None,
+                             users: dict[str, Any] | None = None):
     """Top ``k`` per named history (catalogue indices, oldest first). Empty histories get popular items
-    with ``fallback='popular'``, else raise."""
+    with ``fallback='popular'``, else raise. ``users`` maps a history's name to its raw user id, for
+    runs with a user embedding (other histories query by their items alone)."""
     from towerrec.recommend import Recommendation
 
     catalogue = run.catalogue
@@ -586,7 +646,8 @@ def recommend_from_histories(run, histories: dict[str, list[int]], *, k: int = 1
         for r, h in enumerate(rows):
             inputs[r, width - len(h):] = torch.as_tensor(h, dtype=torch.int64) + 1
         ratings = torch.zeros_like(inputs) if "rating" in run.config.sequence.step_features else None
-        queries = encode_histories(run.model, inputs, ratings)
+        user_index = run_user_indices(run, [(users or {}).get(name) for name in named])
+        queries = encode_histories(run.model, inputs, ratings, user_index)
         scores = queries @ run.model.candidate_weight().detach().t()
         if exclude_seen:
             for r, name in enumerate(named):
