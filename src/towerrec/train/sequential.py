@@ -25,10 +25,7 @@ popularity-drawn shared negatives and logQ correction.
 
 from __future__ import annotations
 
-import json
-import math
 import shutil
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +35,6 @@ import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
 from towerrec import __version__
@@ -50,8 +46,8 @@ from towerrec.errors import ConfigError, DataError, TowerrecError
 from towerrec.metrics.topk import CSR, evaluate_retrieval
 from towerrec.models.sequential import NUM_RATING_SLOTS, SequentialModel
 from towerrec.tasks.unique_softmax import unique_candidates, unique_in_batch_softmax_loss
-from towerrec.train.checkpoint import Checkpointer, load_json, save_json, save_weights
-from towerrec.train.trainer import FitResult, make_optimizer
+from towerrec.train.checkpoint import load_json, save_json, save_weights
+from towerrec.train.trainer import Trainer
 
 EVAL_CHUNK = 8192
 USERS_FILE = "users.parquet"  # a run's training users, when it has a user embedding
@@ -393,24 +389,22 @@ def evaluate_both(model: SequentialModel, examples: SequenceExamples, ks) -> dic
 
 
 # -- training ------------------------------------------------------------------
-class SequentialTrainer:
-    """Epochs of index-sliced batches; eval every N epochs; history, checkpoints, resume, early stopping."""
+class SequentialTrainer(Trainer):
+    """The two-tower trainer's epochs, checkpoints and early stopping, with sequence losses and metrics."""
+
+    validation_hint = "use [sequence] protocol = 'leave-last-out'"
 
     def __init__(self, config: RunConfig, data: SequenceData, model: SequentialModel, *,
                  checkpoint_dir: Path | None = None, history_path: Path | None = None, progress: bool = True) -> None:
-        self.config, self.data, self.model = config, data, model
-        self.optimizer = make_optimizer(config, model)
-        self.checkpointer = Checkpointer(checkpoint_dir) if checkpoint_dir else None
-        self.history_path = history_path
-        self.progress = progress
+        super().__init__(config, data, model, checkpoint_dir=checkpoint_dir, history_path=history_path,  # type: ignore[arg-type]
+                         progress=progress)
         counts = data.item_counts
-        self.log_q = torch.log(counts.clamp(min=1.0) / counts.sum().clamp(min=1.0))
         self.sample_probs = counts.clamp(min=1.0) / counts.clamp(min=1.0).sum()
         self.all_positions = config.sequence.all_positions or config.sequence.protocol == "leave-last-out"
-        t = config.train
-        if t.early_stopping_patience is not None and data.validation is None:
-            raise ConfigError("[train] early_stopping_patience needs a validation split",
-                              hint="use [sequence] protocol = 'leave-last-out'")
+
+    def evaluate(self, examples) -> dict[str, float]:
+        return evaluate_sequences(self.model, examples, ks=self.config.eval.ks,  # type: ignore[arg-type]
+                                  exclude_seen=self.config.eval.exclude_seen)
 
     def batch_loss(self, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
         train = self.data.train
@@ -449,86 +443,7 @@ class SequentialTrainer:
         logits = torch.cat([positive, negative], dim=1)
         return F.cross_entropy(logits, torch.zeros_like(target), reduction=task.reduction)
 
-    def fit(self) -> FitResult:
-        t = self.config.train
-        result = FitResult()
-        start_epoch = 0
-        best = {"metric": -math.inf, "epoch": 0, "bad_epochs": 0}
-        if self.checkpointer is not None and self.checkpointer.exists():
-            state = self.checkpointer.load(self.model, self.optimizer)
-            start_epoch, result.history, best = state["epoch"], state["history"], state["best"]
-            result.resumed_from_epoch = start_epoch
-            result.train_seconds = state.get("train_seconds", 0.0)
-        if self.history_path is not None:
-            self.history_path.write_text("".join(json.dumps(r) + "\n" for r in result.history))
-        n = len(self.data.train)
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                       transient=True, disable=not self.progress)
-        with bar:
-            task_id = bar.add_task("training", total=(t.epochs - start_epoch) * math.ceil(n / t.batch_size))
-            for epoch in range(start_epoch + 1, t.epochs + 1):
-                started = time.perf_counter()
-                loss = self._epoch(epoch, bar, task_id)
-                seconds = time.perf_counter() - started
-                result.train_seconds += seconds
-                record: dict[str, Any] = {"epoch": epoch, "loss": loss, "seconds": round(seconds, 4),
-                                          "examples_per_s": round(n / seconds, 1)}
-                stop = False
-                if epoch % t.eval_every == 0 or epoch == t.epochs:
-                    name, examples = ("validation", self.data.validation) if self.data.validation is not None \
-                        else ("test", self.data.test)
-                    metrics = evaluate_sequences(self.model, examples, ks=self.config.eval.ks,
-                                                 exclude_seen=self.config.eval.exclude_seen)
-                    record.update({f"{name}/{k}": v for k, v in metrics.items()})
-                    stop = self._early_stopping(best, epoch, metrics)
-                result.history.append(record)
-                if self.history_path is not None:
-                    with self.history_path.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                if self.checkpointer is not None:
-                    self.checkpointer.save(self.model, self.optimizer, {
-                        "epoch": epoch, "history": result.history, "best": best,
-                        "train_seconds": result.train_seconds})
-                if stop:
-                    result.stopped_early = True
-                    break
-        trained = [r for r in result.history if r["epoch"] > start_epoch]
-        total = sum(r["seconds"] for r in trained)
-        result.examples_per_s = n * len(trained) / total if total else 0.0
-        return result
 
-    def _epoch(self, epoch: int, bar: Progress, task_id: Any) -> float:
-        t = self.config.train
-        n = len(self.data.train)
-        generator = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
-        torch.manual_seed(t.seed * 7_919 + epoch)  # dropout
-        order = torch.randperm(n, generator=generator)
-        self.model.train()
-        total, batches = 0.0, 0
-        for start in range(0, n, t.batch_size):
-            loss = self.batch_loss(order[start : start + t.batch_size], generator)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total += float(loss.detach())
-            batches += 1
-            bar.update(task_id, advance=1, description=f"epoch {epoch}/{t.epochs} loss {total / batches:.4f}")
-        return total / max(batches, 1)
-
-    def _early_stopping(self, best: dict[str, Any], epoch: int, metrics: dict[str, float]) -> bool:
-        patience, name = self.config.train.early_stopping_patience, self.config.train.early_stopping_metric
-        if patience is None:
-            return False
-        if name not in metrics:
-            raise ConfigError(f"[train] early_stopping_metric {name!r} is not one of {sorted(metrics)}")
-        if metrics[name] > best["metric"]:
-            best.update(metric=metrics[name], epoch=epoch, bad_epochs=0)
-            return False
-        best["bad_epochs"] += 1
-        return best["bad_epochs"] >= patience
-
-
-# -- run directories -----------------------------------------------------------
 def train_sequential_run(config: RunConfig, *, runs_root: Path, retrain: bool, progress: bool,
                          dataset: Dataset | None, log):
     """Like :func:`towerrec.runs.train_run`, for ``[model] kind = "sequential"``."""

@@ -54,6 +54,10 @@ class FitResult:
 class Trainer:
     """Trains a two-tower model with the configured retrieval loss.
 
+    Subclasses (the sequential trainer) override :meth:`batch_loss` and
+    :meth:`evaluate`; epochs, history, checkpoints, resume and early stopping
+    stay here.
+
     Args:
         config: the run configuration.
         data: prepared tensors (see :func:`towerrec.train.prepared.prepare`).
@@ -102,13 +106,12 @@ class Trainer:
                 f"[train] early_stopping_metric {t.early_stopping_metric!r} is not one of {sorted(valid_metrics)}"
             )
         if t.early_stopping_patience is not None and data.validation is None:
-            raise ConfigError(
-                "[train] early_stopping_patience needs a validation split",
-                hint="set [data] validation_fraction > 0 or use split = 'leave-last-out'",
-            )
+            raise ConfigError("[train] early_stopping_patience needs a validation split", hint=self.validation_hint)
+
+    validation_hint = "set [data] validation_fraction > 0 or use split = 'leave-last-out'"
 
     # -- one step ---------------------------------------------------------
-    def batch_loss(self, index: Tensor) -> Tensor:
+    def batch_loss(self, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Loss of the training examples at ``index`` (positions in the train split)."""
         train = self.data.train
         query = self.model.query_embeddings(train.select(index))
@@ -167,9 +170,7 @@ class Trainer:
                 }
                 if epoch % t.eval_every == 0 or epoch == t.epochs:
                     split_name, examples = self._eval_split()
-                    metrics = evaluate_examples(
-                        self.model, self.data, examples, ks=self.config.eval.ks, exclude_seen=self.config.eval.exclude_seen
-                    )
+                    metrics = self.evaluate(examples)
                     record.update({f"{split_name}/{k}": v for k, v in metrics.items()})
                     stop = self._early_stopping(best, epoch, metrics)
                 else:
@@ -202,7 +203,7 @@ class Trainer:
         started = time.perf_counter()
         for start in range(0, n, t.batch_size):
             index = order[start : start + t.batch_size]
-            loss = self.batch_loss(index)
+            loss = self.batch_loss(index, generator)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -216,6 +217,12 @@ class Trainer:
                 f"{done / max(time.perf_counter() - started, 1e-9):,.0f} ex/s",
             )
         return total / max(batches, 1)
+
+    def evaluate(self, examples) -> dict[str, float]:
+        """Metrics of the current model on an evaluation split (eval settings of the config)."""
+        return evaluate_examples(
+            self.model, self.data, examples, ks=self.config.eval.ks, exclude_seen=self.config.eval.exclude_seen
+        )
 
     def _eval_split(self):
         if self.data.validation is not None:
