@@ -1,6 +1,6 @@
 """The HTTP service (FastAPI TestClient): known users, new users, similar items, validation, batching."""
 
-import threading
+import asyncio
 
 import numpy as np
 import pytest
@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from _serve_helpers import tiny_run
 from towerrec.serve import export_bundle, load_bundle
-from towerrec.serve.app import Combiner, Job, create_app
+from towerrec.serve.app import create_app
+from towerrec.serve.batching import Batcher, Job
 
 
 @pytest.fixture(scope="module")
@@ -119,28 +120,49 @@ def test_oversized_and_malformed_bodies_are_rejected(client):
 
 
 def test_concurrent_jobs_are_batched_and_match_one_by_one(bundle):
-    combiner = Combiner(bundle)
+    batcher = Batcher(bundle)
     rows = np.arange(min(40, bundle.num_users))
     queries = bundle.known_user_queries(rows)
 
     def job(r):
         return Job(k=5, exclude=bundle.seen_positions(int(r)), queries={n: v[r : r + 1] for n, v in queries.items()})
 
-    alone = [combiner.submit(job(r))[0] for r in rows]
-    results: dict[int, list[int]] = {}
-    barrier = threading.Barrier(len(rows))
+    async def one_by_one():
+        return [(await batcher.submit(job(r)))[0] for r in rows]
 
-    def call(r):
-        barrier.wait()
-        results[int(r)] = combiner.submit(job(r))[0]
+    async def together():
+        return [found[0] for found in await asyncio.gather(*(batcher.submit(job(r)) for r in rows))]
 
-    threads = [threading.Thread(target=call, args=(r,)) for r in rows]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert [results[int(r)] for r in rows] == alone
-    assert combiner.batches < 2 * len(rows)  # some requests shared a batch
+    alone = asyncio.run(one_by_one())
+    assert batcher.batches == len(rows)
+    assert asyncio.run(together()) == alone
+    assert batcher.batches == len(rows) + 1  # all concurrent requests shared one batch
+    ids = bundle.items["item_id"].to_list()
+    assert [[ids[p] for p in found] for found in alone] == [_direct(bundle, int(bundle.features.user_ids[r]), 5) for r in rows]
+
+
+def test_batching_disabled_runs_jobs_one_at_a_time(bundle):
+    batcher = Batcher(bundle, enabled=False)
+    queries = bundle.known_user_queries(np.arange(4))
+    jobs = [Job(k=3, exclude=np.empty(0, dtype=np.int64), queries={n: v[r : r + 1] for n, v in queries.items()}) for r in range(4)]
+
+    async def together():
+        return await asyncio.gather(*(batcher.submit(j) for j in jobs))
+
+    assert len(asyncio.run(together())) == 4 and batcher.batches == 4
+
+
+def test_a_failing_job_fails_alone(bundle):
+    batcher = Batcher(bundle)
+    queries = bundle.known_user_queries(np.arange(2))
+    good = Job(k=3, exclude=np.empty(0, dtype=np.int64), queries={n: v[0:1] for n, v in queries.items()})
+    bad = Job(k=bundle.num_items + 1, exclude=np.empty(0, dtype=np.int64), queries={n: v[1:2] for n, v in queries.items()})
+
+    async def both():
+        return await asyncio.gather(batcher.submit(good), batcher.submit(bad), return_exceptions=True)
+
+    ok, failed = asyncio.run(both())
+    assert len(ok[0]) == 3 and isinstance(failed, Exception) and batcher.batches == 1
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -103,7 +103,7 @@ def experiment(
     reused = sum(r.reused for r in result.runs)
     console.print(f"{len(result.runs)} model(s), {reused} reused from cache, in {result.wall_seconds:.1f} s")
     for label, path in result.outputs.items():
-        console.print(f"{label}: [bold]{path}[/bold]")
+        console.print(f"{label}: [bold]{path}[/bold]", soft_wrap=True)
 
 
 def _layer_sizes(first: Optional[str], extra: list[str]) -> Optional[tuple[int, ...]]:

@@ -165,11 +165,13 @@ def export(
     pq_m: PqM = None,
     refine: Refine = None,
 ) -> None:
-    """Export a trained two-tower run to a self-contained serving bundle.
+    """Export a trained two-tower or sequential (GRU / SASRec) run to a self-contained serving bundle.
 
     The bundle holds the config, vocabularies, query tower weights (safetensors),
     candidate embeddings, the index, item metadata and each train user's seen
     items and history: serving needs nothing else, and loading never unpickles.
+    A sequential run's bundle holds its history encoder and each user's timeline;
+    it serves known users and POST /recommend with a "history" list.
 
     Examples:
 
@@ -195,7 +197,7 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
     threads: Annotated[int, typer.Option("--threads", help="Torch/FAISS threads per batch.")] = 1,
-    batching: Annotated[bool, typer.Option("--batching/--no-batching", help="Combine concurrent requests.")] = True,
+    batching: Annotated[bool, typer.Option("--batching/--no-batching", help="Batch concurrent requests that need the query tower (new users).")] = True,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
 ) -> None:
     """Answer top-K requests over HTTP (FastAPI + uvicorn); docs at /docs.

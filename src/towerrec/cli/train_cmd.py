@@ -58,7 +58,7 @@ def train(
         cfg = cfg.replace(train={"epochs": epochs})
     result = train_run(cfg, runs_root=runs, retrain=retrain, log=console.print)
     _print_run_metrics(cfg.name, result.metrics)
-    console.print(f"run directory: [bold]{result.run_dir}[/bold]")
+    console.print(f"run directory: [bold]{result.run_dir}[/bold]", soft_wrap=True)  # paths stay copyable
 
 
 def _print_run_metrics(name: str, metrics: dict) -> None:
@@ -219,4 +219,4 @@ def quickstart(
     run, data = open_run_with_data(last_dir)
     recs = _recommend(run, data, [user], k=3)[user]
     console.print(f"[bold]top 3 for user {user}:[/bold] " + "; ".join(r.title for r in recs))
-    console.print(f"run directory: {last_dir}")
+    console.print(f"run directory: {last_dir}", soft_wrap=True)

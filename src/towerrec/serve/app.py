@@ -7,30 +7,34 @@
     GET  /docs, /openapi.json                        interactive docs and the schema
 
 Bad input never reaches the model: unknown ids are 404 with a message, invalid
-parameters 422, bodies over ``max_body_bytes`` 413. Concurrent requests are
-combined: while one batch runs through the query tower and the index, the
-requests that arrive queue up and run together as the next batch, so the
-server never waits to fill a batch and throughput grows with load.
+parameters 422, bodies over ``max_body_bytes`` 413.
+
+Every endpoint runs on the event loop (one process, no worker threads): known
+users and similar items take the precomputed path
+(:mod:`towerrec.serve.precomputed`: a lookup, one matvec and a top-K, ~25 us),
+and requests that need the query tower (new users, known users with recent
+items) are batched with the requests parsed alongside them
+(:mod:`towerrec.serve.batching`). A thread hand-off would cost more than either.
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
+import json
 from pathlib import Path
 from typing import Annotated, Any, Union
 
 import numpy as np
-import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from towerrec import __version__
 from towerrec.errors import TowerrecError
-from towerrec.metrics.topk import CSR
-from towerrec.serve.bundle import HISTORY, Bundle, history_row, load_bundle
+from towerrec.serve.batching import Batcher, Job
+from towerrec.serve.bundle import HISTORY, Bundle, load_bundle
+from towerrec.serve.precomputed import Catalogue, KnownUsers
+from towerrec.serve.sequential import SequentialBundle
 
 MAX_K = 1000
 MAX_HISTORY = 1000
@@ -106,111 +110,6 @@ ERRORS = {
 }
 
 
-# ------------------------------------------------------------------ batching
-@dataclass
-class Job:
-    """One query: its features (one row) or a ready embedding, what to exclude, how many results."""
-
-    k: int
-    exclude: np.ndarray
-    queries: dict[str, torch.Tensor] | None = None
-    embedding: torch.Tensor | None = None
-    result: tuple[list[int], list[float]] | None = None
-    error: BaseException | None = None
-    done: bool = False
-    wake: threading.Event = field(default_factory=threading.Event)
-
-
-class Combiner:
-    """Runs jobs in batches without waiting for a batch to fill (flat combining).
-
-    A caller whose job arrives while no batch runs becomes the leader and runs
-    every queued job (up to ``max_batch``) at once; callers that arrive during a
-    run wait, then the first of them leads the next batch. Thread-safe; used
-    from FastAPI's worker threads.
-    """
-
-    def __init__(self, bundle: Bundle, max_batch: int = 256, enabled: bool = True) -> None:
-        self.bundle = bundle
-        self.max_batch = max_batch if enabled else 1
-        self._lock = threading.Lock()
-        self._pending: list[Job] = []
-        self._busy = False
-        self.batches = 0
-        self.jobs = 0
-
-    def submit(self, job: Job) -> tuple[list[int], list[float]]:
-        with self._lock:
-            self._pending.append(job)
-        while True:
-            with self._lock:
-                if job.done:
-                    break
-                lead = not self._busy
-                if lead:
-                    self._busy = True
-                    batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-                else:
-                    job.wake.clear()
-            if not lead:
-                job.wake.wait()
-                continue
-            try:
-                self._run(batch)
-            finally:
-                with self._lock:
-                    self._busy = False
-                    if self._pending:
-                        self._pending[0].wake.set()
-        if job.error is not None:
-            raise job.error
-        assert job.result is not None
-        return job.result
-
-    def _run(self, batch: list[Job]) -> None:
-        try:
-            self.batches += 1
-            self.jobs += len(batch)
-            embeddings = self._embed(batch)
-            self._search(batch, embeddings)
-        except BaseException as error:  # noqa: BLE001 - handed to every waiting request
-            for job in batch:
-                if not job.done:
-                    job.error = error
-        finally:
-            for job in batch:
-                job.done = True
-                job.wake.set()
-
-    def _embed(self, batch: list[Job]) -> torch.Tensor:
-        with_features = [j for j, job in enumerate(batch) if job.embedding is None]
-        dim = self.bundle.candidate_embeddings.shape[1]
-        out = torch.empty(len(batch), dim)
-        if with_features:
-            names = batch[with_features[0]].queries.keys()
-            stacked = {name: torch.cat([batch[j].queries[name] for j in with_features]) for name in names}
-            out[with_features] = self.bundle.embed(stacked).float()
-        for j, job in enumerate(batch):
-            if job.embedding is not None:
-                out[j] = job.embedding
-        return out
-
-    def _search(self, batch: list[Job], embeddings: torch.Tensor) -> None:
-        n = self.bundle.num_items
-        k = max(job.k for job in batch)
-        fits = [j for j, job in enumerate(batch) if n - len(np.unique(job.exclude)) >= k]
-        alone = [j for j in range(len(batch)) if j not in set(fits)]
-        groups = ([fits] if fits else []) + [[j] for j in alone]
-        for group in groups:
-            group_k = max(batch[j].k for j in group)
-            exclude = CSR.from_lists([batch[j].exclude for j in group])
-            found = self.bundle.index.search(embeddings[group], group_k, exclude=exclude)
-            indices, scores = found.indices.tolist(), found.scores.tolist()
-            for row, j in enumerate(group):
-                job = batch[j]
-                job.result = (indices[row][: job.k], scores[row][: job.k])
-
-
 # ------------------------------------------------------------------ app
 class BodyLimit:
     """ASGI middleware: answers 413 to request bodies over ``limit`` bytes (declared or streamed)."""
@@ -257,25 +156,30 @@ def _replay(messages: list[dict], then=None):
 
 
 def create_app(
-    bundle: Bundle | str | Path,
+    bundle: Bundle | SequentialBundle | str | Path,
     *,
     batching: bool = True,
     max_batch: int = 256,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
-    """The FastAPI app serving ``bundle`` (a loaded :class:`Bundle` or its folder)."""
-    if not isinstance(bundle, Bundle):
+    """The FastAPI app serving ``bundle`` (a loaded two-tower or sequential bundle, or its folder)."""
+    if not isinstance(bundle, (Bundle, SequentialBundle)):
         bundle = load_bundle(bundle)
-    combiner = Combiner(bundle, max_batch=max_batch, enabled=batching)
-    known_queries = bundle.known_user_queries(np.arange(bundle.num_users))  # encoded once, gathered per request
+    catalogue = Catalogue(bundle)
+    users = KnownUsers(bundle, catalogue)
+    batcher = Batcher(bundle, catalogue, max_batch=max_batch, enabled=batching)
+    known_queries = bundle.known_user_queries(np.arange(bundle.num_users))  # for known users with recent items
     user_features = bundle.feature_columns()
     app = FastAPI(
         title="towerrec",
         version=__version__,
-        description=f"Top-K recommendations from the two-tower run `{bundle.manifest.get('run')}`.",
+        description=f"Top-K recommendations from the {bundle.manifest.get('model_kind', 'two-tower')} run "
+                    f"`{bundle.manifest.get('run')}`.",
     )
     app.state.bundle = bundle
-    app.state.combiner = combiner
+    app.state.batcher = batcher
+    app.state.catalogue = catalogue
+    app.state.known_users = users
     app.add_middleware(BodyLimit, limit=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
@@ -301,17 +205,19 @@ def create_app(
                 hint=f"ask for at most {bundle.num_items - excluded}",
             )
 
-    def results(found: tuple[list[int], list[float]]) -> list[dict[str, Any]]:
-        # responses are built here and returned as JSONResponse: the response_model documents
-        # them in the OpenAPI schema without validating every answer again (tests check the shape)
-        return bundle.records(*found)
+    # answers are rendered here as JSON text: the response_model documents them in the OpenAPI
+    # schema without validating every answer again (tests check the shape)
+    def recommendations(user_id: Any, known: bool, k: int, found: tuple[list[int], list[float]]) -> Response:
+        body = (f'{{"user_id":{json.dumps(user_id)},"known_user":{"true" if known else "false"},"k":{k},'
+                f'"items":{catalogue.items_json(*found)}}}')
+        return Response(body, media_type="application/json")
 
     def known_job(row: int, k: int, exclude_seen: bool, extra: np.ndarray | None = None) -> Job:
         queries = {name: value[row : row + 1] for name, value in known_queries.items()}
         if extra is not None and extra.size and HISTORY in queries:
             stored = queries[HISTORY][0]
             merged = np.concatenate([stored[stored > 0].numpy() - 1, extra])
-            queries[HISTORY] = history_row(merged, bundle.history_length)
+            queries[HISTORY] = bundle.history_row(merged)
         exclude = bundle.seen_positions(row) if exclude_seen else np.empty(0, dtype=np.int64)
         if exclude_seen and extra is not None:
             exclude = np.concatenate([exclude, extra])
@@ -322,7 +228,7 @@ def create_app(
         return RedirectResponse("/docs")
 
     @app.get("/healthz", response_model=Health, summary="Liveness and model facts")
-    def healthz() -> dict[str, Any]:
+    async def healthz() -> dict[str, Any]:
         index = bundle.manifest.get("index", {})
         return {
             "status": "ok",
@@ -336,39 +242,40 @@ def create_app(
         }
 
     @app.get("/recommend", response_model=Recommendations, responses=ERRORS, summary="Top-K items for a known user")
-    def recommend_known(
+    async def recommend_known(
         user_id: Annotated[str, Query(min_length=1, max_length=MAX_ID_LENGTH, description="A user id from training.")],
         k: Annotated[int, Query(ge=1, le=MAX_K, description="How many items.")] = 10,
         exclude_seen: Annotated[bool, Query(description="Leave out the user's train items.")] = True,
     ):
-        row = int(bundle.user_rows([user_id])[0])
+        row = users.row(user_id)
         if row < 0:
             return not_found(
                 f"user {user_id!r} is not in the training data",
                 hint="POST /recommend with the user's features or history to serve a new user",
             )
-        job = known_job(row, k, exclude_seen)
-        check_k(k, len(np.unique(job.exclude)))
-        return JSONResponse({"user_id": _typed_id(user_id, bundle.user_id_type), "known_user": True, "k": k,
-                             "items": results(combiner.submit(job))})
+        check_k(k, users.distinct_seen(row) if exclude_seen else 0)
+        return recommendations(_typed_id(user_id, bundle.user_id_type), True, k, users.recommend(row, k, exclude_seen))
 
     @app.post("/recommend", response_model=Recommendations, responses=ERRORS,
               summary="Top-K items for a new user (features, history) or a known user with recent items")
-    def recommend_any(request: RecommendRequest):
+    async def recommend_any(request: RecommendRequest):
         history = np.empty(0, dtype=np.int64)
         if request.history:
-            history = bundle.item_positions(list(request.history))
+            history = catalogue.item_positions(list(request.history))
             unknown = [v for v, p in zip(request.history, history.tolist()) if p < 0]
             if unknown:
                 return not_found(f"item(s) {unknown[:10]} are not in the catalogue",
                                  hint="history lists item ids of the catalogue")
-        row = -1 if request.user_id is None else int(bundle.user_rows([request.user_id])[0])
+        row = -1 if request.user_id is None else users.row(request.user_id)
         if row >= 0:
             if request.features:
                 raise TowerrecError(
                     f"user {request.user_id!r} is known: their features come from training",
                     hint="drop 'features', or drop 'user_id' to serve them as a new user",
                 )
+            if not history.size:
+                check_k(request.k, users.distinct_seen(row) if request.exclude_seen else 0)
+                return recommendations(request.user_id, True, request.k, users.recommend(row, request.k, request.exclude_seen))
             job = known_job(row, request.k, request.exclude_seen, history)
         else:
             if request.user_id is not None and not request.features and not request.history:
@@ -380,21 +287,20 @@ def create_app(
             exclude = history if request.exclude_seen else np.empty(0, dtype=np.int64)
             job = Job(k=request.k, exclude=exclude, queries=queries)
         check_k(request.k, len(np.unique(job.exclude)))
-        return JSONResponse({"user_id": request.user_id, "known_user": row >= 0, "k": request.k,
-                             "items": results(combiner.submit(job))})
+        return recommendations(request.user_id, row >= 0, request.k, await batcher.submit(job))
 
     @app.get("/similar", response_model=SimilarItems, responses=ERRORS, summary="Items most similar to an item")
-    def similar(
+    async def similar(
         item_id: Annotated[str, Query(min_length=1, max_length=MAX_ID_LENGTH, description="A catalogue item id.")],
         k: Annotated[int, Query(ge=1, le=MAX_K, description="How many items.")] = 10,
     ):
-        position = int(bundle.item_positions([item_id])[0])
+        position = catalogue.item_position(item_id)
         if position < 0:
             return not_found(f"item {item_id!r} is not in the catalogue")
         check_k(k, 1)
-        job = Job(k=k, exclude=np.array([position]), embedding=bundle.candidate_embeddings[position].float())
-        return JSONResponse({"item_id": _typed_id(item_id, bundle.item_id_type), "k": k,
-                             "items": results(combiner.submit(job))})
+        body = (f'{{"item_id":{json.dumps(_typed_id(item_id, bundle.item_id_type))},"k":{k},'
+                f'"items":{catalogue.items_json(*catalogue.similar(position, k))}}}')
+        return Response(body, media_type="application/json")
 
     return app
 

@@ -13,7 +13,8 @@ A bundle is a folder written by :func:`towerrec.serve.export.export_bundle`::
 
 :class:`Bundle` loads it (safetensors, JSON, Parquet and FAISS's binary format
 only) and turns requests into query embeddings: known users by their id, new
-users from user features and/or a history of item ids.
+users from user features and/or a history of item ids. Sequential runs export a
+different layout (:mod:`towerrec.serve.sequential`); :func:`load_bundle` opens both.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -39,6 +40,9 @@ from towerrec.index import Index, load_index
 from towerrec.metrics.topk import CSR
 from towerrec.models.tower import Tower
 from towerrec.train.prepared import HISTORY, gather_rows, history_input
+
+if TYPE_CHECKING:
+    from towerrec.serve.sequential import SequentialBundle
 
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST = "bundle.json"
@@ -107,6 +111,11 @@ class Bundle:
         return self.manifest["user_id_type"]
 
     @property
+    def user_ids(self) -> np.ndarray:
+        """Raw ids of the train users, in row order."""
+        return self.features.user_ids
+
+    @property
     def item_id_type(self) -> str:
         return self.manifest["item_id_type"]
 
@@ -154,6 +163,17 @@ class Bundle:
             features: raw user columns (see :meth:`feature_columns`); missing ones are unknown.
             history: catalogue positions of the user's items, oldest first.
         """
+        if features:
+            queries = self._encode_new_user(features)
+        else:  # a history alone: the other query features (OOV id, latest timestamp) never change
+            if self._anonymous is None:
+                self._anonymous = self._encode_new_user({})
+            queries = dict(self._anonymous)
+        if self.history is not None:
+            queries[HISTORY] = history_row(history, self.history_length)
+        return queries
+
+    def _encode_new_user(self, features: dict[str, Any]) -> dict[str, Tensor]:
         allowed = self.feature_columns()
         unknown = sorted(set(features) - set(allowed))
         if unknown:
@@ -174,10 +194,11 @@ class Bundle:
             except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
                 raise TowerrecError(f"user feature {name!r}: {value!r} is not a valid {dtype}") from None
             columns[name] = series
-        queries = self.features.encode_queries(pl.DataFrame(columns))
-        if self.history is not None:
-            queries[HISTORY] = history_row(history, self.history_length)
-        return queries
+        return self.features.encode_queries(pl.DataFrame(columns))
+
+    def history_row(self, positions: np.ndarray) -> Tensor:
+        """[1, L] history input of catalogue positions (oldest first), as the tower was trained."""
+        return history_row(positions, self.history_length)
 
     def embed(self, queries: dict[str, Tensor]) -> Tensor:
         """[n, d] query embeddings."""
@@ -193,6 +214,7 @@ class Bundle:
         return [{"item_id": ids[i], "title": titles[i], "score": s} for i, s in zip(indices, scores)]
 
     def __post_init__(self) -> None:
+        self._anonymous: dict[str, Tensor] | None = None
         self._item_ids = self.items["item_id"].to_list()
         self._titles = [str(t) if t is not None else str(i) for i, t in zip(self._item_ids, self.items["title"].to_list())]
 
@@ -225,8 +247,8 @@ def _typed(values: list[Any], kind: str) -> np.ndarray:
 _NO_ID = -(2**62)
 
 
-def load_bundle(folder: str | Path) -> Bundle:
-    """Opens a bundle; each missing or foreign file is a :class:`TowerrecError` naming it."""
+def load_bundle(folder: str | Path) -> Bundle | SequentialBundle:
+    """Opens a bundle (two-tower or sequential); each missing or foreign file is a :class:`TowerrecError` naming it."""
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
@@ -240,6 +262,10 @@ def load_bundle(folder: str | Path) -> Bundle:
         raise TowerrecError(
             f"{path}: bundle format {version!r}, this towerrec reads {BUNDLE_FORMAT_VERSION}", hint="export it again"
         )
+    if manifest.get("model_kind") == "sequential":
+        from towerrec.serve.sequential import load_sequential_bundle
+
+        return load_sequential_bundle(folder, manifest)
     for name in FILES:
         if not (folder / name).is_file():
             raise TowerrecError(f"{folder / name}: missing", hint="the bundle is incomplete: export it again")

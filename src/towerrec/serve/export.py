@@ -37,7 +37,7 @@ def run_candidate_embeddings(run: LoadedRun) -> torch.Tensor:
     if not isinstance(model, TwoTowerModel):
         raise TowerrecError(
             f"{run.run_dir}: a {run.config.model.kind} model has no towers to export or index",
-            hint="export a two-tower run (e.g. the 'default' preset)",
+            hint="export a two-tower or sequential run (e.g. the 'default' preset)",
         )
     model.eval()
     catalogue = run.features.encode_candidates()
@@ -68,14 +68,15 @@ def export_bundle(
     data: PreparedData | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Writes the serving bundle of a finished two-tower run to ``out`` and checks it loads.
+    """Writes the serving bundle of a finished two-tower or sequential run to ``out`` and checks it loads.
 
     Args:
         run_dir: a finished run directory.
         out: the bundle folder to create.
         index: brute-force | hnsw | ivf | ivfpq.
         index_params: options of a FAISS index (see :class:`~towerrec.index.FaissIndex`).
-        data: the run's prepared data, if already in memory (else prepared from its config).
+        data: the run's prepared data (two-tower: ``PreparedData``; sequential: ``SequenceData``), if
+            already in memory (else prepared from its config).
         overwrite: replace an existing bundle at ``out``.
     Returns:
         ``out``.
@@ -84,6 +85,8 @@ def export_bundle(
     out = Path(out)
     if out.exists() and not overwrite:
         raise TowerrecError(f"{out}: already exists", hint="pass --overwrite or choose another --out")
+    if run.config.model.kind == "sequential":
+        return _export_sequential(run, out, index, index_params or {}, data)
     embeddings = run_candidate_embeddings(run)
     if data is None:
         from towerrec.recommend import open_run_with_data
@@ -141,10 +144,60 @@ def export_bundle(
             },
             staging / MANIFEST,
         )
-        load_bundle(staging)  # refuse to publish a bundle that does not load
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        _publish(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _publish(staging: Path, out: Path) -> None:
+    load_bundle(staging)  # refuse to publish a bundle that does not load
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+
+
+def _export_sequential(run: LoadedRun, out: Path, index: str, index_params: dict[str, Any], data) -> Path:
+    from towerrec.data.registry import load_dataset
+    from towerrec.serve.sequential import write_sequential_bundle
+
+    dataset = getattr(data, "dataset", None) or load_dataset(run.config.data.dataset, run.config.data.data_dir,
+                                                             progress=False)
+    if dataset.fingerprint != run.meta.get("data_fingerprint"):
+        raise TowerrecError(f"{run.run_dir}: the data given is not the data this run was trained on",
+                            hint="retrain the run on the current data")
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        seconds: list[float] = []
+
+        def index_builder(embeddings: torch.Tensor, ids: list) -> Index:
+            started = time.perf_counter()
+            built = build_index(index, embeddings, ids, metadata={"run": run.run_dir.name}, **index_params)
+            seconds.append(time.perf_counter() - started)
+            return built
+
+        facts = write_sequential_bundle(run, staging, dataset, index_builder)
+        facts["index"]["build_seconds"] = round(seconds[0], 3)
+        save_json(
+            {
+                "format_version": BUNDLE_FORMAT_VERSION,
+                "kind": "towerrec-bundle",
+                "towerrec_version": __version__,
+                "run": run.run_dir.name,
+                "run_name": run.config.name,
+                "config_hash": run.meta.get("config_hash"),
+                "data_fingerprint": run.meta.get("data_fingerprint"),
+                "similarity": "dot",
+                **facts,
+                "test_metrics": _test_metrics(run.run_dir),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+            staging / MANIFEST,
+        )
+        _publish(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

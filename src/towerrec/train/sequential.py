@@ -125,7 +125,7 @@ def _item_lookup(item_ids: np.ndarray, dtype) -> pl.DataFrame:
                          "__item": np.arange(len(item_ids), dtype=np.int64)})
 
 
-def _events(dataset: Dataset, item_ids: np.ndarray, min_rating: float | None) -> pl.DataFrame:
+def timeline_events(dataset: Dataset, item_ids: np.ndarray, min_rating: float | None) -> pl.DataFrame:
     """Interactions with their catalogue index and rating slot, filtered by rating; input row order."""
     inter = dataset.interactions
     events = inter.select("user_id", "item_id", "rating", "timestamp").join(
@@ -176,7 +176,7 @@ def prepare_sequences(config: RunConfig, dataset: Dataset | None = None, *, prog
     if dataset is None:
         dataset = load_dataset(config.data.dataset, config.data.data_dir, progress=progress)
     item_ids, titles = catalogue_of(dataset)
-    events = _events(dataset, item_ids, s.min_rating)
+    events = timeline_events(dataset, item_ids, s.min_rating)
     use_ratings = "rating" in s.step_features
     if s.protocol == "tfrs-sequences":
         train, test = _tfrs_sequences(config, events, use_ratings)
@@ -588,7 +588,7 @@ def user_histories(run, users: list[str], *, fallback: str | None = None) -> tup
         raise TowerrecError(f"{run.run_dir}: the dataset changed since this run was trained",
                             hint="retrain the run on the current data")
     item_ids = np.asarray(run.catalogue["item_id"].to_list())
-    events = _events(dataset, item_ids, config.sequence.min_rating).with_row_index("__row")
+    events = timeline_events(dataset, item_ids, config.sequence.min_rating).with_row_index("__row")
     schema = dataset.interactions.schema["user_id"]
     histories: dict[str, list[int]] = {}
     unknown = []
