@@ -100,7 +100,8 @@ def masked_gru(gru: torch.nn.GRU, steps: Tensor, mask: Tensor) -> tuple[Tensor, 
         if layer and gru.dropout and gru.training:
             x = torch.nn.functional.dropout(x, gru.dropout, training=True)
         weights = [getattr(gru, f"{kind}_l{layer}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-        blocks = [_MaskedGRULayer.apply(x[s : s + ROW_BLOCK], mask[s : s + ROW_BLOCK], *weights)
-                  for s in range(0, x.shape[0], ROW_BLOCK)]
+        # split (not slicing): its backward is one cat, a slice's zero-fills the whole input per block
+        blocks = [_MaskedGRULayer.apply(xb, mb, *weights)
+                  for xb, mb in zip(x.split(ROW_BLOCK), mask.split(ROW_BLOCK))]
         x, last = (blocks[0] if len(blocks) == 1 else (torch.cat([b[0] for b in blocks]), torch.cat([b[1] for b in blocks])))
     return x, last

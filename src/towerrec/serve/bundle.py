@@ -77,8 +77,32 @@ def query_tower_for(config: RunConfig, features: FittedFeatures) -> Tower:
     return Tower(inputs, m.embedding_dim, m.layer_sizes, m.dropout, m.init)
 
 
+class BundleFacts:
+    """Facts every bundle kind answers from its manifest, candidates and seen-items table."""
+
+    manifest: dict[str, Any]
+    candidate_embeddings: Tensor
+    seen: CSR
+
+    @property
+    def num_items(self) -> int:
+        return int(self.candidate_embeddings.shape[0])
+
+    @property
+    def num_users(self) -> int:
+        return self.seen.num_rows
+
+    @property
+    def user_id_type(self) -> str:
+        return self.manifest["user_id_type"]
+
+    @property
+    def item_id_type(self) -> str:
+        return self.manifest["item_id_type"]
+
+
 @dataclass
-class Bundle:
+class Bundle(BundleFacts):
     """A loaded serving bundle. Build queries, embed them, search the index."""
 
     folder: Path
@@ -95,29 +119,13 @@ class Bundle:
 
     # ---------------------------------------------------------------- facts
     @property
-    def num_items(self) -> int:
-        return int(self.candidate_embeddings.shape[0])
-
-    @property
-    def num_users(self) -> int:
-        return self.seen.num_rows
-
-    @property
     def history_length(self) -> int | None:
         return None if self.history is None else int(self.history.shape[1])
-
-    @property
-    def user_id_type(self) -> str:
-        return self.manifest["user_id_type"]
 
     @property
     def user_ids(self) -> np.ndarray:
         """Raw ids of the train users, in row order."""
         return self.features.user_ids
-
-    @property
-    def item_id_type(self) -> str:
-        return self.manifest["item_id_type"]
 
     def feature_columns(self) -> list[str]:
         """User-side columns a new user's request may give (e.g. age, gender, timestamp)."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +100,7 @@ def export_bundle(
         raise TowerrecError(f"{run.run_dir}: the run's catalogue and its data disagree in size", hint="retrain the run")
 
     ids = run.catalogue["item_id"].to_list()
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with _staged(out) as staging:
         started = time.perf_counter()
         built = build_index(index, embeddings, ids, metadata={"run": run.run_dir.name}, **(index_params or {}))
         built.save(staging / "index")
@@ -122,40 +121,54 @@ def export_bundle(
         interactions = data.dataset.interactions
         latest = interactions["timestamp"].max() if "timestamp" in interactions.columns else None
         save_json(
-            {
-                "format_version": BUNDLE_FORMAT_VERSION,
-                "kind": "towerrec-bundle",
-                "towerrec_version": __version__,
-                "run": run.run_dir.name,
-                "run_name": run.config.name,
-                "config_hash": run.meta.get("config_hash"),
-                "data_fingerprint": run.meta.get("data_fingerprint"),
-                "similarity": run.config.model.similarity,
-                "dim": int(embeddings.shape[1]),
-                "num_items": int(embeddings.shape[0]),
-                "num_users": data.num_users,
-                "history_length": None if data.history is None else int(data.history.shape[1]),
-                "latest_timestamp": int(latest) if latest is not None else 0,
-                "user_id_type": "int" if run.features._user_ids.dtype.is_integer() else "str",
-                "item_id_type": "int" if run.catalogue.schema["item_id"].is_integer() else "str",
-                "index": {"kind": built.kind, "variant": getattr(built, "variant", None), "build_seconds": round(index_seconds, 3)},
-                "test_metrics": _test_metrics(run.run_dir),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            },
+            _manifest(
+                run,
+                similarity=run.config.model.similarity,
+                dim=int(embeddings.shape[1]),
+                num_items=int(embeddings.shape[0]),
+                num_users=data.num_users,
+                history_length=None if data.history is None else int(data.history.shape[1]),
+                latest_timestamp=int(latest) if latest is not None else 0,
+                user_id_type="int" if run.features._user_ids.dtype.is_integer() else "str",
+                item_id_type="int" if run.catalogue.schema["item_id"].is_integer() else "str",
+                index={"kind": built.kind, "variant": getattr(built, "variant", None), "build_seconds": round(index_seconds, 3)},
+            ),
             staging / MANIFEST,
         )
-        _publish(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 
-def _publish(staging: Path, out: Path) -> None:
-    load_bundle(staging)  # refuse to publish a bundle that does not load
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+@contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A scratch folder beside ``out``, renamed into place only if the body succeeds and the bundle loads."""
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        load_bundle(staging)  # refuse to publish a bundle that does not load
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _manifest(run: LoadedRun, **facts: Any) -> dict[str, Any]:
+    """The manifest fields every bundle has, plus the kind-specific ``facts``."""
+    return {
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "kind": "towerrec-bundle",
+        "towerrec_version": __version__,
+        "run": run.run_dir.name,
+        "run_name": run.config.name,
+        "config_hash": run.meta.get("config_hash"),
+        "data_fingerprint": run.meta.get("data_fingerprint"),
+        **facts,
+        "test_metrics": _test_metrics(run.run_dir),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def _export_sequential(run: LoadedRun, out: Path, index: str, index_params: dict[str, Any], data) -> Path:
@@ -167,10 +180,7 @@ def _export_sequential(run: LoadedRun, out: Path, index: str, index_params: dict
     if dataset.fingerprint != run.meta.get("data_fingerprint"):
         raise TowerrecError(f"{run.run_dir}: the data given is not the data this run was trained on",
                             hint="retrain the run on the current data")
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with _staged(out) as staging:
         seconds: list[float] = []
 
         def index_builder(embeddings: torch.Tensor, ids: list) -> Index:
@@ -181,26 +191,7 @@ def _export_sequential(run: LoadedRun, out: Path, index: str, index_params: dict
 
         facts = write_sequential_bundle(run, staging, dataset, index_builder)
         facts["index"]["build_seconds"] = round(seconds[0], 3)
-        save_json(
-            {
-                "format_version": BUNDLE_FORMAT_VERSION,
-                "kind": "towerrec-bundle",
-                "towerrec_version": __version__,
-                "run": run.run_dir.name,
-                "run_name": run.config.name,
-                "config_hash": run.meta.get("config_hash"),
-                "data_fingerprint": run.meta.get("data_fingerprint"),
-                "similarity": "dot",
-                **facts,
-                "test_metrics": _test_metrics(run.run_dir),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            },
-            staging / MANIFEST,
-        )
-        _publish(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        save_json(_manifest(run, similarity="dot", **facts), staging / MANIFEST)
     return out
 
 

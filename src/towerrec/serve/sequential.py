@@ -38,6 +38,7 @@ from towerrec.errors import TowerrecError
 from towerrec.index import Index, load_index
 from towerrec.metrics.topk import CSR
 from towerrec.models.sequential import SequentialModel
+from towerrec.serve.bundle import BundleFacts
 from towerrec.train.prepared import HISTORY
 
 USERS = "users"  # query key: user-embedding index + 1 (0 = none)
@@ -46,7 +47,7 @@ FILES = ("config.toml", "sequence.json", "model.safetensors", "candidates.safete
 
 
 @dataclass
-class SequentialBundle:
+class SequentialBundle(BundleFacts):
     """A loaded sequential bundle; offers the same queries / embed / ids interface as :class:`Bundle`."""
 
     folder: Path
@@ -71,24 +72,8 @@ class SequentialBundle:
 
     # ---------------------------------------------------------------- facts
     @property
-    def num_items(self) -> int:
-        return int(self.candidate_embeddings.shape[0])
-
-    @property
-    def num_users(self) -> int:
-        return self.seen.num_rows
-
-    @property
     def history_length(self) -> int:
         return int(self.history.shape[1])
-
-    @property
-    def user_id_type(self) -> str:
-        return self.manifest["user_id_type"]
-
-    @property
-    def item_id_type(self) -> str:
-        return self.manifest["item_id_type"]
 
     @property
     def user_ids(self) -> np.ndarray:
