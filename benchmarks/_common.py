@@ -61,7 +61,14 @@ def machine() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    """The one-line machine description every results file opens with."""
+    policy = m.get("omp_wait_policy") or "unset (PyTorch default)"
+    return f"Machine: {m['cores']} cores, torch {m['torch']}, OMP_WAIT_POLICY={policy}."
 
 
 def write_results(name: str, payload: dict[str, Any], markdown: str) -> None:

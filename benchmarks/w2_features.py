@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import DEFAULT_DATA, REPO, machine, run_tfrs, write_results  # noqa: E402
+from _common import DEFAULT_DATA, REPO, machine, machine_line, median, run_tfrs, write_results  # noqa: E402
 from towerrec.data.registry import load_dataset  # noqa: E402
 from towerrec.experiments.runner import ExperimentConfig, run_configs  # noqa: E402
 from towerrec.presets import preset  # noqa: E402
@@ -110,10 +109,10 @@ def main() -> None:
                 towerrec_runs.append(towerrec_run((label, cfg), dataset, runs_root))
             if tfrs_runs:
                 speeds = [r["train_examples_per_s"] for r in tfrs_runs]
-                row["tfrs_measured"] = {"metrics": tfrs_metrics(tfrs_runs[0]), "examples_per_s": statistics.median(speeds),
+                row["tfrs_measured"] = {"metrics": tfrs_metrics(tfrs_runs[0]), "examples_per_s": median(speeds),
                                         "examples_per_s_runs": speeds, "fit_s": tfrs_runs[0]["fit_s"]}
             speeds = [r["examples_per_s"] for r in towerrec_runs]
-            row["towerrec"] = {**towerrec_runs[0], "examples_per_s": statistics.median(speeds),
+            row["towerrec"] = {**towerrec_runs[0], "examples_per_s": median(speeds),
                                "examples_per_s_runs": speeds}
             if faithful:
                 row["towerrec_faithful"] = towerrec_run(faithful[i], dataset, runs_root)
@@ -134,7 +133,6 @@ def main() -> None:
         "workload": "W2 context features, MovieLens-100K, random 80/20 split seed 42, test split, full catalogue "
                     f"(titles), {args.epochs} epochs, embedding 32, layers 64 32",
         "machine": machine(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "speed_repeats": args.repeats,
         "towerrec_recipe": "preset w2: " + str(preset("w2").to_dict()),
         "rows": rows,
@@ -189,8 +187,7 @@ def render(p: dict) -> str:
 
     head = "| feature set | model | " + " | ".join(f"top-{k}" for k in KS) + " | examples/s |\n|---|---|" + "---:|" * (len(KS) + 1)
     lines = ["# W2 — context features on MovieLens-100K", "",
-             f"{p['workload']}. Machine: {p['machine']['cores']} cores, torch {p['machine']['torch']}, "
-             f"OMP_WAIT_POLICY={p['omp_wait_policy'] or 'unset (PyTorch default)'}. "
+             f"{p['workload']}. {machine_line(p['machine'])} "
              f"examples/s: median of {p.get('speed_repeats', 1)} interleaved runs (TFRS, towerrec, TFRS, ...). "
              "Regenerate: `.venv/bin/python benchmarks/w2_features.py --faithful --tfrs-python PATH`.", "",
              "## TFRS protocol (items rated in train are NOT excluded)", "", head]

@@ -21,7 +21,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from _common import DEFAULT_DATA, REPO, RESULTS, machine, median, run_tfrs, write_results
+from _common import DEFAULT_DATA, REPO, RESULTS, machine, machine_line, median, run_tfrs, write_results
 from towerrec.config import load_config
 from towerrec.data.registry import load_dataset
 from towerrec.runs import train_run
@@ -162,8 +162,8 @@ def render(p: dict) -> str:
         "# W3 — sequential retrieval on MovieLens-100K",
         "",
         "TFRS tutorial protocol: ratings >= 2, timelines >= 3, context = previous 10 movies, all examples "
-        "shuffled, 90/10; test split, full catalogue. Machine: "
-        f"{p['machine']['cores']} cores (shared with other jobs while measured), torch {p['machine']['torch']}. "
+        "shuffled, 90/10; test split, full catalogue. "
+        f"{machine_line(p['machine'])} "
         "Regenerate: `.venv/bin/python benchmarks/w3_sequential.py`.",
         "",
         "## TFRS protocol (context items NOT excluded, as TFRS's FactorizedTopK)",
