@@ -29,11 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import DEFAULT_DATA, REPO, machine, machine_line, median, run_tfrs, write_results  # noqa: E402
-from towerrec.data.registry import load_dataset  # noqa: E402
-from towerrec.experiments.runner import ExperimentConfig, run_configs  # noqa: E402
-from towerrec.presets import preset  # noqa: E402
-from towerrec.runs import train_run  # noqa: E402
+from _common import DEFAULT_DATA, REPO, machine, machine_line, median, run_tfrs, write_results
+from towerrec.data.registry import load_dataset
+from towerrec.experiments.runner import ExperimentConfig, run_configs
+from towerrec.presets import preset
+from towerrec.runs import train_run
 
 KS = (1, 5, 10, 50, 100)
 FEATURE_SETS = ["none", "timestamp", "movie_title_text", "timestamp,movie_title_text",
