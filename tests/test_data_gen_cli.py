@@ -59,3 +59,24 @@ def test_bad_join_key_spec(tmp_path, capsys):
 def test_help_has_examples(command, capsys):
     assert _run(["data", command, "--help"]) == 0
     assert "Examples" in capsys.readouterr().out
+
+
+def test_header_only_csv_is_refused(tmp_path, capsys):
+    """rel-17: a table with a header and no rows is not written as an empty dataset."""
+    data = tmp_path / "header_only.csv"
+    data.write_text("user,item,ts\n")
+    code = _run(["data", "import", str(data), "--user", "user", "--item", "item", "--timestamp", "ts",
+                 "--out", str(tmp_path / "empty")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "header_only.csv: no data rows" in err
+    assert not (tmp_path / "empty").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--interactions", "0"), ("--seed", "-1"), ("--seed", str(2**63)),
+                                           ("--users", "0")])
+def test_synth_options_out_of_range_are_usage_errors(tmp_path, capsys, option, value):
+    """rel-14 / rel-17: the option is named and nothing is written."""
+    code = _run(["data", "synth", option, value, "--users", "5", "--items", "5", "--out", str(tmp_path / "s")]
+                if option != "--users" else ["data", "synth", option, value, "--out", str(tmp_path / "s")])
+    assert code == 2 and option in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

@@ -23,7 +23,7 @@ def test_unknown_config_key_lists_valid_keys(tmp_path):
     path.write_text("[model]\nembeding_dim = 3\n")
     with pytest.raises(ConfigError, match=r"bad.toml: unknown key\(s\) \['embeding_dim'\] in \[model\]; valid keys: .*embedding_dim"):
         load_config(path)
-    with pytest.raises(ConfigError, match="must be int"):
+    with pytest.raises(ConfigError, match=r"\[train\] epochs must be an integer, got .3."):
         config_from_dict({"train": {"epochs": "3"}})
 
 

@@ -60,7 +60,7 @@ def test_deterministic_and_fingerprinted():
     assert a.fingerprint != make_synthetic(50, 40, 500, seed=7, affinity=2.0).fingerprint
 
 
-@pytest.mark.parametrize("shape", [(3, 4, 6), (5, 1, 5), (7, 2, 0), (100, 3, 100), (10, 10, 50)])
+@pytest.mark.parametrize("shape", [(3, 4, 6), (5, 1, 5), (7, 2, 1), (100, 3, 100), (10, 10, 50)])
 def test_edge_sizes_are_exact_and_distinct(shape):
     inter = make_synthetic(*shape).interactions
     assert inter.height == shape[2]
@@ -72,6 +72,20 @@ def test_impossible_sizes_are_config_errors():
         make_synthetic(10, 10, 51)
     with pytest.raises(ConfigError, match="drift_memory"):
         make_synthetic(10, 10, 20, drift_memory=1.0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_interactions": 0}, r"num_interactions must be an integer in 1\.\.\d+, got 0"),  # rel-17: no data rows
+    ({"seed": -1}, r"seed must be an integer in 0\.\.4294967295, got -1"),  # rel-14
+    ({"seed": 2**63}, r"seed must be an integer in 0\.\.4294967295, got 9223372036854775808"),
+    ({"affinity": float("nan")}, r"affinity must be a finite number >= 0, got nan"),
+    ({"drift": float("inf")}, r"drift must be a finite number >= 0, got inf"),
+    ({"num_users": True}, r"num_users must be an integer"),
+])
+def test_generator_parameters_are_validated(kwargs, message):
+    args = {"num_users": 10, "num_items": 10, "num_interactions": 20, **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        make_synthetic(args.pop("num_users"), args.pop("num_items"), args.pop("num_interactions"), **args)
 
 
 def _leave_last_out(dataset):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import tomli_w
 
-from towerrec.errors import ConfigError
+from towerrec.errors import ConfigError, shorten
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -177,17 +178,20 @@ def _drop_none(value: Any) -> Any:
     return value
 
 
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
 def _coerce(section: str, name: str, annotation: Any, value: Any) -> Any:
     where = f"[{section}] {name}" if section else name
     origin = get_origin(annotation)
     args = get_args(annotation)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{where} = {value!r} is not one of {list(args)}")
+            raise ConfigError(f"{where} = {shorten(value)} is not one of {list(args)}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
+            raise ConfigError(f"{where} must be a list, got {shorten(value)}")
         return tuple(_coerce(section, name, args[0], v) for v in value)
     if args and type(None) in args:  # Optional[X]
         if value is None:
@@ -198,13 +202,13 @@ def _coerce(section: str, name: str, annotation: Any, value: Any) -> Any:
         return float(value)
     if annotation in (int, float, str, bool):
         if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
-            raise ConfigError(f"{where} must be {annotation.__name__}, got {value!r}")
+            raise ConfigError(f"{where} must be {_TYPE_NAMES[annotation]}, got {_shown(value)}")
     return value
 
 
 def _section_from_dict(cls: type, section: str, values: dict[str, Any]) -> Any:
     if not isinstance(values, dict):
-        raise ConfigError(f"[{section}] must be a table, got {values!r}")
+        raise ConfigError(f"[{section}] must be a table, got {shorten(values)}")
     valid = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(valid))
     if unknown:
@@ -239,19 +243,121 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
     return config
 
 
+SEED_MAX = 2**32 - 1  # numpy and torch accept it; the trainer derives per-epoch seeds as seed * 1_000_003 + epoch
+MAX_WIDTH = 16_384  # embedding / layer / hidden sizes: beyond this a tower is a typo, not a model
+MAX_COUNT = 1_000_000  # epochs, eval_every, patience: the per-epoch seed needs epoch < 1_000_003
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The valid range of one numeric config value; ``None`` is an open end.
+
+    ``integer`` bounds read ``an integer in 1..16384``; real ones read
+    ``a finite number > 0`` or ``a finite number in [0, 1)``.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself is excluded
+    high_open: bool = False
+    integer: bool = False
+
+    def holds(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def describe(self) -> str:
+        what = "an integer" if self.integer else "a finite number"
+        low, high = self.low, self.high
+        if low is not None and high is not None:
+            if self.integer:
+                return f"{what} in {low}..{high}"
+            return f"{what} in {'(' if self.low_open else '['}{low:g}, {high:g}{')' if self.high_open else ']'}"
+        if low is not None:
+            return f"{what} {'>' if self.low_open else '>='} {low:g}"
+        if high is not None:
+            return f"{what} {'<' if self.high_open else '<='} {high:g}"
+        return what
+
+
+def _ints(low: int, high: int) -> Bound:
+    return Bound(low, high, integer=True)
+
+
+FRACTION_OPEN = Bound(0.0, 1.0, low_open=True, high_open=True)
+POSITIVE = Bound(0.0, low_open=True)
+
+#: The valid range of every numeric field of every section (lists: of each element). Optional
+#: fields may also be absent (None). A test checks that no numeric field is missing here.
+BOUNDS: dict[tuple[str, str], Bound] = {
+    ("data", "test_fraction"): FRACTION_OPEN,
+    ("data", "validation_fraction"): Bound(0.0, 1.0, high_open=True),
+    ("data", "seed"): _ints(0, SEED_MAX),
+    ("model", "embedding_dim"): _ints(1, MAX_WIDTH),
+    ("model", "layer_sizes"): _ints(1, MAX_WIDTH),
+    ("model", "dropout"): Bound(0.0, 1.0, high_open=True),
+    ("model", "history_length"): _ints(1, 100_000),
+    ("model", "ease_l2"): POSITIVE,
+    ("task", "temperature"): POSITIVE,
+    ("task", "num_hard_negatives"): _ints(1, MAX_COUNT),
+    ("train", "epochs"): _ints(1, MAX_COUNT),
+    ("train", "batch_size"): _ints(1, 2**31 - 1),
+    ("train", "learning_rate"): POSITIVE,
+    ("train", "weight_decay"): Bound(0.0),
+    ("train", "seed"): _ints(0, SEED_MAX),
+    ("train", "eval_every"): _ints(1, MAX_COUNT),
+    ("train", "early_stopping_patience"): _ints(1, MAX_COUNT),
+    ("eval", "ks"): _ints(1, 2**31 - 1),  # K above the catalogue size counts every item: accuracy 1.0
+    ("sequence", "max_length"): _ints(1, 100_000),
+    ("sequence", "min_rating"): Bound(),
+    ("sequence", "min_timeline_length"): _ints(1, MAX_COUNT),
+    ("sequence", "train_fraction"): FRACTION_OPEN,
+    ("sequence", "hidden_dim"): _ints(1, MAX_WIDTH),
+    ("sequence", "num_blocks"): _ints(1, 256),
+    ("sequence", "num_heads"): _ints(1, MAX_WIDTH),
+    ("sequence", "num_sampled"): _ints(1, 100_000_000),
+}
+
+
 def _check_values(config: RunConfig) -> None:
-    t = config.train
-    for key, value in (("epochs", t.epochs), ("batch_size", t.batch_size), ("eval_every", t.eval_every)):
-        if value < 1:
-            raise ConfigError(f"[train] {key} must be >= 1, got {value}")
-    if t.learning_rate <= 0:
-        raise ConfigError(f"[train] learning_rate must be > 0, got {t.learning_rate}")
-    if config.model.embedding_dim < 1:
-        raise ConfigError(f"[model] embedding_dim must be >= 1, got {config.model.embedding_dim}")
-    if config.task.temperature <= 0:
-        raise ConfigError(f"[task] temperature must be > 0, got {config.task.temperature}")
-    if any(k < 1 for k in config.eval.ks):
-        raise ConfigError(f"[eval] ks must be positive, got {list(config.eval.ks)}")
+    """Every numeric value finite and within :data:`BOUNDS`; raises :class:`ConfigError` naming ``[section] key``."""
+    for (section, key), bound in BOUNDS.items():
+        value = getattr(getattr(config, section), key)
+        if value is None:
+            continue
+        values = value if isinstance(value, tuple) else (value,)
+        if not values and key == "ks":
+            raise ConfigError(f"[{section}] {key} must list at least one K, got []")
+        for v in values:
+            if not bound.holds(v):
+                shown = list(value) if isinstance(value, tuple) else value
+                noun = "entries" if isinstance(value, tuple) else ""
+                raise ConfigError(f"[{section}] {key}{' ' + noun if noun else ''} must be {_plural(bound.describe(), noun)}"
+                                  f", got {_shown(shown)}")
+    d = config.data
+    if d.test_fraction + d.validation_fraction >= 1.0:
+        raise ConfigError(
+            f"[data] test_fraction + validation_fraction must be below 1, got {d.test_fraction} + {d.validation_fraction}",
+            hint="leave some interactions for training",
+        )
+
+
+def _plural(text: str, noun: str) -> str:
+    if not noun:
+        return text
+    return text.replace("an integer", "integers").replace("a finite number", "finite numbers")
+
+
+def _shown(value: Any) -> str:
+    """A value for a message: nan/inf as TOML spells them, huge integers cut short with their digit count."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_shown(v) for v in value[:10]) + (", ..." if len(value) > 10 else "") + "]"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return shorten(value)
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -6,7 +6,38 @@ and shows a traceback only with ``--debug``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
+
+SHORT = 30  # characters of a value kept in a message
+
+
+def shorten(value: Any, limit: int = SHORT) -> str:
+    """``value`` for an error message, never longer than about ``limit`` + 25 characters.
+
+    Strings are quoted (``'12x'``); a longer value is cut with ``…`` and followed by its size,
+    counted in digits when it is a number: ``'9999999999…' (1,000,000 digits)``. Other values
+    use ``str()``. Messages must never echo a field of unbounded size.
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, bytes, int)):
+        text = str(value)
+        return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+    if isinstance(value, int):
+        try:
+            text = str(value)
+        except ValueError:  # more digits than Python will print: estimate the count
+            digits = int(value.bit_length() * math.log10(2)) + 1
+            return f"an integer of about {digits:,} digits"
+        return text if len(text) <= limit else f"{text[:limit]}… ({len(text.lstrip('-')):,} digits)"
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if len(value) <= limit:
+        return repr(value)
+    body = value.strip().lstrip("+-")
+    unit = "digits" if body.isdigit() else "characters"
+    size = len(body) if unit == "digits" else len(value)
+    return f"{value[:limit] + '…'!r} ({size:,} {unit})"
 
 
 class TowerrecError(Exception):

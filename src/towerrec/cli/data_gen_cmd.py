@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from towerrec.cli.common import console, data_app
+from towerrec.config import MAX_WIDTH, SEED_MAX
 from towerrec.data.tables import Dataset
-from towerrec.errors import ConfigError
+from towerrec.errors import ConfigError, DataError
 
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write (replaced if it exists).")]
 
@@ -17,12 +18,16 @@ OutOption = Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to 
 @data_app.command("synth")
 def synth(
     out: OutOption,
-    users: Annotated[int, typer.Option("--users", min=1, help="Number of users.")] = 1000,
-    items: Annotated[int, typer.Option("--items", min=1, help="Number of items.")] = 500,
-    interactions: Annotated[int, typer.Option("--interactions", min=0, help="Number of (user, item) events.")] = 50_000,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same data.")] = 0,
-    genres: Annotated[int, typer.Option("--genres", min=1, help="Number of genres.")] = 12,
-    dim: Annotated[int, typer.Option("--dim", min=1, help="Size of the planted latent factors.")] = 8,
+    users: Annotated[int, typer.Option("--users", min=1, max=10**9, help="Number of users.")] = 1000,
+    items: Annotated[int, typer.Option("--items", min=1, max=10**9, help="Number of items.")] = 500,
+    interactions: Annotated[
+        int, typer.Option("--interactions", min=1, max=10**11, help="Number of (user, item) events (at least 1).")
+    ] = 50_000,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, max=SEED_MAX, help="Random seed (0..2**32-1): the same seed gives the same data.")
+    ] = 0,
+    genres: Annotated[int, typer.Option("--genres", min=1, max=10_000, help="Number of genres.")] = 12,
+    dim: Annotated[int, typer.Option("--dim", min=1, max=MAX_WIDTH, help="Size of the planted latent factors.")] = 8,
 ) -> None:
     """Generate a synthetic dataset in the MovieLens shape, with planted structure.
 
@@ -95,6 +100,8 @@ def import_(
         user_key=keys.get("users"),
         name=name,
     )
+    if dataset.interactions.height == 0:
+        raise DataError("no data rows", file=file, hint="the table needs at least one (user, item) row below its header")
     _save(dataset, out)
 
 

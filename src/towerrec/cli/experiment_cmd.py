@@ -9,6 +9,7 @@ import typer
 
 from towerrec.cli.app import app
 from towerrec.cli.common import DataDirOption, console
+from towerrec.config import MAX_COUNT, MAX_WIDTH
 from towerrec.errors import ConfigError
 
 
@@ -25,12 +26,12 @@ def experiment(
         Optional[list[str]],
         typer.Option("--feature-set", "-f", help="Repeat: none | timestamp | timestamp,movie_title_text | ..."),
     ] = None,
-    num_epochs: Annotated[Optional[int], typer.Option("--num-epochs", help="Epochs per model.")] = None,
-    embedding_size: Annotated[Optional[int], typer.Option("--embedding-size", help="Embedding dimension.")] = None,
+    num_epochs: Annotated[Optional[int], typer.Option("--num-epochs", min=1, max=MAX_COUNT, help="Epochs per model.")] = None,
+    embedding_size: Annotated[Optional[int], typer.Option("--embedding-size", min=1, max=MAX_WIDTH, help="Embedding dimension.")] = None,
     layer_sizes: Annotated[
         Optional[str], typer.Option("--layer-sizes", help="Dense layers of each tower: --layer-sizes 64 32 (or 64,32).")
     ] = None,
-    eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Evaluate every N epochs.")] = None,
+    eval_every: Annotated[Optional[int], typer.Option("--eval-every", min=1, max=MAX_COUNT, help="Evaluate every N epochs.")] = None,
     retrain: Annotated[bool, typer.Option("--retrain", help="Train every model again, even if cached.")] = False,
     recommend_for_user: Annotated[
         Optional[str], typer.Option("--recommend-for-user", help="Print this user's top movies and each model's top 10.")

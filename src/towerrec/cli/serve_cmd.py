@@ -10,6 +10,7 @@ import typer
 
 from towerrec.cli.app import app
 from towerrec.cli.common import console
+from towerrec.config import MAX_WIDTH
 
 index_app = typer.Typer(
     help="Build candidate indexes (brute force, FAISS HNSW / IVF / IVF-PQ) and measure their recall.",
@@ -20,13 +21,13 @@ app.add_typer(index_app, name="index")
 
 RunDir = Annotated[Path, typer.Argument(help="A finished run directory written by `towerrec train`.")]
 KindOption = Annotated[str, typer.Option("--kind", help="brute-force | hnsw | ivf | ivfpq")]
-HnswM = Annotated[Optional[int], typer.Option("--hnsw-m", help="HNSW: links per node (default 32).")]
-EfConstruction = Annotated[Optional[int], typer.Option("--ef-construction", help="HNSW: build beam width (default 128).")]
-EfSearch = Annotated[Optional[int], typer.Option("--ef-search", help="HNSW: query beam width (default 256).")]
-Nlist = Annotated[Optional[int], typer.Option("--nlist", help="IVF: number of lists (default ~4·sqrt(N)).")]
-Nprobe = Annotated[Optional[int], typer.Option("--nprobe", help="IVF: lists searched per query (default nlist/16).")]
-PqM = Annotated[Optional[int], typer.Option("--pq-m", help="IVF-PQ: bytes per vector (default dim/4).")]
-Refine = Annotated[Optional[int], typer.Option("--refine", help="IVF-PQ: re-score refine·k candidates exactly (0 off).")]
+HnswM = Annotated[Optional[int], typer.Option("--hnsw-m", min=2, max=1024, help="HNSW: links per node (default 32).")]
+EfConstruction = Annotated[Optional[int], typer.Option("--ef-construction", min=1, max=1_000_000, help="HNSW: build beam width (default 128).")]
+EfSearch = Annotated[Optional[int], typer.Option("--ef-search", min=1, max=1_000_000, help="HNSW: query beam width (default 256).")]
+Nlist = Annotated[Optional[int], typer.Option("--nlist", min=1, max=10**8, help="IVF: number of lists (default ~4·sqrt(N)).")]
+Nprobe = Annotated[Optional[int], typer.Option("--nprobe", min=1, max=10**8, help="IVF: lists searched per query (default nlist/16).")]
+PqM = Annotated[Optional[int], typer.Option("--pq-m", min=1, max=MAX_WIDTH, help="IVF-PQ: bytes per vector (default dim/4).")]
+Refine = Annotated[Optional[int], typer.Option("--refine", min=0, max=10_000, help="IVF-PQ: re-score refine·k candidates exactly (0 off).")]
 
 
 def _params(**values: Any) -> dict[str, Any]:
@@ -85,8 +86,8 @@ def index_build(
 def index_recall(
     run_dir: RunDir,
     kind: KindOption = "hnsw",
-    k: Annotated[int, typer.Option("-k", help="Recall@K against brute force.")] = 100,
-    queries: Annotated[int, typer.Option("--queries", help="Held-out (test split) queries to use, at most.")] = 1000,
+    k: Annotated[int, typer.Option("-k", min=1, max=100_000, help="Recall@K against brute force.")] = 100,
+    queries: Annotated[int, typer.Option("--queries", min=1, max=10**9, help="Held-out (test split) queries to use, at most.")] = 1000,
     exclude_seen: Annotated[bool, typer.Option("--exclude-seen/--include-seen", help="Exclude train items.")] = True,
     hnsw_m: HnswM = None,
     ef_construction: EfConstruction = None,
@@ -195,8 +196,8 @@ def export(
 def serve(
     bundle: Annotated[Path, typer.Argument(help="A bundle folder written by `towerrec export`.")],
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
-    threads: Annotated[int, typer.Option("--threads", help="Torch/FAISS threads per batch.")] = 1,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8000,
+    threads: Annotated[int, typer.Option("--threads", min=1, max=4096, help="Torch/FAISS threads per batch.")] = 1,
     batching: Annotated[bool, typer.Option("--batching/--no-batching", help="Batch concurrent requests that need the query tower (new users).")] = True,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
 ) -> None:

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from towerrec.cli.app import app
 from towerrec.cli.common import DataDirOption, console
-from towerrec.config import RunConfig, load_config
+from towerrec.config import MAX_COUNT, RunConfig, load_config
 from towerrec.presets import PRESETS, preset
 
 RunsOption = Annotated[Path, typer.Option("--runs", help="Folder that holds run directories.")]
@@ -41,7 +41,7 @@ def train(
     data_dir: DataDirOption = None,
     runs: RunsOption = Path("runs"),
     retrain: Annotated[bool, typer.Option("--retrain", help="Train again even if a finished run matches.")] = False,
-    epochs: Annotated[Optional[int], typer.Option(help="Override [train] epochs.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, max=MAX_COUNT, help="Override [train] epochs.")] = None,
 ) -> None:
     """Train the model a config describes (reusing a finished identical run, resuming an interrupted one).
 

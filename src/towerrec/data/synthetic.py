@@ -24,8 +24,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from towerrec.config import MAX_WIDTH, SEED_MAX, Bound
 from towerrec.data.tables import Dataset
-from towerrec.errors import ConfigError
+from towerrec.errors import ConfigError, shorten
 
 GENERATOR_VERSION = 1
 GENRE_NAMES = (
@@ -107,25 +108,36 @@ def make_synthetic(
     )
 
 
+_PARAM_BOUNDS = {
+    "num_users": Bound(1, 10**9, integer=True),
+    "num_items": Bound(1, 10**9, integer=True),
+    "num_interactions": Bound(1, 10**11, integer=True),
+    "seed": Bound(0, SEED_MAX, integer=True),
+    "num_genres": Bound(1, 10_000, integer=True),
+    "dim": Bound(1, MAX_WIDTH, integer=True),
+    "popularity_exponent": Bound(0.0),
+    "affinity": Bound(0.0),
+    "drift": Bound(0.0),
+    "drift_memory": Bound(0.0, 1.0, high_open=True),
+    "candidates": Bound(1, 10**6, integer=True),
+    "start_timestamp": Bound(0, 2**40, integer=True),
+    "time_span_days": Bound(1, 100_000, integer=True),
+}
+
+
 def _check_params(p: dict) -> None:
-    for key in ("num_users", "num_items", "dim", "num_genres", "candidates"):
-        if p[key] < 1:
-            raise ConfigError(f"{key} must be at least 1, got {p[key]}")
-    if p["num_interactions"] < 0:
-        raise ConfigError(f"num_interactions must be >= 0, got {p['num_interactions']}")
+    for key, bound in _PARAM_BOUNDS.items():
+        value = p[key]
+        wrong_type = isinstance(value, bool) or not isinstance(value, int if bound.integer else (int, float))
+        if wrong_type or not bound.holds(value):
+            hint = "a dataset needs at least one interaction" if key == "num_interactions" else None
+            raise ConfigError(f"{key} must be {bound.describe()}, got {shorten(value)}", hint=hint)
     capacity = p["num_users"] * _max_length(p["num_items"])
     if p["num_interactions"] > capacity:
         raise ConfigError(
             f"{p['num_interactions']} interactions do not fit {p['num_users']} users x {p['num_items']} items",
             hint=f"each user rates at most half the catalogue: ask for at most {capacity}, or more users/items",
         )
-    if not 0.0 <= p["drift_memory"] < 1.0:
-        raise ConfigError(f"drift_memory must be in [0, 1), got {p['drift_memory']}")
-    for key in ("popularity_exponent", "affinity", "drift"):
-        if p[key] < 0:
-            raise ConfigError(f"{key} must be >= 0, got {p[key]}")
-    if p["time_span_days"] < 1:
-        raise ConfigError(f"time_span_days must be at least 1, got {p['time_span_days']}")
 
 
 def _max_length(num_items: int) -> int:

@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from towerrec.config import SECTIONS, RunConfig, config_from_dict
+from towerrec.config import BOUNDS, MAX_WIDTH, SECTIONS, Bound, RunConfig, config_from_dict
 from towerrec.data.tables import Dataset
-from towerrec.errors import ConfigError, TowerrecError
+from towerrec.errors import ConfigError, TowerrecError, shorten
 from towerrec.features.spec import BUILTIN_NAMES, ITEM_PREFIX, feature_side
 from towerrec.presets import PRESETS
 
@@ -122,14 +122,27 @@ def experiment_from_dict(values: dict[str, Any]) -> ExperimentConfig:
     return config
 
 
+EXPERIMENT_BOUNDS = {
+    "num_epochs": BOUNDS[("train", "epochs")],
+    "embedding_size": BOUNDS[("model", "embedding_dim")],
+    "eval_every": BOUNDS[("train", "eval_every")],
+    "top_k": Bound(1, 100_000, integer=True),
+}
+
+
 def check_experiment(config: ExperimentConfig) -> None:
     if config.recipe not in RECIPES:
         raise ConfigError(f"recipe {config.recipe!r} is not one of {sorted(RECIPES)}")
-    for key in ("num_epochs", "embedding_size", "eval_every", "top_k"):
-        if getattr(config, key) < 1:
-            raise ConfigError(f"{key} must be >= 1, got {getattr(config, key)}")
-    if not config.layer_sizes or any(int(s) < 1 for s in config.layer_sizes):
-        raise ConfigError(f"layer_sizes must be positive integers, got {list(config.layer_sizes)}")
+    for key, bound in EXPERIMENT_BOUNDS.items():
+        value = getattr(config, key)
+        if isinstance(value, bool) or not isinstance(value, int) or not bound.holds(value):
+            raise ConfigError(f"[experiment] {key} must be {bound.describe()}, got {shorten(value)}")
+    if not config.layer_sizes or any(
+        isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= MAX_WIDTH for s in config.layer_sizes
+    ):
+        raise ConfigError(
+            f"[experiment] layer_sizes must be integers in 1..{MAX_WIDTH}, got {shorten(list(config.layer_sizes))}"
+        )
     if not config.feature_sets:
         raise ConfigError("at least one feature set is needed", hint="e.g. --feature-set none --feature-set timestamp")
     labels = [feature_set_label(parse_feature_set(s)) for s in config.feature_sets]

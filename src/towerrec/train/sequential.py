@@ -304,10 +304,7 @@ def _leave_last_out(config: RunConfig, events: pl.DataFrame, use_ratings: bool):
 
 
 def _check_sequence_config(config: RunConfig) -> None:
-    s = config.sequence
-    for key in ("max_length", "num_blocks", "num_heads", "num_sampled"):
-        if getattr(s, key) < 1:
-            raise ConfigError(f"[sequence] {key} must be >= 1, got {getattr(s, key)}")
+    s = config.sequence  # ranges of single values: towerrec.config.BOUNDS, checked at load
     if s.encoder == "sasrec" and config.model.embedding_dim % s.num_heads:
         raise ConfigError(f"[model] embedding_dim {config.model.embedding_dim} must be divisible by "
                           f"[sequence] num_heads {s.num_heads}")
