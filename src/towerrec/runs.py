@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 from torch import nn
 
-from towerrec import __version__
+from towerrec import __version__, fsio
 from towerrec.config import RunConfig, load_config
 from towerrec.data.tables import Dataset
 from towerrec.errors import TowerrecError
@@ -164,7 +164,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     model = _empty_model(config, features)
     load_weights(model, run_dir / "model.safetensors")
     model.eval()
-    return LoadedRun(run_dir, config, features, model, pl.read_parquet(catalogue_path), meta)
+    return LoadedRun(run_dir, config, features, model, fsio.read_parquet(catalogue_path, hint="retrain the run with --retrain"), meta)
 
 
 def _load_sequential_run(run_dir: Path, config: RunConfig, meta: dict[str, Any]) -> LoadedRun:
@@ -177,7 +177,7 @@ def _load_sequential_run(run_dir: Path, config: RunConfig, meta: dict[str, Any])
     model = load_sequential_model(config, run_dir)
     load_weights(model, run_dir / "model.safetensors")
     model.eval()
-    return LoadedRun(run_dir, config, None, model, pl.read_parquet(catalogue_path), meta)  # type: ignore[arg-type]
+    return LoadedRun(run_dir, config, None, model, fsio.read_parquet(catalogue_path, hint="retrain the run with --retrain"), meta)  # type: ignore[arg-type]
 
 
 def _empty_model(config: RunConfig, features: FittedFeatures) -> nn.Module:

@@ -11,6 +11,7 @@ import sys
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
 from towerrec import __version__
 from towerrec.cli.common import data_app, err_console
@@ -53,6 +54,11 @@ def _load_command_modules() -> None:
     from towerrec.cli import commands  # noqa: F401
 
 
+def _say(label: str, style: str, text: str) -> None:
+    """One stderr line: a styled label, then the user's text verbatim (no markup parsing)."""
+    err_console.print(Text(label, style=style), Text(text), highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; exits with 0 on success, 1 on a user error, 2 on a usage error."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -64,9 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     except TowerrecError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False, soft_wrap=True)
+        _say("error:", "bold red", exc.message)
         if exc.hint:
-            err_console.print(f"[yellow]hint:[/yellow] {exc.hint}", highlight=False, soft_wrap=True)
+            _say("hint:", "yellow", exc.hint)
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/red]")
@@ -74,10 +80,6 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: keep it to one line unless debugging
         if debug:
             raise
-        err_console.print(
-            f"[bold red]internal error:[/bold red] {type(exc).__name__}: {exc}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        _say("internal error:", "bold red", f"{type(exc).__name__}: {exc}")
         err_console.print("[yellow]hint:[/yellow] run again with --debug for the traceback", highlight=False)
         sys.exit(1)

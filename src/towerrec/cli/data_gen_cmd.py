@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from towerrec.cli.common import console, data_app
 from towerrec.config import MAX_WIDTH, SEED_MAX
 from towerrec.data.tables import Dataset
 from towerrec.errors import ConfigError, DataError
 
-OutOption = Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write (replaced if it exists).")]
+OutOption = Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write: new, empty, or a towerrec dataset (replaced once the new one is complete).")]
 
 
 @data_app.command("synth")
@@ -43,6 +44,7 @@ def synth(
     """
     from towerrec.data.synthetic import make_synthetic
 
+    _check_out(out)
     dataset = make_synthetic(users, items, interactions, seed=seed, num_genres=genres, dim=dim)
     _save(dataset, out)
 
@@ -88,6 +90,8 @@ def import_(
     from towerrec.data.importer import import_interactions
 
     keys = _join_keys(on or [])
+    inputs = tuple(p for p in (file, item_features, user_features) if p is not None)
+    _check_out(out, inputs)
     dataset = import_interactions(
         file,
         user_col=user,
@@ -102,7 +106,7 @@ def import_(
     )
     if dataset.interactions.height == 0:
         raise DataError("no data rows", file=file, hint="the table needs at least one (user, item) row below its header")
-    _save(dataset, out)
+    _save(dataset, out, inputs)
 
 
 def _join_keys(values: list[str]) -> dict[str, str]:
@@ -120,17 +124,25 @@ def _join_keys(values: list[str]) -> dict[str, str]:
     return keys
 
 
-def _save(dataset: Dataset, out: Path) -> None:
+def _check_out(out: Path, inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse a --out that would destroy foreign files, before any work starts."""
+    from towerrec.data.store import MANIFEST
+    from towerrec.fsio import check_replaceable
+
+    check_replaceable(out, MANIFEST, what="dataset", protect=inputs)
+
+
+def _save(dataset: Dataset, out: Path, inputs: tuple[Path, ...] = ()) -> None:
     from towerrec.data.store import save_dataset
 
-    save_dataset(dataset, out)
+    save_dataset(dataset, out, protect=inputs)
     tables = ", ".join(
         f"{label} {frame.height:,}"
         for label, frame in (("item rows", dataset.items), ("user rows", dataset.users))
         if frame is not None
     )
     console.print(
-        f"wrote [bold]{out}[/bold]: {dataset.interactions.height:,} interactions, "
+        f"wrote [bold]{escape(str(out))}[/bold]: {dataset.interactions.height:,} interactions, "
         f"{dataset.num_users:,} users, {dataset.num_items:,} items" + (f" ({tables})" if tables else ""),
         highlight=False,
         soft_wrap=True,

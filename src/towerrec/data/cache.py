@@ -14,9 +14,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from towerrec import paths
+from towerrec import fsio, paths
 from towerrec.data import store
 from towerrec.data.tables import Dataset
+from towerrec.errors import TowerrecError
 
 
 @dataclass(frozen=True)
@@ -39,15 +40,28 @@ def cache_folder(name: str, key: str) -> Path:
 
 
 def prepare(name: str, key: str, build: Callable[[], Dataset], *, force: bool = False) -> Prepared:
-    """Read the cached parse for ``key``, or ``build()`` it and cache it."""
+    """Read the cached parse for ``key``, or ``build()`` it and cache it.
+
+    Concurrent preparers of the same key are serialised by a file lock: the first builds,
+    the others wait and then reuse its finished cache. A cache whose tables fail their
+    checksum (bit rot, a stray edit) is rebuilt, never trusted.
+    """
     folder = cache_folder(name, key)
-    if not force and store.is_dataset_dir(folder):
-        try:
-            dataset = store.load_dataset_dir(folder)
-        except Exception:  # noqa: BLE001 - an unreadable cache is rebuilt, never trusted
-            dataset = None
-        if dataset is not None and dataset.fingerprint == key:
-            return Prepared(dataset, folder, hit=True)
-    dataset = build()
-    store.save_dataset(dataset, folder)
+    with fsio.locked(folder.with_name(f"{folder.name}.prepare"), what="dataset cache"):
+        if not force:
+            cached = _load_cached(folder, key)
+            if cached is not None:
+                return Prepared(cached, folder, hit=True)
+        dataset = build()
+        store.save_dataset(dataset, folder)
     return Prepared(dataset, folder, hit=False)
+
+
+def _load_cached(folder: Path, key: str) -> Dataset | None:
+    if not store.is_dataset_dir(folder):
+        return None
+    try:
+        dataset = store.load_dataset_dir(folder)
+    except TowerrecError:  # unreadable or damaged: rebuilt, never trusted
+        return None
+    return dataset if dataset.fingerprint == key else None

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
+from towerrec import fsio
 from towerrec.data.tables import Dataset
 from towerrec.errors import DataError
 
@@ -41,10 +42,10 @@ class _Table:
         try:
             if suffix in CSV_SUFFIXES:
                 self.csv = True
-                self.frame = pl.read_csv(self.path, separator=CSV_SUFFIXES[suffix], infer_schema=False)
+                self.frame = fsio.read_csv(self.path, separator=CSV_SUFFIXES[suffix], infer_schema=False)
             elif suffix in PARQUET_SUFFIXES:
                 self.csv = False
-                self.frame = pl.read_parquet(self.path)
+                self.frame = fsio.read_parquet(self.path)
             else:
                 raise DataError(
                     f"unsupported file type {suffix or '(none)'!r}",

@@ -7,47 +7,54 @@ layout, so ``towerrec data info PATH`` and training read any of them alike.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-import polars as pl
-
+from towerrec import fsio
 from towerrec.data.tables import Dataset
 from towerrec.errors import DataError
 
 MANIFEST = "dataset.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-table SHA-256 checksums in the manifest
 
 
-def save_dataset(dataset: Dataset, folder: str | Path) -> Path:
-    """Write ``dataset`` atomically: a half-written folder never looks complete."""
+def save_dataset(dataset: Dataset, folder: str | Path, *, protect: tuple[str | Path, ...] = ()) -> Path:
+    """Write ``dataset`` to ``folder`` atomically, replacing only a towerrec dataset folder.
+
+    The tables are written into a marked staging folder beside ``folder``; their SHA-256
+    checksums go into ``dataset.json``; then :func:`towerrec.fsio.replace_dir` swaps the
+    new folder in (the old one is renamed aside, never deleted first). Two writers of the
+    same folder are serialised by a file lock.
+
+    Raises:
+        TowerrecError: ``folder`` exists and is not a towerrec dataset (it would be lost),
+            is the current folder, contains a ``protect``ed input file, or is not writable.
+    """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        dataset.interactions.write_parquet(tmp / "interactions.parquet")
-        tables = ["interactions"]
-        for name in ("items", "users"):
-            frame = getattr(dataset, name)
-            if frame is not None:
-                frame.write_parquet(tmp / f"{name}.parquet")
-                tables.append(name)
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "name": dataset.name,
-            "fingerprint": dataset.fingerprint,
-            "tables": tables,
-            "meta": dataset.meta,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    fsio.check_replaceable(folder, MANIFEST, what="dataset", protect=protect)
+    with fsio.locked(folder, what="dataset"):
+        tmp = fsio.staging_dir(folder, lock_held=True)
+        try:
+            with fsio.io_errors(tmp):
+                dataset.interactions.write_parquet(tmp / "interactions.parquet")
+                tables = ["interactions"]
+                for name in ("items", "users"):
+                    frame = getattr(dataset, name)
+                    if frame is not None:
+                        frame.write_parquet(tmp / f"{name}.parquet")
+                        tables.append(name)
+            manifest = {
+                "format_version": FORMAT_VERSION,
+                "name": dataset.name,
+                "fingerprint": dataset.fingerprint,
+                "tables": tables,
+                "checksums": fsio.checksums(tmp, [f"{name}.parquet" for name in tables]),
+                "meta": dataset.meta,
+            }
+            fsio.atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2))
+            fsio.replace_dir(tmp, folder, MANIFEST, what="dataset")
+        except BaseException:
+            fsio.discard(tmp)
+            raise
     return folder
 
 
@@ -56,15 +63,22 @@ def is_dataset_dir(folder: str | Path) -> bool:
 
 
 def load_dataset_dir(folder: str | Path) -> Dataset:
-    """Read a folder written by :func:`save_dataset`."""
+    """Read a folder written by :func:`save_dataset`, verifying every table's checksum.
+
+    Raises:
+        DataError: no or invalid ``dataset.json``, a missing table, or a table whose bytes
+            changed since it was written (named, with what to do).
+    """
     folder = Path(folder)
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         raise DataError(f"no {MANIFEST} here: not a towerrec dataset folder", file=folder)
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(fsio.read_text(manifest_path))
     except json.JSONDecodeError as exc:
         raise DataError(f"invalid JSON: {exc.msg}", file=manifest_path, line=exc.lineno) from exc
+    if not isinstance(manifest, dict):
+        raise DataError("not a dataset manifest (a JSON object is expected)", file=manifest_path)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise DataError(
             f"format_version {manifest.get('format_version')!r} is not {FORMAT_VERSION}",
@@ -72,12 +86,18 @@ def load_dataset_dir(folder: str | Path) -> Dataset:
             field="format_version",
             hint="prepare the dataset again with this version of towerrec",
         )
+    tables = manifest.get("tables")
+    recorded = manifest.get("checksums")
+    if not isinstance(tables, list) or "interactions" not in tables or not isinstance(recorded, dict):
+        raise DataError("manifest lacks its table list or checksums", file=manifest_path,
+                        hint="prepare or import the dataset again")
+    fsio.verify_checksums(folder, recorded, hint="prepare or import the dataset again (data prepare --force)")
     frames = {}
-    for name in manifest["tables"]:
-        path = folder / f"{name}.parquet"
-        if not path.is_file():
-            raise DataError("table listed in the manifest is missing", file=path)
-        frames[name] = pl.read_parquet(path)
+    for name in tables:
+        if f"{name}.parquet" not in recorded:
+            raise DataError(f"table {name!r} has no recorded checksum", file=manifest_path,
+                            hint="prepare or import the dataset again")
+        frames[name] = fsio.read_parquet(folder / f"{name}.parquet")
     return Dataset(
         name=manifest["name"],
         interactions=frames["interactions"],

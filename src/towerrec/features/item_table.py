@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from towerrec import fsio
 from towerrec.data.tables import Dataset
 from towerrec.errors import ConfigError, DataError
 
@@ -66,11 +67,11 @@ def read_item_table(path: str | Path, on: str) -> pl.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
-            raw = pl.read_parquet(path)
+            raw = fsio.read_parquet(path)
             raw = raw.with_columns(pl.all().cast(pl.String))
             offset = 1  # row r (0-based) is reported as r + 1
         elif suffix in (".csv", ".tsv", ".txt"):
-            raw = pl.read_csv(path, infer_schema=False, separator="\t" if suffix == ".tsv" else ",")
+            raw = fsio.read_csv(path, infer_schema=False, separator="\t" if suffix == ".tsv" else ",")
             offset = 2  # header is line 1
         else:
             raise DataError("item features must be a .csv, .tsv or .parquet file", file=path)

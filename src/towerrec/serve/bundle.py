@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from towerrec import fsio
 from towerrec.config import RunConfig, load_config
 from towerrec.errors import TowerrecError
 from towerrec.features import FittedFeatures
@@ -308,7 +309,7 @@ def load_bundle(folder: str | Path) -> Bundle | SequentialBundle:
         item_counts=candidates["item_counts"],
         seen=CSR(users["seen_indptr"], users["seen_indices"]),
         history=users.get("history"),
-        items=pl.read_parquet(folder / "items.parquet"),
+        items=fsio.read_parquet(folder / "items.parquet", hint="export the bundle again"),
         index=index,
     )
 

@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from towerrec import fsio
 from towerrec.config import RunConfig, load_config
 from towerrec.errors import TowerrecError
 from towerrec.index import Index, load_index
@@ -214,6 +215,7 @@ def load_sequential_bundle(folder: Path, manifest: dict[str, Any]) -> Sequential
         folder=folder, manifest=manifest, config=config, model=model.eval(), candidate_embeddings=embeddings,
         item_counts=candidates["item_counts"], seen=CSR(users["seen_indptr"], users["seen_indices"]),
         history=users["history"], user_index=users["user_index"],
-        users=pl.read_parquet(folder / "users.parquet")["user_id"], items=pl.read_parquet(folder / "items.parquet"),
+        users=fsio.read_parquet(folder / "users.parquet", hint="export the bundle again")["user_id"],
+        items=fsio.read_parquet(folder / "items.parquet", hint="export the bundle again"),
         index=index,
     )

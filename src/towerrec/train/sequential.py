@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from towerrec import __version__
+from towerrec import __version__, fsio
 from towerrec.config import RunConfig
 from towerrec.data.registry import load_dataset
 from towerrec.data.sequences import build_sequence_examples
@@ -494,7 +494,7 @@ def run_user_indices(run, user_ids: list) -> Tensor | None:
     """User index + 1 of raw ids for a run with a user embedding (0 = unknown); None without one."""
     if not getattr(run.model, "num_users", 0):
         return None
-    vocabulary = pl.read_parquet(run.run_dir / USERS_FILE)["user_id"]
+    vocabulary = fsio.read_parquet(run.run_dir / USERS_FILE, hint="retrain the run with --retrain")["user_id"]
     typed = pl.Series([None if u is None else str(u) for u in user_ids], dtype=pl.String).cast(vocabulary.dtype, strict=False)  # "42" -> 42; bad -> null
     return user_indices(typed.to_list(), vocabulary.to_list())
 
