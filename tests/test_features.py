@@ -133,6 +133,23 @@ def test_tokenize_titles() -> None:
     assert tokenize(titles).to_list() == [["toy", "story"], ["schindlers", "list"], ["usual", "suspects", "the"], []]
 
 
+def test_tokenize_normalises_unicode_and_apostrophes() -> None:
+    """field-15: typographic apostrophes and fullwidth forms tokenize like their ASCII twins; scripts survive."""
+    titles = pl.Series([
+        "Schindler's List", "Schindler\u2019s List", "Schindler\u2018s List", "Schindler\u02bcs List",
+        "\uff21\uff4c\uff49\uff43\uff45", "Am\u00e9lie", "Ame\u0301lie", "\u5343\u3068\u5343\u5c0b\u306e\u795e\u96a0\u3057",
+        "\u041a\u0438\u043d-\u0434\u0437\u0430-\u0434\u0437\u0430!", "L\u00e9on: The Professional", "\u201cQuoted\u201d \u00ab Title \u00bb",
+    ])
+    tokens = tokenize(titles).to_list()
+    assert tokens[:4] == [["schindlers", "list"]] * 4
+    assert tokens[4] == ["alice"]
+    assert tokens[5] == tokens[6] == ["am\u00e9lie"]  # NFKC composes e + combining acute
+    assert tokens[7] == ["\u5343\u3068\u5343\u5c0b\u306e\u795e\u96a0\u3057"]
+    assert tokens[8] == ["\u043a\u0438\u043d", "\u0434\u0437\u0430", "\u0434\u0437\u0430"]
+    assert tokens[9] == ["l\u00e9on", "the", "professional"]
+    assert tokens[10] == ["quoted", "title"]
+
+
 def test_text_and_multi_encodings(fitted: FittedFeatures) -> None:
     c = fitted.encode_candidates()
     text = fitted.features[8].vocab

@@ -1,9 +1,13 @@
 """Text and multi-valued columns -> padded index matrices.
 
 Titles become bags of lower-cased words ("Toy Story (1995)" -> toy, story):
-the trailing year is dropped because ``movie_year`` carries it, and
-apostrophes are removed so "Schindler's" stays one token. Lists are padded
-with index 0 to a fixed width so a whole epoch is one int64 tensor.
+text is first normalised to Unicode NFKC (fullwidth "Ａｌｉｃｅ" -> "Alice",
+ligatures and compatibility forms folded), the trailing year is dropped
+because ``movie_year`` carries it, and apostrophes of every spelling (ASCII
+', typographic ’ ‘, modifier ʼ, prime ′, backtick, acute) are removed so
+"Schindler's" and "Schindler’s" are the same one token. Words of every script
+are kept (``\w`` is Unicode-aware). Lists are padded with index 0 to a fixed
+width so a whole epoch is one int64 tensor.
 """
 
 from __future__ import annotations
@@ -14,16 +18,24 @@ import polars as pl
 from towerrec.features.vocab import Vocabulary
 
 _TRAILING_YEAR = r"\s*\(\d{4}\)\s*$"
+# ASCII apostrophe, left/right single quotation marks, single high-reversed-9, modifier letter
+# apostrophe, prime, grave accent (backtick), acute accent
+_APOSTROPHES = "['\u2018\u2019\u201b\u02bc\u2032`\u00b4]"
 
 
 def tokenize(s: pl.Series) -> pl.Series:
-    """String column -> List[String] of word tokens (null -> empty list)."""
+    """String column -> List[String] of word tokens (null -> empty list).
+
+    NFKC-normalised, lower-cased, trailing "(1995)" dropped, apostrophes removed,
+    then every run of Unicode word characters is a token.
+    """
     return (
         s.cast(pl.String)
         .fill_null("")
+        .str.normalize("NFKC")
         .str.to_lowercase()
         .str.replace(_TRAILING_YEAR, "")
-        .str.replace_all("'", "")
+        .str.replace_all(_APOSTROPHES, "")
         .str.extract_all(r"\w+")
     )
 
