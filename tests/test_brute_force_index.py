@@ -93,8 +93,6 @@ def test_index_implements_the_interface() -> None:
     ("k", "exclude", "message"),
     [
         (0, None, "k must be"),
-        (31, None, "larger than the catalogue"),
-        (2, [[]] * 6 + [list(range(29))], "query 6 excludes 29"),
         (1, [[30]] + [[]] * 6, "excluded positions"),
         (1, [[]], "rows"),
     ],
@@ -103,6 +101,23 @@ def test_search_errors(k: int, exclude, message: str) -> None:
     items, queries = _data()
     with pytest.raises(TowerrecError, match=message):
         BruteForceIndex(items, list(range(30))).search(queries, k, exclude=exclude)
+
+
+def test_a_query_with_fewer_than_k_items_left_gets_those_left() -> None:
+    """field-04: min(k, items left) per query; the other queries keep their k; never an error."""
+    items, queries = _data()
+    index = BruteForceIndex(items, list(range(100, 130)))
+    exclude = [[]] * 5 + [list(range(27))] + [list(range(30))]
+    found = index.search(queries, 10, exclude=exclude)
+    assert found.counts.tolist() == [10] * 5 + [3, 0] and found.short == [5, 6]
+    assert [len(ids) for ids in found.ids] == [10] * 5 + [3, 0]
+    assert sorted(found.ids[5]) == [127, 128, 129]
+    assert found.indices[5, 3:].eq(-1).all() and torch.isinf(found.scores[5, 3:]).all()
+    assert found.indices[6].eq(-1).all()
+    full = index.search(queries, 10)
+    assert torch.equal(found.indices[:5], full.indices[:5])
+    everything = index.search(queries, 31)  # k above the catalogue: the whole catalogue, best first
+    assert everything.indices.shape == (7, 30) and everything.counts.eq(30).all() and everything.short == []
 
 
 def test_search_rejects_queries_of_the_wrong_size() -> None:

@@ -1,6 +1,7 @@
 """The FAISS index honours the Index interface: exact settings give brute force's answer, exclusions, save/load."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from towerrec.errors import TowerrecError
 from towerrec.index import BruteForceIndex, FaissIndex, load_index, recall_against
+from towerrec.index.faiss_index import SlowSearchWarning
 from towerrec.metrics.topk import CSR
 
 N, D = 300, 16
@@ -38,6 +40,7 @@ def test_exact_settings_give_the_brute_force_answer(data, variant):
     assert recall_against(index, exact, queries, 10, exclude=exclude) == 1.0
 
 
+@pytest.mark.filterwarnings("ignore::towerrec.index.faiss_index.SlowSearchWarning")
 @pytest.mark.parametrize("variant", ["hnsw", "ivf"])
 def test_approximate_settings_never_return_excluded_items_and_always_k(data, variant):
     items, queries, ids, exclude = data
@@ -48,6 +51,36 @@ def test_approximate_settings_never_return_excluded_items_and_always_k(data, var
     for row, excl in zip(found.indices.tolist(), exclude):
         assert len(set(row)) == 100 and not set(row) & set(excl.tolist())
     assert 0 < recall_against(index, BruteForceIndex(items, ids), queries, 10) <= 1
+
+
+@pytest.mark.parametrize("variant", ["hnsw", "ivf", "ivfpq"])
+def test_a_query_with_fewer_than_k_items_left_gets_those_left(data, variant):
+    """field-04: the same min(k, items left) contract as brute force, for every FAISS variant."""
+    items, queries, ids, _ = data
+    index = FaissIndex(items, ids, variant=variant)
+    exclude = [list(range(N - 5))] + [[]] * 3 + [list(range(N))]
+    found = index.search(queries[:5], 10, exclude=exclude)
+    assert found.counts.tolist() == [5, 10, 10, 10, 0]
+    assert sorted(found.ids[0]) == sorted(ids[N - 5:]) and found.ids[4] == []
+    assert found.indices[0, 5:].eq(-1).all() and found.indices[4].eq(-1).all()
+    assert found.indices.shape == (5, 10)
+    assert index.search(queries[:2], N + 1).counts.tolist() == [N, N]
+
+
+def test_ivf_with_a_tiny_nprobe_widens_the_probe_and_warns_with_the_fix(data, monkeypatch):
+    """kind 7: nprobe = 1 with many exclusions used to score most queries exactly, silently."""
+    items, queries, ids, exclude = data
+    index = FaissIndex(items, ids, variant="ivf", nlist=20, nprobe=1)
+    monkeypatch.setattr(FaissIndex, "_exact", lambda *a: pytest.fail("fell back to exact scoring"))
+    with pytest.warns(SlowSearchWarning, match=r"raise nprobe from 1 to about \d+ .*--nprobe"):
+        found = index.search(queries, 50, exclude=exclude)
+    assert found.counts.eq(50).all()
+    for row, excl in zip(found.ids, exclude):
+        assert len(set(row)) == 50 and not set(row) & {ids[i] for i in excl}
+    roomy = FaissIndex(items, ids, variant="ivf", nlist=20, nprobe=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlowSearchWarning)
+        roomy.search(queries, 10, exclude=exclude)
 
 
 def test_save_load_round_trip_keeps_answers_params_and_id_types(data, tmp_path):
@@ -82,12 +115,8 @@ def test_bad_inputs_raise_towerrec_errors(data):
     index = FaissIndex(items, ids, variant="hnsw")
     with pytest.raises(TowerrecError, match="k must be"):
         index.search(queries, 0)
-    with pytest.raises(TowerrecError, match="larger than the catalogue"):
-        index.search(queries, N + 1)
     with pytest.raises(TowerrecError, match="queries must be"):
         index.search(queries[:, :3], 5)
-    with pytest.raises(TowerrecError, match="leaving fewer"):
-        index.search(queries[:1], 10, exclude=[list(range(N - 5))])
     with pytest.raises(TowerrecError, match="NaN"):
         FaissIndex(items * float("nan"), ids)
     with pytest.raises(TowerrecError, match="variant"):

@@ -31,17 +31,28 @@ Exclusions = CSR | Sequence[Sequence[int]]
 
 @dataclass(frozen=True)
 class SearchResult:
-    """The k best candidates of each query, best first.
+    """The best candidates of each query, best first: ``min(k, items left)`` of them.
+
+    A query keeps ``counts[q]`` results: ``k``, or fewer when its exclusions leave
+    fewer than ``k`` candidates (or the catalogue is smaller than ``k``). Rows are
+    padded to a common width ``min(k, N)`` with index -1 and score -inf.
 
     Attributes:
-        scores: [Q, k] scores, non-increasing along each row.
-        indices: [Q, k] int64 catalogue positions.
-        ids: Q lists of k candidate ids (int or str, as given to the index).
+        scores: [Q, width] scores, non-increasing along each row (-inf padding).
+        indices: [Q, width] int64 catalogue positions (-1 padding).
+        ids: Q lists of candidate ids (int or str, as given to the index), ``counts[q]`` long.
+        counts: [Q] int64 results per query.
     """
 
     scores: Tensor
     indices: Tensor
     ids: list[list[Any]]
+    counts: Tensor
+
+    @property
+    def short(self) -> list[int]:
+        """Queries that got fewer results than the widest row (fewer than ``k`` items were left)."""
+        return torch.nonzero(self.counts < self.indices.shape[1]).flatten().tolist()
 
 
 class Index(ABC):
@@ -103,19 +114,21 @@ def as_exclusions(exclude: Exclusions | None, num_queries: int) -> CSR | None:
     return csr
 
 
-def check_k(k: int, num_candidates: int, exclude: CSR | None) -> None:
-    """Raises unless every query keeps at least ``k`` candidates after its exclusions.
+def check_k(k: int) -> None:
+    """Raises unless ``k`` ≥ 1 (an int)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise TowerrecError(f"k must be ≥ 1, got {k!r}")
 
-    We raise rather than pad with fillers or return ragged rows: a caller asking for
-    more results than exist almost always has a bug (ids instead of positions, a
-    user who has seen the whole catalogue); they can pass a smaller ``k``.
+
+def items_left(num_candidates: int, exclude: CSR | None, num_queries: int) -> Tensor:
+    """[Q] int64 candidates each query keeps after its exclusions (repeats counted once).
+
+    Raises :class:`TowerrecError` when an excluded position lies outside the catalogue.
+    We never raise for a query with fewer than ``k`` candidates left: it gets the ones
+    that are left (a power user who has seen most of the catalogue is not an error).
     """
-    if k < 1:
-        raise TowerrecError(f"k must be ≥ 1, got {k}")
-    if k > num_candidates:
-        raise TowerrecError(f"k = {k} is larger than the catalogue ({num_candidates} candidates)")
     if exclude is None or exclude.indices.numel() == 0:
-        return
+        return torch.full((num_queries,), num_candidates, dtype=torch.int64)
     if int(exclude.indices.min()) < 0 or int(exclude.indices.max()) >= num_candidates:
         raise TowerrecError(
             f"excluded positions must lie in [0, {num_candidates})",
@@ -123,14 +136,22 @@ def check_k(k: int, num_candidates: int, exclude: CSR | None) -> None:
         )
     owner = torch.repeat_interleave(torch.arange(exclude.num_rows), torch.diff(exclude.indptr))
     distinct = torch.unique(owner * num_candidates + exclude.indices) // num_candidates
-    excluded = torch.bincount(distinct, minlength=exclude.num_rows)
-    worst = int(excluded.argmax())
-    if num_candidates - int(excluded[worst]) < k:
-        raise TowerrecError(
-            f"query {worst} excludes {int(excluded[worst])} of {num_candidates} candidates, "
-            f"leaving fewer than k = {k}",
-            hint=f"ask for at most {num_candidates - int(excluded.max())} results",
-        )
+    return num_candidates - torch.bincount(distinct, minlength=exclude.num_rows)
+
+
+def pad_short_rows(scores: Tensor, indices: Tensor, counts: Tensor) -> None:
+    """In place: positions at or after ``counts[q]`` of each row become index -1, score -inf."""
+    pad = torch.arange(indices.shape[1], device=indices.device).unsqueeze(0) >= counts.to(indices.device).unsqueeze(1)
+    if bool(pad.any()):
+        indices.masked_fill_(pad, -1)
+        scores.masked_fill_(pad.to(scores.device), -torch.inf)
+
+
+def result_ids(id_array: np.ndarray, indices: np.ndarray, counts: np.ndarray) -> list[list[Any]]:
+    """Each row's ids, ``counts[q]`` of them (padding dropped)."""
+    if indices.size == 0 or bool((counts == indices.shape[1]).all()):
+        return id_array[indices].tolist()
+    return [id_array[row[:count]].tolist() for row, count in zip(indices, counts.tolist())]
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:

@@ -25,8 +25,11 @@ from towerrec.index.base import (
     as_exclusions,
     atomic_write,
     check_k,
+    items_left,
     normalize_ids,
+    pad_short_rows,
     read_manifest,
+    result_ids,
     write_manifest,
 )
 
@@ -82,8 +85,9 @@ class BruteForceIndex(Index):
     ) -> SearchResult:
         """Top ``k`` candidates for each query, best first, never returning an excluded one.
 
-        Raises :class:`TowerrecError` when ``k`` < 1 or any query has fewer than ``k``
-        candidates left after its exclusions (see :func:`~towerrec.index.base.check_k`).
+        A query with fewer than ``k`` candidates left after its exclusions gets the
+        ones left (``counts`` says how many; the rest of its row is padding).
+        Raises :class:`TowerrecError` when ``k`` < 1 or an exclusion is out of range.
         Equal scores come out in ``torch.topk``'s order.
 
         Args:
@@ -92,7 +96,7 @@ class BruteForceIndex(Index):
             exclude: per-query catalogue positions to skip, as a CSR of Q rows or Q lists.
             chunk_size: queries scored per matmul (memory: chunk_size × N scores).
         Returns:
-            :class:`SearchResult` with [Q, k] scores and indices and Q lists of ids.
+            :class:`SearchResult` with [Q, min(k, N)] scores and indices and Q lists of ids.
         """
         if queries.dim() != 2 or queries.shape[1] != self.embeddings.shape[1]:
             raise TowerrecError(
@@ -104,7 +108,9 @@ class BruteForceIndex(Index):
         if not bool(torch.isfinite(queries).all()):
             raise TowerrecError("query embeddings contain NaN or infinity", hint="the model diverged; retrain it")
         exclusions = as_exclusions(exclude, queries.shape[0])
-        check_k(k, self.num_candidates, exclusions)
+        check_k(k)
+        counts = items_left(self.num_candidates, exclusions, queries.shape[0]).clamp(max=k)
+        width = min(k, self.num_candidates)
         queries = queries.detach().to(self.embeddings.device, self.embeddings.dtype)
         candidates_t = self.embeddings.T  # a view: matmul reads it transposed, no per-call copy of the catalogue
         scores, indices = [], []
@@ -113,12 +119,14 @@ class BruteForceIndex(Index):
             chunk = queries[start:stop] @ candidates_t
             if exclusions is not None:
                 exclusions.rows(slice(start, stop)).masked_fill_(chunk, -torch.inf)
-            best = chunk.topk(k, dim=1)
+            best = chunk.topk(width, dim=1)
             scores.append(best.values)
             indices.append(best.indices)
-        all_scores = torch.cat(scores) if scores else self.embeddings.new_empty(0, k)
-        all_indices = torch.cat(indices) if indices else torch.empty(0, k, dtype=torch.int64)
-        return SearchResult(all_scores, all_indices, self._ids[all_indices.cpu().numpy()].tolist())
+        all_scores = torch.cat(scores) if scores else self.embeddings.new_empty(0, width)
+        all_indices = torch.cat(indices) if indices else torch.empty(0, width, dtype=torch.int64)
+        pad_short_rows(all_scores, all_indices, counts)
+        ids = result_ids(self._ids, all_indices.cpu().numpy(), counts.numpy())
+        return SearchResult(all_scores, all_indices, ids, counts)
 
     def save(self, folder: str | Path) -> None:
         """Writes ``embeddings.safetensors`` then ``index.json`` (ids, metadata, format_version)."""

@@ -8,9 +8,12 @@ far faster. Recall against brute force is measurable: :func:`recall_against`.
 Seen-item exclusion works by over-fetching: each query asks FAISS for
 ``k + (its number of exclusions)`` results (rounded up to a power of two),
 drops the excluded ones and keeps the best ``k``; a query still short (an IVF
-probe that found too few items) is fetched again with twice as many, and at
-worst scored exactly. So results never contain an excluded item and always
-have ``k`` rows.
+probe that reached too few items) is searched again with twice as many results
+and, for IVF, twice the ``nprobe``, and only when FAISS has seen the whole
+catalogue and is still short is it scored exactly. So results never contain an
+excluded item and always have ``min(k, items left)`` rows. When most queries
+need such a second pass, the index warns once with the fix (raise ``nprobe`` or
+``ef_search``).
 
 The index is saved with FAISS's own binary format (``faiss.write_index``: raw
 arrays, no pickling) beside the JSON manifest every index writes.
@@ -19,6 +22,7 @@ arrays, no pickling) beside the JSON manifest every index writes.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -35,8 +39,11 @@ from towerrec.index.base import (
     as_exclusions,
     atomic_write,
     check_k,
+    items_left,
     normalize_ids,
+    pad_short_rows,
     read_manifest,
+    result_ids,
     write_manifest,
 )
 
@@ -54,6 +61,13 @@ DEFAULTS: dict[str, Any] = {
     "refine": 4,  # ivfpq: re-score refine·k PQ candidates exactly (0 = off)
     "seed": 1234,
 }
+
+
+MIN_QUERIES_TO_WARN = 16  # a slow-search warning needs this many queries behind it
+
+
+class SlowSearchWarning(UserWarning):
+    """Most queries of an approximate index needed a wider second search (the index's knobs are too tight)."""
 
 
 def _faiss():
@@ -108,6 +122,8 @@ class FaissIndex(Index):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise TowerrecError(f"FAISS option {key} must be a non-negative integer, got {value!r}")
         self.metadata = dict(metadata or {})
+        self._slow_stats = [0, 0]  # queries searched, queries that needed a wider search
+        self._warned = False
         self._index = None
         self._vectors: np.ndarray | None = None
         self._ids = np.empty(0, dtype=np.int64)
@@ -176,8 +192,10 @@ class FaissIndex(Index):
     ) -> SearchResult:
         """Approximate top ``k`` of each query, best first, never returning an excluded one.
 
-        Same contract as :meth:`BruteForceIndex.search`: raises :class:`TowerrecError`
-        when ``k`` < 1 or a query keeps fewer than ``k`` candidates after exclusions.
+        Same contract as :meth:`BruteForceIndex.search`: a query with fewer than ``k``
+        candidates left gets those left; raises :class:`TowerrecError` when ``k`` < 1.
+        Warns (:class:`SlowSearchWarning`, once per index) when most queries had to be
+        searched again with a wider probe.
 
         Args:
             queries: [Q, d] query embeddings.
@@ -185,7 +203,7 @@ class FaissIndex(Index):
             exclude: per-query catalogue positions to skip, as a CSR of Q rows or Q lists.
             batch_size: queries handed to FAISS per call.
         Returns:
-            :class:`SearchResult` with [Q, k] float32 scores and int64 indices and Q lists of ids.
+            :class:`SearchResult` with [Q, min(k, N)] float32 scores and int64 indices and Q lists of ids.
         """
         if self._index is None:
             raise TowerrecError("the FAISS index is empty", hint="build it first")
@@ -198,75 +216,123 @@ class FaissIndex(Index):
         if not np.isfinite(q).all():
             raise TowerrecError("query embeddings contain NaN or infinity", hint="the model diverged; retrain it")
         exclusions = as_exclusions(exclude, q.shape[0])
-        check_k(k, self.num_candidates, exclusions)
+        check_k(k)
         n = self.num_candidates
         num_queries = q.shape[0]
-        scores = np.empty((num_queries, k), dtype=np.float32)
-        indices = np.empty((num_queries, k), dtype=np.int64)
+        need = items_left(n, exclusions, num_queries).clamp(max=k).numpy()
+        width = min(k, n)
+        scores = np.full((num_queries, width), -np.inf, dtype=np.float32)
+        indices = np.full((num_queries, width), -1, dtype=np.int64)
         counts = np.zeros(num_queries, dtype=np.int64) if exclusions is None else np.diff(exclusions.indptr.numpy())
         # Over-fetch: each row asks for k + its exclusions, rounded up to a power of two so rows group.
-        fetch = np.minimum(n, 2 ** np.ceil(np.log2(np.maximum(k + counts, 1))).astype(np.int64))
-        pending = np.arange(num_queries)
+        fetch = np.minimum(n, 2 ** np.ceil(np.log2(np.maximum(width + counts, 1))).astype(np.int64))
+        widen = np.zeros(num_queries, dtype=np.int64)  # times a row was searched again, wider
+        pending = np.flatnonzero(need > 0)
+        exact = 0
         while pending.size:
             short: list[np.ndarray] = []
-            for size in np.unique(fetch[pending]):
-                rows = pending[fetch[pending] == size]
+            groups = np.unique(np.stack([fetch[pending], widen[pending]]), axis=1)
+            for size, level in groups.T.tolist():
+                rows = pending[(fetch[pending] == size) & (widen[pending] == level)]
                 for start in range(0, rows.size, batch_size):
                     chunk = rows[start : start + batch_size]
-                    found_scores, found = self._faiss_search(q[chunk], int(size), k)
-                    done = self._take(chunk, found_scores, found, k, exclusions, scores, indices)
+                    found_scores, found = self._faiss_search(q[chunk], int(size), int(level))
+                    done = self._take(chunk, found_scores, found, need, exclusions, scores, indices)
                     short.append(chunk[~done])
             pending = np.concatenate(short) if short else np.empty(0, dtype=np.int64)
-            exhausted = pending[fetch[pending] >= n]
+            exhausted = pending[(fetch[pending] >= n) & (self._nprobe(widen[pending]) >= self._full_probe())]
             if exhausted.size:  # FAISS saw every candidate it could reach and is still short
-                self._exact(q, exhausted, k, exclusions, scores, indices)
-            pending = pending[fetch[pending] < n]
+                self._exact(q, exhausted, width, need, exclusions, scores, indices)
+                exact += exhausted.size
+            pending = np.setdiff1d(pending, exhausted, assume_unique=True)
             fetch[pending] = np.minimum(n, fetch[pending] * 2)
-        return SearchResult(torch.from_numpy(scores), torch.from_numpy(indices), self._ids[indices].tolist())
+            widen[pending] += 1
+        self._note_slow_queries(num_queries, int((widen > 0).sum()), exact, widen, k)
+        ids = result_ids(self._ids, indices, need)
+        return SearchResult(torch.from_numpy(scores), torch.from_numpy(indices), ids, torch.from_numpy(need))
 
-    def _search_params(self, fetch: int, k: int):
+    def _nprobe(self, level):
+        """IVF lists probed on the ``level``-th widening of a short query (nprobe doubled each time)."""
+        if self.variant == "hnsw":
+            return np.zeros_like(level) if isinstance(level, np.ndarray) else 0
+        return np.minimum(self.params["nlist"], self.params["nprobe"] * 2 ** level)
+
+    def _full_probe(self) -> int:
+        return 0 if self.variant == "hnsw" else self.params["nlist"]
+
+    def _note_slow_queries(self, num_queries: int, widened: int, exact: int, widen: np.ndarray, k: int) -> None:
+        """Warns once per index when most queries needed a wider second search (or exact scoring)."""
+        stats = self._slow_stats
+        stats[0] += num_queries
+        stats[1] += widened
+        if self._warned or stats[0] < MIN_QUERIES_TO_WARN or stats[1] * 2 <= stats[0]:
+            return
+        self._warned = True
+        share = f"{stats[1]} of {stats[0]} queries"
+        if self.variant == "hnsw":
+            fix = f"raise ef_search (now {self.params['ef_search']}) above k + the excluded items"
+        else:
+            typical = int(np.median(widen[widen > 0])) if widened else 1
+            suggested = int(min(self.params["nlist"], self.params["nprobe"] * 2 ** typical))
+            fix = (f"raise nprobe from {self.params['nprobe']} to about {suggested} (of nlist = {self.params['nlist']}), "
+                   f"e.g. --nprobe {suggested}")
+        tail = f"; {exact} scored exactly" if exact else ""
+        warnings.warn(
+            f"{self.variant} index: {share} reached fewer than k = {k} results after excluding seen items and "
+            f"were searched again, wider{tail} (slower than one pass): {fix}",
+            SlowSearchWarning,
+            stacklevel=3,
+        )
+
+    def _search_params(self, fetch: int, level: int = 0):
         faiss = _faiss()
         p = self.params
         if self.variant == "hnsw":
             return faiss.SearchParametersHNSW(efSearch=max(p["ef_search"], fetch))
-        ivf = faiss.SearchParametersIVF(nprobe=p["nprobe"])
+        ivf = faiss.SearchParametersIVF(nprobe=int(self._nprobe(level)))
         if isinstance(self._index, faiss.IndexRefine):
             return faiss.IndexRefineSearchParameters(k_factor=float(max(1, p["refine"])), base_index_params=ivf)
         return ivf
 
-    def _faiss_search(self, q: np.ndarray, fetch: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._index.search(np.ascontiguousarray(q), fetch, params=self._search_params(fetch, k))
+    def _faiss_search(self, q: np.ndarray, fetch: int, level: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        return self._index.search(np.ascontiguousarray(q), fetch, params=self._search_params(fetch, level))
 
     @staticmethod
     def _take(
         rows: np.ndarray,
         found_scores: np.ndarray,
         found: np.ndarray,
-        k: int,
+        need: np.ndarray,
         exclusions,
         scores: np.ndarray,
         indices: np.ndarray,
     ) -> np.ndarray:
-        """Writes the first k valid results of each row; returns which rows had k of them."""
+        """Writes the first ``need[row]`` valid results of each row; returns which rows had that many."""
         valid = found >= 0
         if exclusions is not None and exclusions.indices.numel():
             valid &= ~_excluded(exclusions, rows, found)
-        done = valid.sum(axis=1) >= k
+        done = valid.sum(axis=1) >= need[rows]
         if done.any():
-            order = np.argsort(~valid[done], axis=1, kind="stable")[:, :k]
-            scores[rows[done]] = np.take_along_axis(found_scores[done], order, axis=1)
-            indices[rows[done]] = np.take_along_axis(found[done], order, axis=1)
+            width = scores.shape[1]
+            order = np.argsort(~valid[done], axis=1, kind="stable")[:, :width]
+            best_scores = np.take_along_axis(found_scores[done], order, axis=1)
+            best = np.take_along_axis(found[done], order, axis=1)
+            pad = np.arange(width)[None, :] >= need[rows[done]][:, None]
+            best_scores[pad], best[pad] = -np.inf, -1
+            scores[rows[done]], indices[rows[done]] = best_scores, best
         return done
 
-    def _exact(self, q, rows, k, exclusions, scores, indices) -> None:
+    def _exact(self, q, rows, width, need, exclusions, scores, indices) -> None:
         vectors = torch.from_numpy(self.vectors())
         chunk = torch.from_numpy(q[rows]) @ vectors.T
         if exclusions is not None:
             from towerrec.train.prepared import gather_rows
 
             gather_rows(exclusions, torch.from_numpy(rows)).masked_fill_(chunk, -torch.inf)
-        best = chunk.topk(k, dim=1)
-        scores[rows], indices[rows] = best.values.numpy(), best.indices.numpy()
+        best = chunk.topk(width, dim=1)
+        best_scores, best_indices = best.values, best.indices
+        pad_short_rows(best_scores, best_indices, torch.from_numpy(need[rows]))
+        scores[rows], indices[rows] = best_scores.numpy(), best_indices.numpy()
 
     def vectors(self) -> np.ndarray:
         """[N, d] float32 stored vectors (reconstructed; approximate for ivfpq without refine)."""
@@ -373,5 +439,5 @@ def recall_against(approximate: Index, exact: Index, queries: Tensor, k: int, *,
     a = approximate.search(queries, k, exclude=exclude).indices.cpu().numpy()
     e = exact.search(queries, k, exclude=exclude).indices.cpu().numpy()
     rows = np.arange(a.shape[0])[:, None] * (1 << 40)
-    hits = np.isin(rows + a, rows + e).sum()
-    return float(hits / max(1, a.size))
+    hits = (np.isin(rows + a, rows + e) & (a >= 0)).sum()
+    return float(hits / max(1, int((e >= 0).sum())))
