@@ -55,13 +55,15 @@ class Item(BaseModel):
 class Recommendations(BaseModel):
     user_id: Id | None = Field(description="The user asked about (null for an anonymous new user).")
     known_user: bool = Field(description="Whether the user was in the training data.")
-    k: int
+    k: int = Field(description="How many items came back: k_requested, or fewer when fewer unseen items are left.")
+    k_requested: int = Field(description="The k asked for.")
     items: list[Item]
 
 
 class SimilarItems(BaseModel):
     item_id: Id
-    k: int
+    k: int = Field(description="How many items came back: k_requested, or fewer for a smaller catalogue.")
+    k_requested: int = Field(description="The k asked for.")
     items: list[Item]
 
 
@@ -198,18 +200,11 @@ def create_app(
     def not_found(message: str, hint: str | None = None) -> JSONResponse:
         return JSONResponse({"detail": message, "hint": hint}, status_code=404)
 
-    def check_k(k: int, excluded: int) -> None:
-        if k > bundle.num_items - excluded:
-            raise TowerrecError(
-                f"k = {k} is more than the {bundle.num_items - excluded} items left to recommend",
-                hint=f"ask for at most {bundle.num_items - excluded}",
-            )
-
     # answers are rendered here as JSON text: the response_model documents them in the OpenAPI
     # schema without validating every answer again (tests check the shape)
     def recommendations(user_id: Any, known: bool, k: int, found: tuple[list[int], list[float]]) -> Response:
-        body = (f'{{"user_id":{json.dumps(user_id)},"known_user":{"true" if known else "false"},"k":{k},'
-                f'"items":{catalogue.items_json(*found)}}}')
+        body = (f'{{"user_id":{json.dumps(user_id)},"known_user":{"true" if known else "false"},'
+                f'"k":{len(found[0])},"k_requested":{k},"items":{catalogue.items_json(*found)}}}')
         return Response(body, media_type="application/json")
 
     def known_job(row: int, k: int, exclude_seen: bool, extra: np.ndarray | None = None) -> Job:
@@ -253,7 +248,6 @@ def create_app(
                 f"user {user_id!r} is not in the training data",
                 hint="POST /recommend with the user's features or history to serve a new user",
             )
-        check_k(k, users.distinct_seen(row) if exclude_seen else 0)
         return recommendations(_typed_id(user_id, bundle.user_id_type), True, k, users.recommend(row, k, exclude_seen))
 
     @app.post("/recommend", response_model=Recommendations, responses=ERRORS,
@@ -274,7 +268,6 @@ def create_app(
                     hint="drop 'features', or drop 'user_id' to serve them as a new user",
                 )
             if not history.size:
-                check_k(request.k, users.distinct_seen(row) if request.exclude_seen else 0)
                 return recommendations(request.user_id, True, request.k, users.recommend(row, request.k, request.exclude_seen))
             job = known_job(row, request.k, request.exclude_seen, history)
         else:
@@ -286,7 +279,6 @@ def create_app(
             queries = bundle.new_user_queries(dict(request.features), history)
             exclude = history if request.exclude_seen else np.empty(0, dtype=np.int64)
             job = Job(k=request.k, exclude=exclude, queries=queries)
-        check_k(request.k, len(np.unique(job.exclude)))
         return recommendations(request.user_id, row >= 0, request.k, await batcher.submit(job))
 
     @app.get("/similar", response_model=SimilarItems, responses=ERRORS, summary="Items most similar to an item")
@@ -297,9 +289,9 @@ def create_app(
         position = catalogue.item_position(item_id)
         if position < 0:
             return not_found(f"item {item_id!r} is not in the catalogue")
-        check_k(k, 1)
-        body = (f'{{"item_id":{json.dumps(_typed_id(item_id, bundle.item_id_type))},"k":{k},'
-                f'"items":{catalogue.items_json(*catalogue.similar(position, k))}}}')
+        found = catalogue.similar(position, k)
+        body = (f'{{"item_id":{json.dumps(_typed_id(item_id, bundle.item_id_type))},"k":{len(found[0])},'
+                f'"k_requested":{k},"items":{catalogue.items_json(*found)}}}')
         return Response(body, media_type="application/json")
 
     return app

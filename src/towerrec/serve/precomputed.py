@@ -63,19 +63,24 @@ class Catalogue:
         return np.array(found, dtype=np.int64)
 
     def top_k(self, query: np.ndarray, k: int, exclude: np.ndarray) -> tuple[list[int], list[float]]:
-        """Best ``k`` catalogue positions for one [d] query, skipping ``exclude``; ties by position.
+        """Best ``min(k, items left)`` catalogue positions for one [d] query, skipping ``exclude``; ties by position.
 
-        The caller checks that ``k`` items are left after the exclusions.
+        A query whose exclusions leave fewer than ``k`` items gets those left (maybe none).
         """
         n = self.candidates.shape[0]
-        if not 0 < k <= n:
-            raise TowerrecError(f"k = {k} is not between 1 and the catalogue's {n} items")
+        if k < 1:
+            raise TowerrecError(f"k must be ≥ 1, got {k}")
         if not self.exact:
             found = self.bundle.index.search(torch.from_numpy(query[None]), k, exclude=[exclude])
-            return found.indices[0].tolist(), found.scores[0].tolist()
+            count = int(found.counts[0])
+            return found.indices[0, :count].tolist(), found.scores[0, :count].tolist()
         scores = self.candidates @ query
         if exclude.size:
             scores[exclude] = -np.inf
+            k = min(k, n - int(np.count_nonzero(scores == -np.inf)))  # scores are finite: -inf marks the excluded
+            if k < 1:
+                return [], []
+        k = min(k, n)
         if k < n:  # the k-th best score, then everything above it and the first positions that equal it
             kth = np.partition(scores, n - k)[n - k]
             above = np.flatnonzero(scores > kth)
@@ -104,7 +109,6 @@ class KnownUsers:
         self.embeddings = _user_embeddings(bundle)
         self._indptr = bundle.seen.indptr.numpy()
         self._indices = bundle.seen.indices.numpy()
-        self._distinct_seen = _distinct_per_row(self._indptr, self._indices, bundle.num_items)
 
     def row(self, user_id: Any) -> int:
         """Train-user row of a raw id, -1 if unknown; non-canonical spellings ("042") take the bundle's parser."""
@@ -114,11 +118,8 @@ class KnownUsers:
     def seen(self, row: int) -> np.ndarray:
         return self._indices[self._indptr[row] : self._indptr[row + 1]]
 
-    def distinct_seen(self, row: int) -> int:
-        return int(self._distinct_seen[row])
-
     def recommend(self, row: int, k: int, exclude_seen: bool) -> tuple[list[int], list[float]]:
-        """Top-K of a known user from the precomputed embedding (the caller checks k against seen items)."""
+        """Top ``min(k, items left)`` of a known user from the precomputed embedding."""
         exclude = self.seen(row) if exclude_seen else _NOTHING
         return self.catalogue.top_k(self.embeddings[row], k, exclude)
 
@@ -146,10 +147,3 @@ def _user_embeddings(bundle: AnyBundle) -> np.ndarray:
     if not np.isfinite(embeddings).all():
         raise TowerrecError("query embeddings of train users contain NaN or infinity", hint="the model diverged; retrain it")
     return embeddings
-
-
-def _distinct_per_row(indptr: np.ndarray, indices: np.ndarray, num_items: int) -> np.ndarray:
-    """Distinct items per CSR row, vectorised (a seen list may repeat an item)."""
-    rows = np.repeat(np.arange(indptr.size - 1, dtype=np.int64), np.diff(indptr))
-    keys = np.unique(rows * max(num_items, 1) + indices)
-    return np.bincount(keys // max(num_items, 1), minlength=indptr.size - 1)
