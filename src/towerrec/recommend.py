@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import polars as pl
 import torch
 
@@ -38,69 +39,94 @@ def open_run_with_data(run_dir) -> tuple[LoadedRun, PreparedData]:
     return run, data
 
 
-def _coerce_user(data: PreparedData, user: str) -> Any:
-    """CLI users arrive as strings; ids are Int64 for MovieLens."""
+def _coerce_user(data: PreparedData, user: Any) -> Any | None:
+    """A user id as the dataset spells it (CLI ids arrive as strings; MovieLens ids are Int64).
+
+    None when the spelling cannot be an id of this dataset ("dd42" on integer ids):
+    such a user is simply unknown, as in the HTTP API.
+    """
     if data.dataset.interactions.schema["user_id"] == pl.Int64:
-        try:
+        if isinstance(user, bool):
+            return None
+        if isinstance(user, (int, np.integer)):
             return int(user)
-        except ValueError as exc:
-            raise TowerrecError(f"user id {user!r} is not an integer, as this dataset's ids are") from exc
-    return user
+        try:
+            return int(str(user).strip())
+        except ValueError:
+            return None
+    return str(user)
+
+
+def known_user_rows(data: PreparedData, users: list[Any]) -> np.ndarray:
+    """[len(users)] int64 train-user rows, -1 for users not in the training data (or not valid ids)."""
+    raw = [_coerce_user(data, u) for u in users]
+    valid = [i for i, r in enumerate(raw) if r is not None]
+    rows = np.full(len(users), -1, dtype=np.int64)
+    if valid:
+        rows[valid] = data.features.user_index(_id_array([raw[i] for i in valid]))
+    return rows
 
 
 def recommend(
     run: LoadedRun,
     data: PreparedData,
-    users: list[str],
+    users: list[Any],
     *,
     k: int = 10,
     exclude_seen: bool = True,
     fallback: str | None = None,
-) -> dict[str, list[Recommendation]]:
-    """Top ``k`` items for each user. Unknown users raise, or get popular items with ``fallback='popular'``."""
-    num_items = data.num_items
-    if k <= 0 or k > num_items:
-        raise TowerrecError(f"k must be between 1 and the catalogue size {num_items}, got {k}")
-    raw = [_coerce_user(data, u) for u in users]
-    rows = torch.as_tensor(data.features.user_index(_id_array(raw)), dtype=torch.int64)
+) -> dict[Any, list[Recommendation]]:
+    """Top ``k`` items for each user, best first, all users in one batched pass.
+
+    A user with fewer than ``k`` unseen items left gets the items left (a shorter
+    list, possibly empty), never an error for the others. Unknown users (not in
+    train, or an id this dataset cannot hold, like "dd42" for integer ids) raise
+    :class:`TowerrecError` naming them, or get the most popular items with
+    ``fallback='popular'``. Keys of the result are the ``users`` as given.
+
+    Raises:
+        TowerrecError: ``k`` < 1; unknown users without a fallback.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise TowerrecError(f"k must be ≥ 1, got {k!r}")
+    rows = known_user_rows(data, users)
     titles = run.catalogue["title"].to_list()
     ids = run.catalogue["item_id"].to_list()
-    results: dict[str, list[Recommendation]] = {}
     unknown = [u for u, r in zip(users, rows.tolist()) if r < 0]
     if unknown and fallback != "popular":
+        shown = ", ".join(repr(u) for u in unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
         raise TowerrecError(
-            f"user(s) {unknown} not in the training data",
+            f"user(s) {shown} not in the training data",
             hint="pass --fallback popular to recommend the most popular items to unknown users",
         )
-    known = [i for i, r in enumerate(rows.tolist()) if r >= 0]
-    if known:
-        frame = _query_frame(data, [raw[i] for i in known])
+    results: dict[Any, list[Recommendation]] = {}
+    known = np.flatnonzero(rows >= 0)
+    if known.size:
+        known_rows = torch.from_numpy(rows[known])
+        frame = _query_frame(data, data.features.user_ids[rows[known]].tolist())
         examples = EncodedExamples(
             queries=data.features.encode_queries(frame, data.dataset.users),
-            targets=torch.zeros(len(known), dtype=torch.int64),
-            user_rows=rows[known],
+            targets=torch.zeros(known.size, dtype=torch.int64),
+            user_rows=known_rows,
             history=data.history,
         )
         index = BruteForceIndex(catalogue_embeddings(run.model, data), ids)
         queries = query_embeddings(run.model, examples)
-        exclude = data.exclusions_for(rows[known]) if exclude_seen else None
+        exclude = data.exclusions_for(known_rows) if exclude_seen else None
         found = index.search(queries, k, exclude=exclude)
-        for j, i in enumerate(known):
-            results[users[i]] = [
-                Recommendation(ids[c], titles[c], float(s))
-                for c, s in zip(found.indices[j].tolist(), found.scores[j].tolist())
-            ]
+        counts = found.counts.tolist()
+        positions, scores = found.indices.tolist(), found.scores.tolist()
+        for j, i in enumerate(known.tolist()):
+            results[i] = [Recommendation(ids[c], titles[c], s) for c, s in zip(positions[j][: counts[j]], scores[j][: counts[j]])]
     if unknown:
-        top = torch.topk(data.item_counts, k)
+        top = torch.topk(data.item_counts, min(k, data.num_items))
         popular = [Recommendation(ids[c], titles[c], float(s)) for c, s in zip(top.indices.tolist(), top.values.tolist())]
-        for u in unknown:
-            results[u] = popular
-    return {u: results[u] for u in users}
+        for i in np.flatnonzero(rows < 0).tolist():
+            results[i] = list(popular)
+    return {users[i]: results[i] for i in range(len(users))}
 
 
 def _id_array(values: list[Any]):
-    import numpy as np
-
     return np.asarray(values, dtype=object if any(isinstance(v, str) for v in values) else np.int64)
 
 
@@ -118,6 +144,8 @@ def _query_frame(data: PreparedData, users: list[Any]) -> pl.DataFrame:
 def seen_titles(run: LoadedRun, data: PreparedData, user: str, limit: int = 10) -> list[tuple[str, float]]:
     """The user's highest-rated train items, best first (what a person checks recommendations against)."""
     raw = _coerce_user(data, user)
+    if raw is None:
+        return []
     train = data.split.train.filter(pl.col("user_id") == raw).sort(["rating", "timestamp"], descending=True)
     titles = dict(zip(run.catalogue["item_id"].to_list(), run.catalogue["title"].to_list()))
     return [(titles.get(i, str(i)), r) for i, r in zip(train["item_id"].to_list()[:limit], train["rating"].to_list()[:limit])]

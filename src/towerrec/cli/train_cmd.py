@@ -112,7 +112,10 @@ def evaluate(
 def recommend(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `towerrec train`.")],
     user: Annotated[Optional[list[str]], typer.Option("--user", "-u", help="User id (repeat for several).")] = None,
-    k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
+    all_users: Annotated[
+        bool, typer.Option("--all-users", help="Every user of the training data, in one batched pass.")
+    ] = False,
+    k: Annotated[int, typer.Option("-k", help="How many items (fewer when fewer unseen items are left).")] = 10,
     exclude_seen: Annotated[
         bool, typer.Option("--exclude-seen/--include-seen", help="Leave out items the user has in train.")
     ] = True,
@@ -127,9 +130,14 @@ def recommend(
 ) -> None:
     """Print the top-k items for one or more users, or (sequential runs) for an item history.
 
+    A user with fewer than k unseen items left gets those left (flagged); an unknown
+    user fails the call unless --fallback popular, which serves them popular items.
+
     Examples:
 
       towerrec recommend runs/default-... --user 42 -k 10
+
+      towerrec recommend runs/default-... --all-users -k 10
 
       towerrec recommend runs/default-... --user 99999 --fallback popular
 
@@ -141,24 +149,40 @@ def recommend(
 
     if fallback not in (None, "popular"):
         raise TowerrecError(f"--fallback {fallback!r} is not supported", hint="use --fallback popular")
-    if not user and history is None:
-        raise TowerrecError("say whose recommendations: --user ID (or, for sequential runs, --history 1,2,3)")
+    if not user and history is None and not all_users:
+        raise TowerrecError("say whose recommendations: --user ID, --all-users (or, for sequential runs, --history 1,2,3)")
     config_path = Path(run_dir) / "config.toml"
     if config_path.is_file() and load_config(config_path).model.kind == "sequential":
+        if all_users:
+            raise TowerrecError("--all-users works with two-tower runs", hint="name the users with --user ID")
         _recommend_sequential(run_dir, user or [], history, k, exclude_seen, fallback)
         return
     if history is not None:
         raise TowerrecError("--history works with sequential runs ([model] kind = \"sequential\")",
                             hint="use --user ID for this run")
     run, data = open_run_with_data(run_dir)
-    for u, recs in _recommend(run, data, user, k=k, exclude_seen=exclude_seen, fallback=fallback).items():
-        _print_recs(f"user {u}", k, recs)
+    users = list(user or [])
+    if all_users:
+        users += [str(u) for u in data.features.user_ids.tolist()]
+    results = _recommend(run, data, users, k=k, exclude_seen=exclude_seen, fallback=fallback)
+    print_recommendations({f"user {u}": recs for u, recs in results.items()}, k, exclude_seen)
 
 
-def _print_recs(who: str, k: int, recs) -> None:
-    console.print(f"[bold]top {k} for {who}[/bold]")
-    for rank, rec in enumerate(recs, 1):
-        console.print(f"  {rank:>3}. {rec.title}  [dim](id {rec.item_id}, score {rec.score:.3f})[/dim]")
+def print_recommendations(results: dict, k: int, exclude_seen: bool = True) -> None:
+    """Every list under a "top k for ..." heading (noting lists cut short), as one write to the terminal."""
+    from rich.markup import escape
+
+    lines = []
+    for who, recs in results.items():
+        note = ""
+        if len(recs) < k:
+            why = "unseen items" if exclude_seen else "items"
+            note = f" [yellow](only {len(recs)} {why} left)[/yellow]"
+        lines.append(f"[bold]top {k} for {escape(who)}[/bold]{note}")
+        lines.extend(f"  {rank:>3}. {escape(str(rec.title))}  [dim](id {escape(str(rec.item_id))}, score {rec.score:.3f})[/dim]"
+                     for rank, rec in enumerate(recs, 1))
+    if lines:
+        console.print("\n".join(lines), highlight=False, soft_wrap=True)
 
 
 def _recommend_sequential(run_dir: Path, users: list[str], history: Optional[str], k: int, exclude_seen: bool,
@@ -180,8 +204,7 @@ def _recommend_sequential(run_dir: Path, users: list[str], history: Optional[str
             warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}"))
     results = recommend_from_histories(run, histories, k=k, exclude_seen=exclude_seen, fallback=fallback,
                                        users={f"user {u}": u for u in users})
-    for who, recs in results.items():
-        _print_recs(who, k, recs)
+    print_recommendations(results, k, exclude_seen)
 
 
 @app.command()

@@ -6,7 +6,7 @@ ligatures and compatibility forms folded), the trailing year is dropped
 because ``movie_year`` carries it, and apostrophes of every spelling (ASCII
 ', typographic ’ ‘, modifier ʼ, prime ′, backtick, acute) are removed so
 "Schindler's" and "Schindler’s" are the same one token. Words of every script
-are kept (``\w`` is Unicode-aware). Lists are padded with index 0 to a fixed
+are kept (the word pattern is Unicode-aware). Lists are padded with index 0 to a fixed
 width so a whole epoch is one int64 tensor.
 """
 

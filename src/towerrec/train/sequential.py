@@ -25,6 +25,8 @@ popularity-drawn shared negatives and logQ correction.
 
 from __future__ import annotations
 
+import math
+
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -537,14 +539,16 @@ def recommend_from_histories(run, histories: dict[str, list[int]], *, k: int = 1
                              users: dict[str, Any] | None = None):
     """Top ``k`` per named history (catalogue indices, oldest first). Empty histories get popular items
     with ``fallback='popular'``, else raise. ``users`` maps a history's name to its raw user id, for
-    runs with a user embedding (other histories query by their items alone)."""
+    runs with a user embedding (other histories query by their items alone). A history that leaves
+    fewer than ``k`` unseen items gets those left (a shorter list), never an error."""
     from towerrec.recommend import Recommendation
 
     catalogue = run.catalogue
     ids, titles = catalogue["item_id"].to_list(), catalogue["title"].to_list()
     num_items = len(ids)
-    if k <= 0 or k > num_items:
-        raise TowerrecError(f"k must be between 1 and the catalogue size {num_items}, got {k}")
+    if k < 1:
+        raise TowerrecError(f"k must be ≥ 1, got {k}")
+    k = min(k, num_items)
     empty = [name for name, h in histories.items() if not h]
     if empty and fallback != "popular":
         raise TowerrecError(f"empty history for {empty}: nothing to condition on",
@@ -567,7 +571,7 @@ def recommend_from_histories(run, histories: dict[str, list[int]], *, k: int = 1
         top = torch.topk(scores, k, dim=1)
         for r, name in enumerate(named):
             results[name] = [Recommendation(ids[c], titles[c], float(s))
-                             for c, s in zip(top.indices[r].tolist(), top.values[r].tolist())]
+                             for c, s in zip(top.indices[r].tolist(), top.values[r].tolist()) if s != -math.inf]
     if empty:
         counts = torch.as_tensor(catalogue["train_count"].to_numpy().copy(), dtype=torch.float32)
         top = torch.topk(counts, k)
@@ -593,8 +597,10 @@ def user_histories(run, users: list[str], *, fallback: str | None = None) -> tup
         if schema == pl.Int64:
             try:
                 raw: Any = int(user)
-            except ValueError as exc:
-                raise TowerrecError(f"user id {user!r} is not an integer, as this dataset's ids are") from exc
+            except ValueError:  # "dd42" cannot be a user of integer ids: unknown, as in the HTTP API
+                unknown.append(user)
+                histories[user] = []
+                continue
         else:
             raw = user
         timeline = events.filter(pl.col("user_id") == raw).sort(["timestamp", "__row"])["__item"].to_list()
