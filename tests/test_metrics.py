@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from towerrec.errors import TowerrecError
-from towerrec.metrics.topk import CSR, evaluate_retrieval, target_ranks, topk_metrics, user_recall_at_k
+from towerrec.metrics.topk import (
+    CSR,
+    TargetRanks,
+    evaluate_retrieval,
+    rank_targets,
+    target_ranks,
+    topk_metrics,
+    user_recall_at_k,
+)
 
 # 3 queries x 5 items; with identity candidates the query rows ARE the scores.
 SCORES = torch.tensor(
@@ -39,6 +47,12 @@ def _naive_ranks(query, candidates, targets, exclude_lists=None) -> torch.Tensor
     return torch.tensor(ranks)
 
 
+def _untied(ranks: TargetRanks) -> list[int]:
+    """1-based ranks of a case without ties."""
+    assert not bool(ranks.tied.any())
+    return (ranks.higher + 1).tolist()
+
+
 def _random_case(seed: int, num_queries: int, num_items: int, dim: int = 8):
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -51,19 +65,78 @@ def _random_case(seed: int, num_queries: int, num_items: int, dim: int = 8):
 
 # -- ranks ------------------------------------------------------------------------
 def test_ranks_hand_computed() -> None:
-    assert target_ranks(SCORES, ITEMS, TARGETS).tolist() == [3, 1, 5]
+    assert _untied(target_ranks(SCORES, ITEMS, TARGETS)) == [3, 1, 5]
 
 
 def test_exclusion_changes_ranks_but_never_removes_the_target() -> None:
     exclude = CSR.from_lists([[0], [], [0, 4]])  # query 2 lists its own target 0
-    assert target_ranks(SCORES, ITEMS, TARGETS, exclude=exclude).tolist() == [2, 1, 4]
+    assert _untied(target_ranks(SCORES, ITEMS, TARGETS, exclude=exclude)) == [2, 1, 4]
 
 
-def test_ties_count_for_the_target_unless_pessimistic() -> None:
+def test_ties_are_counted_apart_and_never_for_the_target() -> None:
     query = torch.tensor([[0.5, 0.5, 0.1], [1.0, 1.0, 1.0]])
     targets = torch.tensor([0, 2])
-    assert target_ranks(query, torch.eye(3), targets).tolist() == [1, 1]  # TFRS in_top_k semantics
-    assert target_ranks(query, torch.eye(3), targets, ties="pessimistic").tolist() == [2, 3]
+    ranks = target_ranks(query, torch.eye(3), targets)
+    assert ranks.higher.tolist() == [0, 0] and ranks.tied.tolist() == [1, 2]
+    assert ranks.expected().tolist() == [1.5, 2.0]
+    assert ranks.with_ties("pessimistic").expected().tolist() == [2.0, 3.0]
+    m = topk_metrics(ranks, ks=(1, 2, 3))
+    assert m["top_1_accuracy"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert m["top_2_accuracy"] == pytest.approx((1 + 2 / 3) / 2)
+    assert m["top_3_accuracy"] == 1.0
+    assert m["mrr"] == pytest.approx(((1 + 1 / 2) / 2 + (1 + 1 / 2 + 1 / 3) / 3) / 2)
+    assert m["ndcg@2"] == pytest.approx(((1 + 1 / math.log2(3)) / 2 + (1 + 1 / math.log2(3)) / 3) / 2)
+    p = topk_metrics(ranks, ks=(1, 2, 3), ties="pessimistic")
+    assert (p["top_1_accuracy"], p["top_2_accuracy"], p["top_3_accuracy"]) == (0.0, 0.5, 1.0)
+    with pytest.raises(ValueError, match="ties"):
+        topk_metrics(ranks, ties="optimistic")  # type: ignore[arg-type]
+
+
+def test_random_tie_metrics_equal_the_average_over_every_tie_order() -> None:
+    # 2 strictly higher, 3 tied others: rank uniform on 3..6
+    ranks = TargetRanks(torch.tensor([2]), torch.tensor([3]))
+    orders = torch.tensor([3, 4, 5, 6])
+    for k in (1, 3, 4, 6, 7):
+        assert topk_metrics(ranks, ks=(k,)) == pytest.approx(
+            {key: sum(topk_metrics(torch.tensor([r]), ks=(k,))[key] for r in orders.tolist()) / 4
+             for key in topk_metrics(orders[:1], ks=(k,))})
+
+
+def test_one_score_for_every_item_is_worth_one_over_n() -> None:
+    """field-01: 20 items that all tie (a user with no signal) give 1/20 top-1, not 1.0."""
+    num_items = 20
+    query = torch.ones(4, 1)
+    candidates = torch.full((num_items, 1), 3.0)
+    ranks = target_ranks(query, candidates, torch.tensor([0, 7, 13, 19]))
+    m = topk_metrics(ranks, ks=(1, 5, 10, 50, 100))
+    assert m["top_1_accuracy"] == pytest.approx(0.05)
+    assert m["top_5_accuracy"] == pytest.approx(0.25)
+    assert m["top_10_accuracy"] == pytest.approx(0.50)
+    assert round(m["ndcg@10"], 4) == 0.2272
+    assert round(m["mrr"], 4) == 0.1799
+    assert m["top_50_accuracy"] == m["top_100_accuracy"] == 1.0  # K beyond the catalogue: every target is inside
+    pessimistic = topk_metrics(ranks, ks=(1, 5, 10), ties="pessimistic")
+    assert pessimistic["top_1_accuracy"] == pessimistic["top_10_accuracy"] == pessimistic["ndcg@10"] == 0.0
+
+
+def test_rank_targets_scores_each_chunk_once_for_every_protocol() -> None:
+    """Memory bound: no chunk holds more than score_budget scores; exclusions are built per chunk."""
+    query, candidates, targets, lists = _random_case(3, 50, 12)
+    exclude = CSR.from_lists(lists)
+    scored, excluded = [], []
+
+    def scores(start, stop):
+        scored.append((start, stop))
+        return query[start:stop] @ candidates.T
+
+    def exclusions(start, stop):
+        excluded.append((start, stop))
+        return exclude.rows(slice(start, stop))
+
+    got = rank_targets(scores, targets, 12, protocols={"all": None, "seen": exclusions}, score_budget=12 * 7)
+    assert scored == excluded == [(s, min(s + 7, 50)) for s in range(0, 50, 7)]
+    assert torch.equal(got["seen"].higher, target_ranks(query, candidates, targets, exclude=exclude).higher)
+    assert torch.equal(got["all"].higher, target_ranks(query, candidates, targets).higher)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -71,8 +144,8 @@ def test_ranks_agree_with_a_naive_full_sort(seed: int) -> None:
     query, candidates, targets, lists = _random_case(seed, 23, 17)
     expected = _naive_ranks(query, candidates, targets, lists)
     got = target_ranks(query, candidates, targets, exclude=CSR.from_lists(lists), chunk_size=5)
-    assert got.tolist() == expected.tolist()
-    assert target_ranks(query, candidates, targets).tolist() == _naive_ranks(query, candidates, targets).tolist()
+    assert _untied(got) == expected.tolist()
+    assert _untied(target_ranks(query, candidates, targets)) == _naive_ranks(query, candidates, targets).tolist()
 
 
 @settings(max_examples=40, deadline=None)
@@ -87,18 +160,19 @@ def test_chunked_equals_unchunked(seed: int, num_queries: int, num_items: int, c
     exclude = CSR.from_lists(lists)
     whole = target_ranks(query, candidates, targets, exclude=exclude, chunk_size=num_queries)
     chunked = target_ranks(query, candidates, targets, exclude=exclude, chunk_size=chunk_size)
-    assert torch.equal(whole, chunked)
-    assert bool(((whole >= 1) & (whole <= num_items)).all())
+    assert torch.equal(whole.higher, chunked.higher) and torch.equal(whole.tied, chunked.tied)
+    assert bool(((whole.higher + whole.tied) < num_items).all())
 
 
 def test_ranks_follow_the_query_dtype() -> None:
     query, candidates, targets, _ = _random_case(0, 6, 9)
-    assert torch.equal(target_ranks(query.double(), candidates.double(), targets), target_ranks(query, candidates, targets))
+    assert torch.equal(target_ranks(query.double(), candidates.double(), targets).higher,
+                       target_ranks(query, candidates, targets).higher)
 
 
 def test_ranks_accept_tensors_that_track_gradients() -> None:
     query = SCORES.clone().requires_grad_(True)
-    assert target_ranks(query, ITEMS, TARGETS, exclude=CSR.from_lists([[0], [], []])).tolist() == [2, 1, 5]
+    assert _untied(target_ranks(query, ITEMS, TARGETS, exclude=CSR.from_lists([[0], [], []]))) == [2, 1, 5]
 
 
 def test_rank_inputs_are_checked() -> None:

@@ -1,13 +1,15 @@
 """Full-catalogue top-K metrics: where does each query's true item rank among ALL items?
 
-Every metric here derives from one number per query, the 1-based rank of its
-target among all N candidates, computed exactly (never against sampled
-negatives) in chunks of queries so that a [Q, N] score matrix never exists.
+Every metric here derives from where each query's target lands among all N
+candidates, computed exactly (never against sampled negatives) in chunks of
+queries so that a [Q, N] score matrix never exists. Tied scores never count
+for the target: metrics are exact expectations over a random order of the
+tied items (or, optionally, count ties against it); see :class:`TargetRanks`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -114,6 +116,158 @@ class CSR:
         return scores
 
 
+Ties = Literal["random", "pessimistic"]
+TIES: tuple[str, ...] = ("random", "pessimistic")
+SCORE_BUDGET = 1 << 24  # scores held at once by rank_targets: 16M floats = 64 MB per chunk
+
+Scorer = Callable[[int, int], Tensor]
+"""``scores(start, stop)`` -> [stop - start, N] scores of queries start..stop-1 against every item."""
+
+ExclusionsFor = Callable[[int, int], "CSR | None"]
+"""``exclusions(start, stop)`` -> per-query CSR of the items removed from those queries' rankings."""
+
+
+@dataclass(frozen=True, eq=False)
+class TargetRanks:
+    """Where each query's target lands among all candidates, with ties kept apart.
+
+    The target's rank is not one number when other candidates score exactly as
+    high as it does: it is uniform on ``higher + 1 .. higher + tied + 1`` under a
+    random order of the tied items. Metrics are exact expectations over that
+    order (``ties="random"``), or count every tie against the target
+    (``ties="pessimistic"``). Ties never count for the target: a model that
+    scores every item equally is worth 1/N top-1 accuracy, not 1.0.
+
+    Args:
+        higher: [Q] int64, candidates scoring strictly above the target.
+        tied: [Q] int64, other candidates scoring exactly the target's score.
+    """
+
+    higher: Tensor
+    tied: Tensor
+
+    def __post_init__(self) -> None:
+        if self.higher.shape != self.tied.shape or self.higher.dim() != 1:
+            raise ValueError(f"higher and tied must be [Q] tensors, got {list(self.higher.shape)} and {list(self.tied.shape)}")
+
+    @classmethod
+    def exact(cls, ranks: Tensor) -> TargetRanks:
+        """Untied 1-based ranks (e.g. computed by hand)."""
+        ranks = torch.as_tensor(ranks, dtype=torch.int64)
+        return cls(ranks - 1, torch.zeros_like(ranks))
+
+    def __len__(self) -> int:
+        return int(self.higher.shape[0])
+
+    def with_ties(self, ties: Ties) -> TargetRanks:
+        """These ranks under a tie rule: ``"random"`` keeps them, ``"pessimistic"`` ranks the target last of its ties."""
+        if ties not in TIES:
+            raise ValueError(f"ties must be one of {list(TIES)}, got {ties!r}")
+        if ties == "pessimistic":
+            return TargetRanks(self.higher + self.tied, torch.zeros_like(self.tied))
+        return self
+
+    def expected(self) -> Tensor:
+        """[Q] float64 expected 1-based rank: 1 + higher + tied / 2."""
+        return 1.0 + self.higher.double() + self.tied.double() / 2.0
+
+    def hit_probability(self, k: int) -> Tensor:
+        """[Q] float64 P(rank <= k): min(max(k - higher, 0), tied + 1) / (tied + 1); 1 when k >= N."""
+        slots = self.tied.double() + 1.0
+        return (k - self.higher.double()).clamp(min=0.0).minimum(slots) / slots
+
+    def ndcg(self, k: int) -> Tensor:
+        """[Q] float64 E[1 / log2(rank + 1) if rank <= k else 0] (one relevant item: IDCG = 1)."""
+        cumulative = _cumulative(lambda r: 1.0 / torch.log2(r + 1.0), self)
+        first, last = self.higher, self.higher + self.tied + 1
+        return (cumulative[last.clamp(max=k)] - cumulative[first.clamp(max=k)]) / (self.tied.double() + 1.0)
+
+    def reciprocal_rank(self) -> Tensor:
+        """[Q] float64 E[1 / rank]: (H(higher + tied + 1) - H(higher)) / (tied + 1), H = harmonic numbers."""
+        cumulative = _cumulative(lambda r: 1.0 / r, self)
+        return (cumulative[self.higher + self.tied + 1] - cumulative[self.higher]) / (self.tied.double() + 1.0)
+
+
+def _cumulative(gain: Callable[[Tensor], Tensor], ranks: TargetRanks) -> Tensor:
+    """[R + 1] float64 table, entry n = sum of gain(r) for r = 1..n, R = the largest possible rank."""
+    largest = int((ranks.higher + ranks.tied).max()) + 1 if len(ranks) else 1
+    table = torch.zeros(largest + 1, dtype=torch.float64, device=ranks.higher.device)
+    table[1:] = torch.cumsum(gain(torch.arange(1, largest + 1, dtype=torch.float64, device=table.device)), 0)
+    return table
+
+
+@torch.no_grad()
+def rank_targets(
+    scores: Scorer,
+    targets: Tensor,
+    num_items: int,
+    *,
+    protocols: Mapping[str, ExclusionsFor | None],
+    chunk_size: int = 4096,
+    score_budget: int = SCORE_BUDGET,
+) -> dict[str, TargetRanks]:
+    """Ranks every query's target under several exclusion protocols from ONE scoring pass.
+
+    Queries are scored in chunks of ``min(chunk_size, score_budget // N)`` rows, so
+    memory is bounded by one [chunk, N] score matrix (plus a comparison mask) no
+    matter how many queries there are; each protocol's exclusions are built for
+    the chunk only. The target's score is read from the same chunk as the others,
+    so it never ties with itself by rounding; the target is never excluded.
+
+    Args:
+        scores: ``scores(start, stop)`` -> [stop - start, N] float scores.
+        targets: [Q] catalogue index of each query's true item.
+        num_items: N, the catalogue size.
+        protocols: name -> ``exclusions(start, stop)`` (CSR of items removed per query) or None.
+        chunk_size: most queries per chunk.
+        score_budget: most scores per chunk (rows * N), at least one row.
+    Returns:
+        name -> :class:`TargetRanks` of all Q queries.
+    Raises:
+        TowerrecError: a target outside [0, N), an excluded index outside it, or a NaN/inf score.
+    """
+    if chunk_size < 1 or score_budget < 1:
+        raise ValueError(f"chunk_size and score_budget must be >= 1, got {chunk_size} and {score_budget}")
+    num_queries = int(targets.shape[0])
+    if targets.dim() != 1:
+        raise ValueError(f"targets must have shape [Q], got {list(targets.shape)}")
+    if num_queries and (int(targets.min()) < 0 or int(targets.max()) >= num_items):
+        raise TowerrecError(f"target indices must lie in [0, {num_items}), the catalogue size")
+    rows_per_chunk = max(1, min(chunk_size, score_budget // max(num_items, 1)))
+    targets = targets.to(torch.int64)
+    # protocols without exclusions read the scores first; the last excluding one may modify them in place
+    order = sorted(protocols, key=lambda name: protocols[name] is not None)
+    excluding = [name for name in order if protocols[name] is not None]
+    higher = {name: torch.empty(num_queries, dtype=torch.int64) for name in order}
+    tied = {name: torch.empty(num_queries, dtype=torch.int64) for name in order}
+    for start in range(0, num_queries, rows_per_chunk):
+        stop = min(start + rows_per_chunk, num_queries)
+        chunk = scores(start, stop)
+        if chunk.shape != (stop - start, num_items):
+            raise ValueError(f"scores({start}, {stop}) must be [{stop - start}, {num_items}], got {list(chunk.shape)}")
+        if not bool(torch.isfinite(chunk).all()):
+            raise TowerrecError(
+                "scores contain NaN or infinity, so ranks would be meaningless",
+                hint="the model diverged: lower the learning rate or check the input features",
+            )
+        rows = torch.arange(stop - start, device=chunk.device)
+        chunk_targets = targets[start:stop].to(chunk.device)
+        target_score = chunk[rows, chunk_targets].unsqueeze(1)
+        chunk[rows, chunk_targets] = -torch.inf  # the target is not its own competitor
+        for name in order:
+            exclusions_for = protocols[name]
+            view = chunk
+            if exclusions_for is not None:
+                view = chunk if name == excluding[-1] else chunk.clone()
+                exclusions = exclusions_for(start, stop)
+                if exclusions is not None:
+                    exclusions.masked_fill_(view, -torch.inf)
+            # int32 sums: several times faster than int64
+            higher[name][start:stop] = (view > target_score).sum(dim=1, dtype=torch.int32).cpu()
+            tied[name][start:stop] = (view == target_score).sum(dim=1, dtype=torch.int32).cpu()
+    return {name: TargetRanks(higher[name], tied[name]) for name in protocols}
+
+
 @torch.no_grad()
 def target_ranks(
     query: Tensor,
@@ -122,16 +276,9 @@ def target_ranks(
     *,
     exclude: CSR | None = None,
     chunk_size: int = 4096,
-    ties: Literal["optimistic", "pessimistic"] = "optimistic",
-) -> Tensor:
-    """1-based rank of each query's target among all candidates, by dot-product score.
-
-    rank = 1 + the number of candidates scoring strictly higher (``ties="optimistic"``),
-    which is TFRS's score-based FactorizedTopK: ``tf.math.in_top_k`` counts ties in
-    the target's favour. (Its id-based path breaks ties by ``top_k`` order instead.)
-    ``"pessimistic"`` counts ties against the target, so a collapsed model that
-    scores everything equally ranks last instead of first. The target's score is
-    read from the same matmul as the others, so it never ties with itself by rounding.
+    score_budget: int = SCORE_BUDGET,
+) -> TargetRanks:
+    """Where each query's target ranks among all candidates, by dot-product score.
 
     Args:
         query: [Q, d] query embeddings.
@@ -139,44 +286,28 @@ def target_ranks(
         targets: [Q] catalogue index of each query's true item.
         exclude: per-query item indices removed from the ranking (e.g. items seen in
             train); the target itself is never excluded, even if listed.
-        chunk_size: queries scored per matmul, bounding memory to chunk_size × N scores.
-        ties: how candidates with exactly the target's score count.
+        chunk_size, score_budget: bound each chunk to chunk_size rows and score_budget scores.
     Returns:
-        [Q] int64 ranks in [1, N], on the query's device.
+        :class:`TargetRanks` (strictly higher and tied counts per query), on the CPU.
     """
-    num_queries, _ = _check_inputs(query, candidates, targets, exclude, chunk_size)
-    if ties not in ("optimistic", "pessimistic"):
-        raise ValueError(f"ties must be 'optimistic' or 'pessimistic', got {ties!r}")
+    _check_inputs(query, candidates, targets, exclude)
     candidates_t = candidates.to(query.dtype).T.contiguous()
-    targets = targets.to(query.device, torch.int64)
-    ranks = torch.empty(num_queries, dtype=torch.int64, device=query.device)
-    for start in range(0, num_queries, chunk_size):
-        stop = min(start + chunk_size, num_queries)
-        scores = query[start:stop] @ candidates_t
-        rows = torch.arange(stop - start, device=query.device)
-        chunk_targets = targets[start:stop]
-        target_score = scores[rows, chunk_targets].unsqueeze(1)
-        if exclude is not None:
-            exclude.rows(slice(start, stop)).masked_fill_(scores, -torch.inf)
-        scores[rows, chunk_targets] = -torch.inf  # the target is not its own competitor
-        beaten = scores >= target_score if ties == "pessimistic" else scores > target_score
-        ranks[start:stop] = beaten.sum(dim=1, dtype=torch.int32) + 1  # int32: several times faster than int64
-    return ranks
+
+    def scores(start: int, stop: int) -> Tensor:
+        return query[start:stop] @ candidates_t
+
+    exclusions = None if exclude is None else (lambda start, stop: exclude.rows(slice(start, stop)))
+    return rank_targets(scores, targets, candidates.shape[0], protocols={"ranks": exclusions},
+                        chunk_size=chunk_size, score_budget=score_budget)["ranks"]
 
 
-def _check_inputs(
-    query: Tensor, candidates: Tensor, targets: Tensor, exclude: CSR | None, chunk_size: int
-) -> tuple[int, int]:
-    """Validates shapes, target range and finiteness; returns (Q, N)."""
+def _check_inputs(query: Tensor, candidates: Tensor, targets: Tensor, exclude: CSR | None) -> None:
+    """Validates shapes and finiteness of embedding inputs."""
     if query.dim() != 2 or candidates.dim() != 2 or query.shape[1] != candidates.shape[1]:
         raise ValueError(f"need query [Q, d] and candidates [N, d], got {list(query.shape)} and {list(candidates.shape)}")
-    num_queries, num_items = query.shape[0], candidates.shape[0]
+    num_queries = query.shape[0]
     if targets.shape != (num_queries,):
         raise ValueError(f"targets must have shape [{num_queries}], got {list(targets.shape)}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
-    if num_queries and (int(targets.min()) < 0 or int(targets.max()) >= num_items):
-        raise TowerrecError(f"target indices must lie in [0, {num_items}), the catalogue size")
     if exclude is not None and exclude.num_rows != num_queries:
         raise ValueError(f"exclude has {exclude.num_rows} rows but there are {num_queries} queries")
     if not (bool(torch.isfinite(query).all()) and bool(torch.isfinite(candidates).all())):
@@ -184,61 +315,84 @@ def _check_inputs(
             "embeddings contain NaN or infinity, so ranks would be meaningless",
             hint="the model diverged: lower the learning rate or check the input features",
         )
-    return num_queries, num_items
 
 
-def topk_metrics(ranks: Tensor, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+def topk_metrics(ranks: TargetRanks | Tensor, ks: Sequence[int] = DEFAULT_KS, *, ties: Ties = "random") -> dict[str, float]:
     """Top-K accuracy, NDCG@K and MRR from the targets' ranks, averaged over queries.
 
     ``top_{k}_accuracy`` is TFRS's factorized top-K categorical accuracy: the
-    fraction of queries whose target ranks ≤ K. With one target per query it is
-    also recall@K and hit rate@K; NDCG@K is then 1/log2(rank + 1) if rank ≤ K.
+    fraction of queries whose target ranks <= K. With one target per query it is
+    also recall@K and hit rate@K; NDCG@K is then 1/log2(rank + 1) if rank <= K.
+    With tied scores every metric is its exact expectation over a random order
+    of the tied items (``ties="random"``) or counts ties against the target
+    (``"pessimistic"``). K at or above the catalogue size gives top-K accuracy 1.
 
     Args:
-        ranks: [Q] 1-based ranks (:func:`target_ranks`).
-        ks: cut-offs K, each ≥ 1.
+        ranks: :class:`TargetRanks` (:func:`target_ranks`), or [Q] untied 1-based ranks.
+        ks: cut-offs K, each >= 1.
+        ties: ``"random"`` (default) or ``"pessimistic"``.
     Returns:
         ``{"top_{k}_accuracy": ..., "ndcg@{k}": ..., "mrr": ...}`` as Python floats.
+    Raises:
+        TowerrecError: no queries.
     """
-    ranks_f = _check_ranks(ranks, ks).double()
-    metrics = {f"top_{k}_accuracy": float((ranks_f <= k).double().mean()) for k in ks}
-    gain = 1.0 / torch.log2(ranks_f + 1.0)
-    metrics.update({f"ndcg@{k}": float(torch.where(ranks_f <= k, gain, 0.0).mean()) for k in ks})
-    metrics["mrr"] = float((1.0 / ranks_f).mean())
+    ranks = _check_ranks(ranks, ks).with_ties(ties)
+    metrics = {f"top_{k}_accuracy": float(ranks.hit_probability(k).mean()) for k in ks}
+    metrics.update({f"ndcg@{k}": float(ranks.ndcg(k).mean()) for k in ks})
+    metrics["mrr"] = float(ranks.reciprocal_rank().mean())
     return metrics
 
 
-def user_recall_at_k(ranks: Tensor, user_ids: Tensor, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
-    """Per-user recall@K: the share of each user's test items ranked ≤ K, averaged over users.
+def user_recall_at_k(
+    ranks: TargetRanks | Tensor, user_ids: Tensor, ks: Sequence[int] = DEFAULT_KS, *, ties: Ties = "random"
+) -> dict[str, float]:
+    """Per-user recall@K: the share of each user's test items ranked <= K, averaged over users.
 
     Each test item is ranked on its own, so the other test items still compete
     (unless excluded); with the same exclusions this equals the usual recall of
-    one top-K list per user, |top-K ∩ test| / |test|, up to ties. Every user counts once.
+    one top-K list per user, |top-K ∩ test| / |test|, in expectation over tie orders.
+    Every user counts once.
 
     Args:
-        ranks: [Q] 1-based rank of each test interaction's item.
+        ranks: :class:`TargetRanks` of each test interaction's item, or [Q] untied ranks.
         user_ids: [Q] user of each test interaction (any integer ids).
-        ks: cut-offs K, each ≥ 1.
+        ks: cut-offs K, each >= 1.
+        ties: as in :func:`topk_metrics`.
     Returns:
         ``{"recall@{k}": ...}`` as Python floats.
     """
-    ranks = _check_ranks(ranks, ks)
-    if user_ids.shape != ranks.shape:
-        raise ValueError(f"user_ids must have shape {list(ranks.shape)}, got {list(user_ids.shape)}")
-    _, user = torch.unique(user_ids.to(ranks.device), return_inverse=True)
+    ranks = _check_ranks(ranks, ks).with_ties(ties)
+    if user_ids.shape != ranks.higher.shape:
+        raise ValueError(f"user_ids must have shape {list(ranks.higher.shape)}, got {list(user_ids.shape)}")
+    _, user = torch.unique(user_ids.to(ranks.higher.device), return_inverse=True)
     items_per_user = torch.bincount(user).double()
     return {
-        f"recall@{k}": float((torch.bincount(user, weights=(ranks <= k).double()) / items_per_user).mean())
+        f"recall@{k}": float((torch.bincount(user, weights=ranks.hit_probability(k)) / items_per_user).mean())
         for k in ks
     }
 
 
-def _check_ranks(ranks: Tensor, ks: Sequence[int]) -> Tensor:
-    if ranks.dim() != 1 or ranks.numel() == 0:
+def _check_ranks(ranks: TargetRanks | Tensor, ks: Sequence[int]) -> TargetRanks:
+    if not isinstance(ranks, TargetRanks):
+        if ranks.dim() != 1:
+            raise ValueError(f"ranks must be [Q], got {list(ranks.shape)}")
+        if ranks.numel() and int(ranks.min()) < 1:
+            raise ValueError("ranks are 1-based")
+        ranks = TargetRanks.exact(ranks)
+    if len(ranks) == 0:
         raise TowerrecError("no queries to evaluate", hint="the evaluation split is empty")
     if any(int(k) != k or k < 1 for k in ks):
         raise ValueError(f"every K must be a positive integer, got {list(ks)}")
     return ranks
+
+
+def summarize(ranks: TargetRanks, ks: Sequence[int] = DEFAULT_KS, *, user_ids: Tensor | None = None,
+              ties: Ties = "random") -> dict[str, float]:
+    """:func:`topk_metrics`, plus :func:`user_recall_at_k` when ``user_ids`` are given."""
+    metrics = topk_metrics(ranks, ks, ties=ties)
+    if user_ids is not None:
+        metrics.update(user_recall_at_k(ranks, user_ids, ks, ties=ties))
+    return metrics
 
 
 def evaluate_retrieval(
@@ -250,18 +404,14 @@ def evaluate_retrieval(
     ks: Sequence[int] = DEFAULT_KS,
     chunk_size: int = 4096,
     user_ids: Tensor | None = None,
-    ties: Literal["optimistic", "pessimistic"] = "optimistic",
+    ties: Ties = "random",
 ) -> dict[str, float]:
     """Ranks each query's target among all candidates, then summarises.
 
-    One call per evaluation: :func:`target_ranks` then :func:`topk_metrics`, plus
-    :func:`user_recall_at_k` when ``user_ids`` are given. Arguments as in those.
+    One call per evaluation: :func:`target_ranks` then :func:`summarize`. Arguments as in those.
 
     Returns:
         ``top_{k}_accuracy``, ``ndcg@{k}``, ``mrr`` (and ``recall@{k}``) as Python floats.
     """
-    ranks = target_ranks(query, candidates, targets, exclude=exclude, chunk_size=chunk_size, ties=ties)
-    metrics = topk_metrics(ranks, ks)
-    if user_ids is not None:
-        metrics.update(user_recall_at_k(ranks, user_ids, ks))
-    return metrics
+    ranks = target_ranks(query, candidates, targets, exclude=exclude, chunk_size=chunk_size)
+    return summarize(ranks, ks, user_ids=user_ids, ties=ties)

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from towerrec.metrics.topk import CSR
 
 
 def interaction_matrix(user_index: np.ndarray, item_index: np.ndarray, num_users: int, num_items: int) -> Tensor:
@@ -69,6 +72,20 @@ class EASEModel(nn.Module):
         known = user_rows >= 0
         rows[known] = self.history[user_rows[known]]
         return rows
+
+    def score_histories(self, histories: CSR) -> Tensor:
+        """[Q, N] scores x_u B of Q histories given as item lists (a sparse product: no dense [Q, N] x_u).
+
+        Args:
+            histories: CSR with one row per query, its known items (duplicates count once).
+        """
+        num_items = self.weights.shape[0]
+        owner = torch.repeat_interleave(torch.arange(histories.num_rows), torch.diff(histories.indptr))
+        keys = torch.unique(owner * num_items + histories.indices)  # sorted, one per (query, item)
+        counts = torch.bincount(keys // num_items, minlength=histories.num_rows)
+        offsets = torch.zeros(histories.num_rows, dtype=torch.int64)
+        torch.cumsum(counts[:-1], 0, out=offsets[1:])
+        return F.embedding_bag(keys % num_items, self.weights, offsets, mode="sum")
 
     def candidate_embeddings(self) -> Tensor:
         """[N, N]: row i holds column i of B, so q·c_i = (x_u B)_i."""

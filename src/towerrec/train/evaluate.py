@@ -1,17 +1,88 @@
-"""Full-catalogue evaluation of any model, under both protocols.
+"""Full-catalogue evaluation of any model, under both protocols, in one scoring pass.
 
-``exclude_seen=True`` removes each user's train items from the ranking (what a
-user experiences); ``False`` is the TFRS tutorials' protocol, where a model
-that memorises train items wastes its top slots on them.
+``seen_excluded`` removes each user's known items from the ranking (what a user
+experiences); ``tfrs`` is the TFRS tutorials' protocol, where a model that
+memorises train items wastes its top slots on them. Both come from the same
+score chunks (queries are scored once), and memory is bounded by one chunk of
+scores: query embeddings and exclusions are built per chunk, never for all
+queries at once. Tied scores never count for the target
+(:class:`towerrec.metrics.topk.TargetRanks`).
 """
 
 from __future__ import annotations
 
-from torch import nn
+from collections.abc import Sequence
 
-from towerrec.metrics.topk import evaluate_retrieval
+import torch
+from torch import Tensor, nn
+
+from towerrec.metrics.topk import (
+    DEFAULT_KS,
+    SCORE_BUDGET,
+    Ties,
+    rank_targets,
+    summarize,
+)
+from towerrec.models.baselines import EASEModel
 from towerrec.train.models import catalogue_embeddings, query_embeddings
 from towerrec.train.prepared import EncodedExamples, PreparedData
+
+PROTOCOLS = ("seen_excluded", "tfrs")
+
+
+@torch.no_grad()
+def evaluate_protocols(
+    model: nn.Module,
+    data: PreparedData,
+    examples: EncodedExamples,
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    protocols: Sequence[str] = PROTOCOLS,
+    ties: Ties = "random",
+    score_budget: int = SCORE_BUDGET,
+) -> dict[str, dict[str, float]]:
+    """Metrics of one split under each protocol (``"seen_excluded"``, ``"tfrs"``).
+
+    Args:
+        model: a two-tower model or a baseline.
+        data: the prepared data the model was trained on.
+        examples: the split to evaluate (``data.test`` or ``data.validation``).
+        ks: cut-offs; K at or above the catalogue size gives top-K accuracy 1.
+        protocols: which protocols to compute, from :data:`PROTOCOLS`.
+        ties: ``"random"`` (expected metrics under a random order of tied items) or ``"pessimistic"``.
+        score_budget: most scores held at once (rows of a chunk * catalogue size).
+    Returns:
+        protocol -> ``top_{k}_accuracy``, ``ndcg@{k}``, ``mrr``.
+    """
+    unknown = sorted(set(protocols) - set(PROTOCOLS))
+    if unknown:
+        raise ValueError(f"unknown protocol(s) {unknown}; valid: {list(PROTOCOLS)}")
+    known = data.known_items(examples)
+    ranks = rank_targets(
+        scorer(model, data, examples, known),
+        examples.targets,
+        data.num_items,
+        protocols={name: known if name == "seen_excluded" else None for name in protocols},
+        score_budget=score_budget,
+    )
+    return {name: summarize(ranks[name], ks, ties=ties) for name in protocols}
+
+
+def scorer(model: nn.Module, data: PreparedData, examples: EncodedExamples, known):
+    """``scores(start, stop)`` -> [stop - start, N] scores of those examples against the catalogue.
+
+    EASE scores a query as the sum of B's rows over the user's known items (a
+    sparse product, never a dense [Q, N] history); embedding models embed the
+    chunk's queries and multiply by the catalogue embeddings computed once.
+    """
+    if isinstance(model, EASEModel):
+        return lambda start, stop: model.score_histories(known(start, stop))
+    candidates_t = catalogue_embeddings(model, data).T.contiguous()
+
+    def scores(start: int, stop: int) -> Tensor:
+        return query_embeddings(model, examples, slice(start, stop)) @ candidates_t
+
+    return scores
 
 
 def evaluate_examples(
@@ -19,21 +90,17 @@ def evaluate_examples(
     data: PreparedData,
     examples: EncodedExamples,
     *,
-    ks: tuple[int, ...] = (1, 5, 10, 50, 100),
+    ks: Sequence[int] = DEFAULT_KS,
     exclude_seen: bool = True,
+    ties: Ties = "random",
 ) -> dict[str, float]:
-    candidates = catalogue_embeddings(model, data)
-    queries = query_embeddings(model, examples)
-    exclude = data.exclusions_for(examples.user_rows) if exclude_seen else None
-    ks = tuple(k for k in ks if k <= data.num_items)
-    return evaluate_retrieval(queries, candidates, examples.targets, exclude=exclude, ks=ks)
+    """Metrics of one split under one protocol (see :func:`evaluate_protocols`)."""
+    protocol = "seen_excluded" if exclude_seen else "tfrs"
+    return evaluate_protocols(model, data, examples, ks=ks, protocols=(protocol,), ties=ties)[protocol]
 
 
 def evaluate_both_protocols(
-    model: nn.Module, data: PreparedData, examples: EncodedExamples, ks: tuple[int, ...]
+    model: nn.Module, data: PreparedData, examples: EncodedExamples, ks: Sequence[int]
 ) -> dict[str, dict[str, float]]:
-    """``{"seen_excluded": ..., "tfrs": ...}`` metrics for one split."""
-    return {
-        "seen_excluded": evaluate_examples(model, data, examples, ks=ks, exclude_seen=True),
-        "tfrs": evaluate_examples(model, data, examples, ks=ks, exclude_seen=False),
-    }
+    """``{"seen_excluded": ..., "tfrs": ...}`` metrics for one split, from one scoring pass."""
+    return evaluate_protocols(model, data, examples, ks=ks)

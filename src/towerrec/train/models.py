@@ -68,13 +68,15 @@ def catalogue_embeddings(model: nn.Module, data: PreparedData) -> Tensor:
 
 
 @torch.no_grad()
-def query_embeddings(model: nn.Module, examples: EncodedExamples) -> Tensor:
-    """[n, d] query embeddings of a split's examples."""
+def query_embeddings(model: nn.Module, examples: EncodedExamples, rows: slice = slice(None)) -> Tensor:
+    """[n, d] query embeddings of a split's examples (``rows``: a contiguous part of them)."""
+    start, stop, _ = rows.indices(len(examples))
+    stop = max(stop, start)
     if isinstance(model, TwoTowerModel):
         model.eval()
         parts = [
-            model.query_embeddings(examples.select(slice(s, s + EVAL_CHUNK)))
-            for s in range(0, len(examples), EVAL_CHUNK)
+            model.query_embeddings(examples.select(slice(s, min(s + EVAL_CHUNK, stop))))
+            for s in range(start, stop, EVAL_CHUNK)
         ]
         return torch.cat(parts) if parts else torch.zeros(0, 1)
-    return model.query_embeddings(examples.user_rows)
+    return model.query_embeddings(examples.user_rows[start:stop])

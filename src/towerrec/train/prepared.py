@@ -8,6 +8,7 @@ once (the trainer gathers rows per batch).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +83,14 @@ class PreparedData:
     def exclusions_for(self, user_rows: Tensor) -> CSR:
         """Per-query CSR of the items each query's user saw in train (none for unknown users)."""
         return gather_rows(self.seen, user_rows)
+
+    def known_items(self, examples: EncodedExamples) -> Callable[[int, int], CSR]:
+        """``known(start, stop)`` -> CSR of the items known for examples start..stop-1 when they are queried.
+
+        Built per chunk of queries (never for a whole split at once): evaluation
+        excludes these items and EASE uses them as the query's history.
+        """
+        return lambda start, stop: gather_rows(self.seen, examples.user_rows[start:stop])
 
 
 def merge_items_by_title(dataset: Dataset) -> Dataset:

@@ -45,10 +45,11 @@ from towerrec.data.registry import load_dataset
 from towerrec.data.sequences import build_sequence_examples
 from towerrec.data.tables import Dataset
 from towerrec.errors import ConfigError, DataError, TowerrecError
-from towerrec.metrics.topk import CSR, evaluate_retrieval
+from towerrec.metrics.topk import CSR, DEFAULT_KS, Ties, rank_targets, summarize
 from towerrec.models.sequential import NUM_RATING_SLOTS, SequentialModel
 from towerrec.tasks.unique_softmax import unique_candidates, unique_in_batch_softmax_loss
 from towerrec.train.checkpoint import load_json, save_json, save_weights
+from towerrec.train.evaluate import PROTOCOLS
 from towerrec.train.trainer import Trainer
 
 EVAL_CHUNK = 8192
@@ -362,29 +363,56 @@ def encode_histories(model: SequentialModel, inputs: Tensor, ratings: Tensor | N
 
 
 @torch.no_grad()
-def evaluate_sequences(model: SequentialModel, examples: SequenceExamples, *, ks=(1, 5, 10, 50, 100),
-                       exclude_seen: bool = True) -> dict[str, float]:
-    """Full-catalogue metrics of the last-step queries; ``exclude_seen`` removes each row's history items."""
-    queries = encode_histories(model, examples.inputs, examples.ratings, examples.users)
-    candidates = model.candidate_weight().detach()
-    ks = tuple(k for k in ks if k <= candidates.shape[0])
-    return evaluate_retrieval(queries, candidates, examples.targets,
-                              exclude=examples.seen if exclude_seen else None, ks=ks)
+def evaluate_sequence_protocols(model: SequentialModel, examples: SequenceExamples, *, ks=DEFAULT_KS,
+                                protocols=PROTOCOLS, ties: Ties = "random") -> dict[str, dict[str, float]]:
+    """Full-catalogue metrics of the last-step queries under each protocol, from one scoring pass.
+
+    ``seen_excluded`` removes each row's known items (its whole earlier timeline);
+    ``tfrs`` keeps them. Queries are encoded per chunk of scores, so memory is
+    bounded by one [chunk, N] score matrix. Ties never count for the target.
+    """
+    candidates_t = model.candidate_weight().detach().T.contiguous()
+
+    def scores(start: int, stop: int) -> Tensor:
+        users = None if examples.users is None else examples.users[start:stop]
+        ratings = None if examples.ratings is None else examples.ratings[start:stop]
+        return encode_histories(model, examples.inputs[start:stop], ratings, users) @ candidates_t
+
+    return _rank_protocols(scores, examples, candidates_t.shape[1], ks, protocols, ties)
 
 
-def popularity_metrics(data: SequenceData, examples: SequenceExamples, *, ks=(1, 5, 10, 50, 100),
-                       exclude_seen: bool = True) -> dict[str, float]:
-    """The popularity baseline (train target counts) under the same protocol."""
-    queries = torch.ones(len(examples), 1)
-    candidates = torch.log1p(data.item_counts).unsqueeze(1)
-    ks = tuple(k for k in ks if k <= data.num_items)
-    return evaluate_retrieval(queries, candidates, examples.targets,
-                              exclude=examples.seen if exclude_seen else None, ks=ks)
+def _rank_protocols(scores, examples: SequenceExamples, num_items: int, ks, protocols, ties: Ties):
+    seen = examples.seen
+
+    def known(start: int, stop: int) -> CSR | None:
+        return None if seen is None else seen.rows(slice(start, stop))
+
+    ranks = rank_targets(scores, examples.targets, num_items,
+                         protocols={name: known if name == "seen_excluded" else None for name in protocols})
+    return {name: summarize(ranks[name], ks, ties=ties) for name in protocols}
+
+
+def evaluate_sequences(model: SequentialModel, examples: SequenceExamples, *, ks=DEFAULT_KS,
+                       exclude_seen: bool = True, ties: Ties = "random") -> dict[str, float]:
+    """Full-catalogue metrics under one protocol; ``exclude_seen`` removes each row's history items."""
+    protocol = "seen_excluded" if exclude_seen else "tfrs"
+    return evaluate_sequence_protocols(model, examples, ks=ks, protocols=(protocol,), ties=ties)[protocol]
+
+
+def popularity_metrics(data: SequenceData, examples: SequenceExamples, *, ks=DEFAULT_KS,
+                       exclude_seen: bool = True, ties: Ties = "random") -> dict[str, float]:
+    """The popularity baseline (:attr:`SequenceData.item_counts`) under the same protocol."""
+    counts = data.item_counts
+
+    def scores(start: int, stop: int) -> Tensor:
+        return counts.expand(stop - start, -1).clone()
+
+    protocol = "seen_excluded" if exclude_seen else "tfrs"
+    return _rank_protocols(scores, examples, data.num_items, ks, (protocol,), ties)[protocol]
 
 
 def evaluate_both(model: SequentialModel, examples: SequenceExamples, ks) -> dict[str, dict[str, float]]:
-    return {"seen_excluded": evaluate_sequences(model, examples, ks=ks, exclude_seen=True),
-            "tfrs": evaluate_sequences(model, examples, ks=ks, exclude_seen=False)}
+    return evaluate_sequence_protocols(model, examples, ks=ks)
 
 
 # -- training ------------------------------------------------------------------
