@@ -360,15 +360,25 @@ def _shown(value: Any) -> str:
     return shorten(value)
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read a TOML file; errors name the file and, for syntax errors, the line."""
+def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A TOML file's table; a missing, unreadable, binary or malformed file is one :class:`ConfigError`."""
+    from towerrec.errors import TowerrecError
+    from towerrec.fsio import read_text
+
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
+        raise ConfigError(f"{path}: no such {what} file")
     try:
-        values = tomllib.loads(path.read_text())
+        return tomllib.loads(read_text(path))
+    except TowerrecError as exc:  # unreadable, or not UTF-8 text
+        raise ConfigError(exc.message, exc.hint or f"a {what} is a UTF-8 TOML text file") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a TOML file; errors name the file and, for syntax errors, the line."""
+    values = read_toml(path)
     try:
         return config_from_dict(values)
     except ConfigError as exc:

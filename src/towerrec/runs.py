@@ -45,8 +45,9 @@ def open_run_dir(config: RunConfig, fingerprint: str, runs_root: Path, *, retrai
     if (run_dir / "metrics.json").is_file():
         log(f"reusing the finished run {run_dir} (same configuration and data; --retrain to train again)")
         return run_dir, load_json(run_dir / "metrics.json")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(config.to_toml())
+    with fsio.io_errors(run_dir, hint="choose a writable folder for the runs (--runs)"):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(config.to_toml())
     return run_dir, None
 
 

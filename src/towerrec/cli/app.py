@@ -74,6 +74,16 @@ def main(argv: list[str] | None = None) -> None:
         if exc.hint:
             _say("hint:", "yellow", exc.hint)
         sys.exit(1)
+    except OSError as exc:  # backstop: readers and writers wrap their own, naming the path
+        if debug:
+            raise
+        from towerrec.fsio import io_error
+
+        error = io_error(exc)
+        _say("error:", "bold red", error.message)
+        if error.hint:
+            _say("hint:", "yellow", error.hint)
+        sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/red]")
         sys.exit(130)

@@ -24,3 +24,12 @@ DataDirOption = Annotated[
         help="Read an already-downloaded folder or zip instead of downloading (no network is touched).",
     ),
 ]
+
+
+def check_folder_option(folder: Path, option: str) -> None:
+    """Refuse a folder option (``--runs``, ``--out``) that names a file, before any work starts."""
+    from towerrec.errors import TowerrecError
+
+    if folder.exists() and not folder.is_dir():
+        raise TowerrecError(f"{option} {folder} is a file, not a folder",
+                            hint=f"choose a folder for {option} (it is created if missing)")

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
+from rich.text import Text
 
 from towerrec.cli.common import console, data_app
 from towerrec.config import MAX_WIDTH, SEED_MAX
@@ -75,20 +76,53 @@ def import_(
         ),
     ] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Dataset name (default: the file name).")] = None,
+    sep: Annotated[
+        Optional[str],
+        typer.Option("--sep", help="Field separator of a text table: ',', ';', '|', tab or whitespace (default: sniffed)."),
+    ] = None,
+    no_header: Annotated[
+        bool, typer.Option("--no-header", help="The first line is data: columns are named 1, 2, ... (or by --columns).")
+    ] = False,
+    columns: Annotated[
+        Optional[str], typer.Option("--columns", help="Names for a headerless file's columns, e.g. user,item,rating,ts.")
+    ] = None,
+    timestamp_unit: Annotated[
+        str, typer.Option("--timestamp-unit", help="Unit of numeric epoch timestamps: s, ms, us or ns.")
+    ] = "s",
+    dedupe: Annotated[
+        str,
+        typer.Option("--dedupe", help="Repeated (user, item) rows: none (keep all), keep-first or keep-last (in time)."),
+    ] = "none",
 ) -> None:
     """Import your own interactions table, with optional item and user feature tables.
 
-    Ids that are all integers become integers, others stay strings. A bad value
-    is reported with its file, line and column.
+    Text tables may be comma, tab, semicolon, pipe or whitespace separated (sniffed, or
+    --sep). Ids that are all integers become integers, others stay strings. A bad value
+    is reported with its file, line and column. Repeated (user, item) rows and events
+    sharing their user's timestamp are counted and reported.
 
     [bold]Examples:[/bold]
 
       towerrec data import ratings.csv --user user_id --item movie_id --timestamp ts --rating stars --out mydata/
 
       towerrec data import events.parquet --user uid --item sku --item-features products.csv --on items=sku --out shop/
-    """
-    from towerrec.data.importer import import_interactions
 
+      towerrec data import pairs.txt --no-header --user 1 --item 2 --out pairs/
+
+      towerrec data import clicks.csv --columns user,item,ts --user user --item item --timestamp ts --timestamp-unit ms --dedupe keep-last --out clicks/
+    """
+    from towerrec.data.importer import DEDUPE, TIMESTAMP_UNITS, import_interactions
+    from towerrec.data.text_table import parse_separator
+
+    if timestamp_unit not in TIMESTAMP_UNITS:
+        raise ConfigError(f"--timestamp-unit {timestamp_unit!r} is not one of {', '.join(TIMESTAMP_UNITS)}")
+    if dedupe not in DEDUPE:
+        raise ConfigError(f"--dedupe {dedupe!r} is not one of {', '.join(DEDUPE)}")
+    names = None
+    if columns is not None:
+        names = [c.strip() for c in columns.split(",")]
+        if not all(names):
+            raise ConfigError(f"--columns {columns!r}: every column needs a name", hint="e.g. --columns user,item,rating")
     keys = _join_keys(on or [])
     inputs = tuple(p for p in (file, item_features, user_features) if p is not None)
     _check_out(out, inputs)
@@ -103,10 +137,39 @@ def import_(
         item_key=keys.get("items"),
         user_key=keys.get("users"),
         name=name,
+        sep=None if sep is None else parse_separator(sep),
+        header=not no_header,
+        columns=names,
+        timestamp_unit=timestamp_unit,
+        dedupe=dedupe,
     )
     if dataset.interactions.height == 0:
         raise DataError("no data rows", file=file, hint="the table needs at least one (user, item) row below its header")
     _save(dataset, out, inputs)
+    _report_repeats(dataset, dedupe)
+
+
+def _report_repeats(dataset: Dataset, dedupe: str) -> None:
+    """Say how many repeated (user, item) rows and same-timestamp ties the table has."""
+    from towerrec.data.summary import repeats
+
+    removed = dataset.meta.get("import", {}).get("duplicates_removed", 0)
+    if removed:
+        console.print(f"--dedupe {dedupe}: removed {removed:,} repeated (user, item) rows", highlight=False)
+    for line in repeats_lines(repeats(dataset.interactions)):
+        console.print(Text("note: ", style="yellow") + Text(line), highlight=False, soft_wrap=True)
+
+
+def repeats_lines(counts: dict) -> list[str]:
+    """Human lines for :func:`towerrec.data.summary.repeats` (empty when nothing repeats)."""
+    lines = []
+    if counts["repeated_pairs"]:
+        lines.append(f"{counts['repeated_pairs']:,} rows repeat an earlier (user, item) pair "
+                     f"({counts['pairs_repeated']:,} pairs); all are kept: --dedupe keep-first|keep-last keeps one")
+    if counts["timestamp_ties"]:
+        lines.append(f"{counts['timestamp_ties']:,} rows share their user's timestamp with another row: "
+                     "time-ordered splits and sequences keep them in file order")
+    return lines
 
 
 def _join_keys(values: list[str]) -> dict[str, str]:

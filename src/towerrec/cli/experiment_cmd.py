@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from towerrec.cli.app import app
-from towerrec.cli.common import DataDirOption, console
+from towerrec.cli.common import DataDirOption, check_folder_option, console
 from towerrec.config import MAX_COUNT, MAX_WIDTH
 from towerrec.errors import ConfigError
 
@@ -74,6 +74,9 @@ def experiment(
     from towerrec.experiments.report import recommendations_markdown, results_markdown
 
     sizes = _layer_sizes(layer_sizes, list(ctx.args))
+    for folder, option in ((runs, "--runs"), (out, "--out")):
+        if folder is not None:
+            check_folder_option(folder, option)
     exp = load_experiment(config) if config is not None else ExperimentConfig()
     data = {
         "data_dir": None if data_dir is None else str(data_dir),

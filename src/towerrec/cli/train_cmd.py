@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from towerrec.cli.app import app
-from towerrec.cli.common import DataDirOption, console
+from towerrec.cli.common import DataDirOption, check_folder_option, console
 from towerrec.config import MAX_COUNT, RunConfig, load_config
 from towerrec.presets import PRESETS, preset
 
@@ -53,6 +53,7 @@ def train(
     """
     from towerrec.runs import train_run
 
+    check_folder_option(runs, "--runs")
     cfg = _resolve_config(config, data_dir)
     if epochs is not None:
         cfg = cfg.replace(train={"epochs": epochs})
@@ -227,6 +228,7 @@ def quickstart(
     from towerrec.recommend import open_run_with_data, recommend as _recommend
     from towerrec.runs import train_run
 
+    check_folder_option(runs, "--runs")
     rows_excluded, rows_tfrs = {}, {}
     last_dir = None
     for name in ("popularity", "default"):

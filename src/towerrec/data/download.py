@@ -32,6 +32,7 @@ from rich.progress import (
 
 from towerrec import __version__
 from towerrec.errors import DownloadError
+from towerrec.fsio import io_errors
 
 CHUNK = 1 << 20
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
@@ -44,7 +45,7 @@ class _Transient(Exception):
 def file_digests(path: str | Path, algorithms: tuple[str, ...] = ("sha256",)) -> dict[str, str]:
     """Hex digests of ``path`` for each algorithm, computed in one pass over the file."""
     hashers = {name: hashlib.new(name) for name in algorithms}
-    with open(path, "rb") as f:
+    with io_errors(path), open(path, "rb") as f:
         while block := f.read(CHUNK):
             for h in hashers.values():
                 h.update(block)
@@ -78,8 +79,10 @@ def download(
     if dest.is_file():
         if _mismatch(dest, sha256, md5, size) is None:
             return dest
-        dest.unlink()
-    dest.parent.mkdir(parents=True, exist_ok=True)
+        with io_errors(dest):
+            dest.unlink()
+    with io_errors(dest.parent):
+        dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     with _progress_bar(progress, dest.name) as (bar, task):
         attempt = 0
@@ -97,18 +100,21 @@ def download(
                 time.sleep(backoff * 2 ** (attempt - 1))
     problem = _mismatch(part, sha256, md5, size)
     if problem is not None:
-        part.unlink()
+        with io_errors(part):
+            part.unlink()
         raise DownloadError(
             f"{problem} for {url}; the file was deleted",
             hint="run again; if it persists, the file on the server changed",
         )
-    os.replace(part, dest)
+    with io_errors(dest):
+        os.replace(part, dest)
     return dest
 
 
 def _mismatch(path: Path, sha256: str | None, md5: str | None, size: int | None) -> str | None:
     """Describe how ``path`` differs from the expectations, or ``None`` if it matches."""
-    actual_size = path.stat().st_size
+    with io_errors(path):
+        actual_size = path.stat().st_size
     if size is not None and actual_size != size:
         return f"size mismatch: expected {size} bytes, got {actual_size}"
     wanted = {name: value.lower() for name, value in (("sha256", sha256), ("md5", md5)) if value}
@@ -153,14 +159,20 @@ def _fetch(url: str, part: Path, timeout: float, size: int | None, bar: Progress
         expected = offset + int(length) if length is not None else size
         bar.update(task, total=expected, completed=offset)
         received = 0
-        try:
-            with open(part, "ab" if offset else "wb") as f:
-                while chunk := resp.read(CHUNK):
+        with io_errors(part):  # the local file: not writable or disk full is no network hiccup
+            handle = open(part, "ab" if offset else "wb")
+        with handle as f:
+            while True:
+                try:
+                    chunk = resp.read(CHUNK)
+                except (OSError, http.client.HTTPException) as exc:
+                    raise _Transient(f"transfer interrupted after {offset + received} bytes: {exc}") from None
+                if not chunk:
+                    break
+                with io_errors(part):
                     f.write(chunk)
-                    received += len(chunk)
-                    bar.advance(task, len(chunk))
-        except (OSError, http.client.HTTPException) as exc:
-            raise _Transient(f"transfer interrupted after {offset + received} bytes: {exc}") from None
+                received += len(chunk)
+                bar.advance(task, len(chunk))
     if length is not None and received < int(length):
         raise _Transient(f"transfer interrupted after {offset + received} of {expected} bytes")
 

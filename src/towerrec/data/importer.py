@@ -23,52 +23,70 @@ import polars as pl
 
 from towerrec import fsio
 from towerrec.data.tables import Dataset
-from towerrec.errors import DataError
+from towerrec.data.text_table import read_text_table
+from towerrec.errors import DataError, shorten
 
-CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
+NOT_TABLES = {".json", ".jsonl", ".xlsx", ".xls", ".ods", ".zip", ".gz", ".bz2", ".xz", ".zst", ".7z", ".feather",
+              ".arrow", ".ipc", ".avro", ".orc", ".pkl", ".pickle", ".npy", ".npz", ".h5", ".db", ".sqlite"}
 USER_COLUMNS = {"age": pl.Int32, "gender": pl.String, "occupation": pl.String, "zip": pl.String}
 ITEM_COLUMNS = {"title": pl.String, "year": pl.Int32}
+TIMESTAMP_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+DEDUPE = ("none", "keep-first", "keep-last")
+_SECONDS_LIMIT = 10**11  # epoch seconds beyond this are after the year 5000: another unit
 
 
 class _Table:
-    """A raw table plus how to name a row of it in an error message."""
+    """A raw table plus how to name a row of it in an error message.
 
-    def __init__(self, path: str | Path) -> None:
+    Parquet is recognised by its suffix or its magic bytes; anything else is read as a
+    delimited text table (:mod:`towerrec.data.text_table`).
+    """
+
+    def __init__(self, path: str | Path, *, sep: str | None = None, header: bool = True,
+                 columns: list[str] | None = None) -> None:
         self.path = Path(path)
-        suffix = self.path.suffix.lower()
+        if self.path.is_dir():
+            raise DataError("is a folder, not a table file", file=self.path)
         if not self.path.is_file():
             raise DataError("file not found", file=self.path)
-        try:
-            if suffix in CSV_SUFFIXES:
-                self.csv = True
-                self.frame = fsio.read_csv(self.path, separator=CSV_SUFFIXES[suffix], infer_schema=False)
-            elif suffix in PARQUET_SUFFIXES:
-                self.csv = False
-                self.frame = fsio.read_parquet(self.path)
-            else:
-                raise DataError(
-                    f"unsupported file type {suffix or '(none)'!r}",
-                    file=self.path,
-                    hint="give a .csv, .tsv or .parquet file",
-                )
-        except (pl.exceptions.PolarsError, OSError) as exc:
-            raise DataError(f"cannot read: {exc}", file=self.path) from exc
+        self.headerless = columns is not None or not header
+        suffix = self.path.suffix.lower()
+        if suffix in NOT_TABLES:
+            raise DataError(f"unsupported file type {suffix!r}", file=self.path,
+                            hint="give a delimited text table (.csv, .tsv, .txt, ...) or a .parquet file")
+        if _is_parquet(self.path):
+            if sep is not None or self.headerless:
+                raise DataError("--sep, --no-header and --columns apply to text tables, not Parquet", file=self.path)
+            self.csv = False
+            self.frame = fsio.read_parquet(self.path)
+        else:
+            self.csv = True
+            self.frame, self.sep = read_text_table(self.path, sep=sep, header=header, columns=columns)
 
     def column(self, name: str) -> pl.Series:
         if name not in self.frame.columns:
-            raise DataError(f"no column {name!r}; columns are {self.frame.columns}", file=self.path, field=name)
+            raise DataError(f"no column {name!r}; columns are {self.frame.columns}", file=self.path, field=name,
+                            hint="a file without a header has columns 1, 2, ... (--no-header) or --columns names"
+                            if self.headerless else None)
         return self.frame[name]
 
     def fail(self, index: int, column: str, message: str, hint: str | None = None) -> DataError:
         """An error at 0-based data row ``index``: CSV line (header = line 1) or Parquet row."""
         if self.csv:
-            return DataError(message, file=self.path, line=index + 2, field=column, hint=hint)
+            return DataError(message, file=self.path, line=index + 1 + (not self.headerless), field=column, hint=hint)
         return DataError(f"row {index + 1}: {message}", file=self.path, field=column, hint=hint)
 
     def require_present(self, series: pl.Series, column: str) -> None:
         if series.null_count():
             raise self.fail(_first(series.is_null()), column, "missing value")
+
+
+def _is_parquet(path: Path) -> bool:
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        return True
+    with fsio.io_errors(path), open(path, "rb") as handle:
+        return handle.read(4) == b"PAR1"
 
 
 def import_interactions(
@@ -83,6 +101,11 @@ def import_interactions(
     item_key: str | None = None,
     user_key: str | None = None,
     name: str | None = None,
+    sep: str | None = None,
+    header: bool = True,
+    columns: list[str] | None = None,
+    timestamp_unit: str = "s",
+    dedupe: str = "none",
 ) -> Dataset:
     """Read an interactions file and optional item/user feature tables joined on the id.
 
@@ -90,8 +113,28 @@ def import_interactions(
     ``item_col``/``user_col``). Only the user, item, timestamp and rating columns
     of the interactions file are used; per-item and per-user features belong in
     the side tables. The fingerprint hashes the files' bytes and these options.
+
+    Args:
+        sep: the text table's separator (one character or ``"whitespace"``); sniffed when ``None``.
+        header: the first line of a text table names its columns; without one, columns are
+            named ``"1"``, ``"2"``, ... or by ``columns``.
+        timestamp_unit: unit of numeric epoch timestamps: ``s``, ``ms``, ``us`` or ``ns``
+            (stored as seconds, floored).
+        dedupe: repeated (user, item) rows: ``none`` keeps them all, ``keep-first`` /
+            ``keep-last`` keep one per pair, the earliest / latest in time (file order
+            among equal or missing timestamps). ``meta["import"]`` records how many went.
+
+    Raises:
+        DataError: a missing column, a value of the wrong type (an id that is neither an
+            integer nor a string, a rating or timestamp that is not a finite number), an
+            out-of-range timestamp unit, a malformed table; named by file, line or row,
+            and column.
     """
-    table = _Table(path)
+    if timestamp_unit not in TIMESTAMP_UNITS:
+        raise DataError(f"timestamp unit {timestamp_unit!r} is not one of {', '.join(TIMESTAMP_UNITS)}")
+    if dedupe not in DEDUPE:
+        raise DataError(f"dedupe {dedupe!r} is not one of {', '.join(DEDUPE)}")
+    table = _Table(path, sep=sep, header=header, columns=columns)
     users = _ids(table, user_col)
     items = _ids(table, item_col)
     n = table.frame.height
@@ -101,10 +144,12 @@ def import_interactions(
             "item_id": items,
             "rating": _ratings(table, rating_col) if rating_col else pl.repeat(None, n, dtype=pl.Float32, eager=True),
             "timestamp": (
-                _timestamps(table, timestamp_col) if timestamp_col else pl.repeat(None, n, dtype=pl.Int64, eager=True)
+                _timestamps(table, timestamp_col, timestamp_unit)
+                if timestamp_col else pl.repeat(None, n, dtype=pl.Int64, eager=True)
             ),
         }
     )
+    interactions, removed = deduplicate(interactions, dedupe)
     items_table = users_table = None
     if item_features is not None:
         frame = _side_table(item_features, item_key or item_col, "item_id", interactions["item_id"], ITEM_COLUMNS)
@@ -115,6 +160,11 @@ def import_interactions(
         "user_col": user_col, "item_col": item_col, "timestamp_col": timestamp_col, "rating_col": rating_col,
         "item_key": item_key, "user_key": user_key,
     }  # fmt: skip
+    # Reading options join the fingerprint only when not the defaults: earlier imports keep theirs.
+    reading = {"sep": sep, "header": False if table.headerless else None, "columns": columns,
+               "timestamp_unit": None if timestamp_unit == "s" else timestamp_unit,
+               "dedupe": None if dedupe == "none" else dedupe}
+    options.update({key: value for key, value in reading.items() if value is not None})
     files = [p for p in (path, item_features, user_features) if p is not None]
     return Dataset(
         name=name or Path(path).stem,
@@ -122,8 +172,25 @@ def import_interactions(
         items=items_table,
         users=users_table,
         fingerprint=_fingerprint(files, options),
-        meta={"source": "import", "files": [str(f) for f in files], "options": options},
+        meta={"source": "import", "files": [str(f) for f in files], "options": options,
+              "import": {"rows_read": n, "duplicates_removed": removed}},
     )
+
+
+def deduplicate(interactions: pl.DataFrame, dedupe: str) -> tuple[pl.DataFrame, int]:
+    """Keep one row per (user, item) pair (``keep-first`` / ``keep-last`` in time), or all (``none``).
+
+    Time order is by timestamp, file order among ties and missing timestamps; the rows kept
+    stay in file order. Returns the table and how many rows were removed.
+    """
+    if dedupe == "none":
+        return interactions, 0
+    indexed = interactions.with_row_index("__row")
+    ordered = indexed.sort(["timestamp", "__row"], nulls_last=False)
+    kept = ordered.unique(["user_id", "item_id"], keep="first" if dedupe == "keep-first" else "last",
+                          maintain_order=True)
+    kept = kept.sort("__row").drop("__row")
+    return kept, interactions.height - kept.height
 
 
 def _first(mask: pl.Series) -> int:
@@ -133,17 +200,38 @@ def _first(mask: pl.Series) -> int:
 def _ids(table: _Table, column: str) -> pl.Series:
     raw = table.column(column)
     table.require_present(raw, column)
-    return _as_id(table, raw, column).alias(column)
+    ids = _as_id(table, raw, column).alias(column)
+    if table.headerless and ids.dtype == pl.String and ids.len() > 1:
+        rest = ids[1:].str.strip_chars()
+        if (rest.cast(pl.Int64, strict=False).cast(pl.String) == rest).all():
+            raise table.fail(0, column, f"{shorten(ids[0])} is not an id like the rest of the column: "
+                             "the first line looks like a header",
+                             hint="drop --no-header / --columns: the header then names the columns")
+    return ids
+
+
+_ID_TYPES = "integer or string columns (whole-number floats are accepted)"
 
 
 def _as_id(table: _Table, raw: pl.Series, column: str) -> pl.Series:
-    """Int64 when every value is an integer that prints back the same, else String."""
+    """Int64 when every value is an integer that prints back the same, else String.
+
+    Raises:
+        DataError: the column is neither integer, whole-number float, nor text
+            (Boolean, List, Date, ...): its values would not identify anything.
+    """
     if raw.dtype.is_integer():
         return raw.cast(pl.Int64)
     if raw.dtype.is_float():
+        finite = raw.is_finite().fill_null(True)
+        if not finite.all():
+            raise table.fail(_first(~finite), column, f"{raw[_first(~finite)]} is not an id")
         if (raw.drop_nulls() % 1 != 0).any():
             raise table.fail(_first(raw.fill_null(0) % 1 != 0), column, "ids must be integers or strings")
         return raw.cast(pl.Int64)
+    if raw.dtype not in (pl.String, pl.Categorical) and not isinstance(raw.dtype, (pl.Categorical, pl.Enum)):
+        raise DataError(f"{raw.dtype} is not an id type", file=table.path, field=column,
+                        hint=f"ids must be {_ID_TYPES}")
     text = raw.cast(pl.String)
     as_int = text.str.strip_chars().cast(pl.Int64, strict=False)
     if as_int.null_count() == raw.null_count() and (as_int.cast(pl.String) == text.str.strip_chars()).all():
@@ -152,46 +240,99 @@ def _as_id(table: _Table, raw: pl.Series, column: str) -> pl.Series:
 
 
 def _ratings(table: _Table, column: str) -> pl.Series:
+    """Float32 ratings; text is parsed, a missing value stays null, NaN or ±inf is an error."""
     raw = table.column(column)
+    if raw.dtype == pl.Boolean or not (raw.dtype.is_numeric() or raw.dtype == pl.String):
+        raise DataError(f"{raw.dtype} is not a rating type", file=table.path, field=column,
+                        hint="ratings must be numbers")
     if raw.dtype.is_numeric():
-        return raw.cast(pl.Float32).alias("rating")
-    values = raw.cast(pl.String).str.strip_chars().cast(pl.Float32, strict=False)
-    bad = values.is_null() & raw.is_not_null()
-    if bad.any():
-        index = _first(bad)
-        raise table.fail(index, column, f"rating {raw[index]!r} is not a number")
-    return values.alias("rating")
+        values = raw.cast(pl.Float64)
+    else:
+        values = raw.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+        bad = values.is_null() & raw.is_not_null()
+        if bad.any():
+            index = _first(bad)
+            raise table.fail(index, column, f"rating {shorten(raw[index])} is not a number")
+    finite = values.is_finite().fill_null(True)
+    if not finite.all():
+        index = _first(~finite)
+        raise table.fail(index, column, f"rating {shorten(raw[index])} is not a finite number",
+                         hint="leave the field empty for a missing rating")
+    return values.cast(pl.Float32).alias("rating")
 
 
-def _timestamps(table: _Table, column: str) -> pl.Series:
-    """Epoch seconds from integers (floats are floored), dates or datetimes."""
+def _timestamps(table: _Table, column: str, unit: str = "s") -> pl.Series:
+    """Epoch seconds from integers or floats (in ``unit``, floored), dates or datetimes.
+
+    Raises:
+        DataError: a missing, non-finite or unparseable value (its row), or numeric values
+            that look like another unit than ``unit`` (e.g. milliseconds read as seconds).
+    """
     raw = table.column(column)
     table.require_present(raw, column)
+    if raw.dtype == pl.Boolean:
+        raise DataError("Boolean is not a timestamp type", file=table.path, field=column,
+                        hint="use integer epoch seconds or ISO dates")
+    numeric = True
     if raw.dtype.is_integer():
-        return raw.cast(pl.Int64).alias("timestamp")
-    if raw.dtype.is_float():
-        return raw.floor().cast(pl.Int64).alias("timestamp")
-    if raw.dtype == pl.Date:
+        values = raw.cast(pl.Int64)
+    elif raw.dtype.is_float():
+        finite = raw.is_finite()
+        if not finite.all():
+            index = _first(~finite)
+            raise table.fail(index, column, f"timestamp {raw[index]} is not a finite number")
+        values = raw
+    elif raw.dtype == pl.Date:
         return raw.cast(pl.Datetime("us")).dt.epoch("s").alias("timestamp")
-    if isinstance(raw.dtype, pl.Datetime):
+    elif isinstance(raw.dtype, pl.Datetime):
         return raw.dt.epoch("s").alias("timestamp")
-    text = raw.cast(pl.String).str.strip_chars()
-    values = text.cast(pl.Int64, strict=False)
-    if values.null_count():
-        try:  # the format is inferred from the first value; a zone, if given, is honoured
-            parsed = text.str.to_datetime(strict=False, time_unit="us").dt.epoch("s")
-        except pl.exceptions.ComputeError:  # no date format fits: the first bad value is reported below
-            parsed = pl.repeat(None, text.len(), dtype=pl.Int64, eager=True)
-        values = values.fill_null(parsed)
-    if values.null_count():
-        index = _first(values.is_null())
+    else:
+        text = raw.cast(pl.String).str.strip_chars()
+        values = text.cast(pl.Int64, strict=False)
+        if values.null_count():
+            numeric = False
+            try:  # the format is inferred from the first value; a zone, if given, is honoured
+                parsed = text.str.to_datetime(strict=False, time_unit="us").dt.epoch("s")
+            except pl.exceptions.ComputeError:  # no date format fits: the first bad value is reported below
+                parsed = pl.repeat(None, text.len(), dtype=pl.Int64, eager=True)
+            values = values.fill_null(parsed)
+        if values.null_count():
+            index = _first(values.is_null())
+            raise table.fail(
+                index,
+                column,
+                f"timestamp {shorten(raw[index])} is neither epoch seconds nor an ISO date/datetime",
+                hint="use integer seconds or one ISO format (e.g. 2021-03-04 or 2021-03-04T10:00:00) throughout",
+            )
+    if numeric:
+        values = _to_seconds(table, column, values, unit)
+    return values.cast(pl.Int64).alias("timestamp")
+
+
+def _to_seconds(table: _Table, column: str, values: pl.Series, unit: str) -> pl.Series:
+    """Numeric epoch values in ``unit`` -> whole seconds; values too large for seconds are refused."""
+    scale = TIMESTAMP_UNITS[unit]
+    seconds = (values // scale) if scale > 1 else values.floor() if values.dtype.is_float() else values
+    too_far = seconds.abs() >= _SECONDS_LIMIT
+    if too_far.any():
+        index = _first(too_far)
+        value = values[index]
+        guess = _guess_unit(abs(float(value)))
         raise table.fail(
-            index,
-            column,
-            f"timestamp {raw[index]!r} is neither epoch seconds nor an ISO date/datetime",
-            hint="use integer seconds or one ISO format (e.g. 2021-03-04 or 2021-03-04T10:00:00) throughout",
-        )
-    return values.alias("timestamp")
+            index, column,
+            f"timestamp {shorten(int(value) if float(value).is_integer() else value)} is after the year 5000 "
+            f"as epoch {_UNIT_WORDS[unit]}" + (f"; the values look like epoch {_UNIT_WORDS[guess]}" if guess else ""),
+            hint=f"pass --timestamp-unit {guess}" if guess else "timestamps are epoch seconds or ISO dates",
+        )  # fmt: skip
+    return seconds
+
+
+_UNIT_WORDS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+
+
+def _guess_unit(value: float) -> str | None:
+    """The first of s, ms, us, ns in which epoch value ``value`` falls before the year 5000."""
+    return next((unit for unit, scale in TIMESTAMP_UNITS.items() if value / scale < _SECONDS_LIMIT), None)
 
 
 def _side_table(
@@ -210,11 +351,11 @@ def _side_table(
         key_values = key_values.cast(ids.dtype, strict=False)
         if key_values.null_count():
             index = _first(key_values.is_null())
-            raise table.fail(index, key, f"id {raw[index]!r} is not an integer like the interactions' {id_name}s")
+            raise table.fail(index, key, f"id {shorten(raw[index])} is not an integer like the interactions' {id_name}s")
     duplicated = key_values.is_duplicated()
     if duplicated.any():
         index = int(duplicated.arg_true()[1])  # the second occurrence is the offending row
-        raise table.fail(index, key, f"duplicate id {raw[index]!r}")
+        raise table.fail(index, key, f"duplicate id {shorten(raw[index])}")
     others = table.frame.drop(key)
     if id_name in others.columns:
         raise DataError(f"column {id_name!r} clashes with the id column it becomes", file=path, field=id_name)
@@ -226,7 +367,7 @@ def _side_table(
             bad = cast.is_null() & others[name].is_not_null()
             if bad.any():
                 index = _first(bad)
-                raise table.fail(index, name, f"{others[name][index]!r} is not a valid {name} ({dtype})")
+                raise table.fail(index, name, f"{shorten(others[name][index])} is not a valid {name} ({dtype})")
             others = others.with_columns(cast)
     frame = pl.DataFrame(key_values.alias(id_name)).hstack(others)
     if ids.len() and not ids.is_in(frame[id_name].implode()).any():
@@ -290,7 +431,7 @@ def _item_columns(frame: pl.DataFrame) -> pl.DataFrame:
 def _fingerprint(files: list[str | Path], options: dict) -> str:
     digest = hashlib.sha256()
     for file in files:
-        with open(file, "rb") as handle:
+        with fsio.io_errors(file), open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         digest.update(b"\0")

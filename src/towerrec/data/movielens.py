@@ -10,10 +10,12 @@ is malformed is it scanned line by line, to name the first bad line and field.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import itertools
 import re
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,14 +24,15 @@ from typing import Protocol
 
 import polars as pl
 
-from towerrec import paths
+from towerrec import fsio, paths
 from towerrec.data import cache
-from towerrec.data.download import download, sha256_file
+from towerrec.data.download import download
 from towerrec.data.tables import Dataset
 from towerrec.errors import DataError, DownloadError
 
 PARSER_VERSION = "1"  # bump when parsed output changes: it is part of every cache key
 RATING_RANGE = (0.5, 5.0)
+EPOCH_SECONDS_LIMIT = 10**11  # epoch seconds from here on are after the year 5000: another unit
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/"
 NO_GENRES = "(no genres listed)"
 YEAR_PATTERN = r"\((\d{4})\)(?:\s*\([^()\d]*\))*\s*$"  # "Title (1995)", also "... (1995) (V)"
@@ -175,10 +178,9 @@ def prepare_movielens(
                 hint=f"{exc.hint}; or pass --data-dir with a downloaded {release.archive} folder or zip",
             ) from exc
         source: _Source = _ZipSource(zip_path, release)
-        digests = {"zip": release.sha256 or sha256_file(zip_path)}  # download() verified it
     else:
         source = _open_source(Path(data_dir), release)
-        digests = source.digests()
+    digests = source.digests()  # of the member files: folder, zip and flat zip alike
     key = cache.source_key(release.name, digests, PARSER_VERSION)
     return cache.prepare(release.name, key, lambda: parse_release(release, source.read, key), force=force)
 
@@ -210,19 +212,28 @@ class _FolderSource:
 
     def read(self, name: str) -> tuple[bytes, str]:
         path = self._path(name)
-        return path.read_bytes(), str(path)
+        with fsio.io_errors(path):
+            return path.read_bytes(), str(path)
 
     def digests(self) -> dict[str, str]:
-        return {name: sha256_file(self._path(name)) for name in self.release.files}
+        return {name: fsio.sha256_file(self._path(name)) for name in self.release.files}
 
 
 class _ZipSource:
+    """A release's files inside a zip, read by base name (never extracted).
+
+    Its digests hash each member's content, so the same files as a folder, a zip or a
+    flat zip (no top folder) get one cache key and one dataset fingerprint.
+    """
+
     def __init__(self, path: Path, release: Release) -> None:
         self.path, self.release = path, release
         try:
             with zipfile.ZipFile(path) as zf:
                 names = [n for n in zf.namelist() if not n.endswith("/") and not n.startswith("__MACOSX")]
-        except (zipfile.BadZipFile, OSError) as exc:
+        except OSError as exc:
+            raise fsio.io_error(exc, path) from None
+        except (zipfile.BadZipFile, ValueError) as exc:
             raise DataError(f"not a readable zip file ({exc})", file=path) from None
         # Prefer <folder>/<file>; else any member with that base name (a re-zipped copy).
         self.members: dict[str, str] = {}
@@ -232,18 +243,39 @@ class _ZipSource:
             if f"{release.folder}/{name}" in names:
                 self.members[name] = f"{release.folder}/{name}"
 
-    def read(self, name: str) -> tuple[bytes, str]:
+    def _member(self, name: str) -> str:
         member = self.members.get(name)
         if member is None:
             raise DataError(
                 f"the zip holds no {name} (the {self.release.archive} release needs {', '.join(self.release.files)})",
                 file=self.path,
             )
-        with zipfile.ZipFile(self.path) as zf:
-            return zf.read(member), f"{self.path}:{member}"
+        return member
+
+    def read(self, name: str) -> tuple[bytes, str]:
+        member = self._member(name)
+        return self._read_member(member), f"{self.path}:{member}"
+
+    def _read_member(self, member: str) -> bytes:
+        """A member's bytes; a damaged member (CRC, deflate stream, truncation) is one clear error."""
+        try:
+            with zipfile.ZipFile(self.path) as zf:
+                return zf.read(member)
+        except OSError as exc:
+            raise fsio.io_error(exc, self.path) from None
+        except zipfile.BadZipFile as exc:
+            reason = "CRC mismatch" if "CRC" in str(exc) else str(exc)
+            raise DataError(f"member {member} is corrupt ({reason})", file=self.path,
+                            hint="download or copy the archive again") from None
+        except (zlib.error, EOFError) as exc:
+            raise DataError(f"member {member} is corrupt ({exc or 'truncated'})", file=self.path,
+                            hint="download or copy the archive again") from None
+        except (NotImplementedError, RuntimeError) as exc:  # unsupported compression, encryption
+            raise DataError(f"member {member} cannot be read ({exc})", file=self.path,
+                            hint="re-zip it without encryption, with the usual deflate compression") from None
 
     def digests(self) -> dict[str, str]:
-        return {"zip": sha256_file(self.path)}
+        return {name: hashlib.sha256(self._read_member(self._member(name))).hexdigest() for name in self.release.files}
 
 
 def _open_source(data_dir: Path, release: Release) -> _Source:
@@ -497,9 +529,29 @@ def _genre_vocabulary(items: pl.DataFrame) -> list[str]:
 _RATING_FIELDS = (_Field("user_id", "int"), _Field("item_id", "int"), _Field("rating", "rating"), _Field("timestamp", "int"))
 
 
+def _epoch_seconds(df: pl.DataFrame, raw: bytes, file: str, header: bool = False) -> pl.DataFrame:
+    """Refuse timestamps that are not epoch seconds (e.g. milliseconds: year 29688), naming the line."""
+    bad = (df["timestamp"].abs() >= EPOCH_SECONDS_LIMIT).fill_null(False)
+    if not bad.any():
+        return df
+    index = int(bad.arg_true()[0])
+    value = int(df["timestamp"][index])
+    lines = (n for n, line in enumerate(_utf8(raw).splitlines(), 1) if line.strip())
+    line = next(itertools.islice(lines, index + header, None), None)
+    unit = next((u for u, scale in (("milliseconds", 10**3), ("microseconds", 10**6), ("nanoseconds", 10**9))
+                 if abs(value) / scale < EPOCH_SECONDS_LIMIT), None)
+    raise DataError(
+        f"timestamp {value} is after the year 5000 as epoch seconds" + (f"; it looks like epoch {unit}" if unit else ""),
+        file=file, line=line, field="timestamp",
+        hint="MovieLens timestamps are epoch seconds: convert the column, or import the file with "
+        "`towerrec data import ... --timestamp-unit ms`",
+    )
+
+
 def parse_100k_ratings(raw: bytes, file: str = "u.data") -> pl.DataFrame:
     """``u.data``: user, item, rating, timestamp, tab-separated."""
-    return _ratings(_read_table(raw, file, _Format("\t", _RATING_FIELDS)), "user_id", "item_id")
+    df = _ratings(_read_table(raw, file, _Format("\t", _RATING_FIELDS)), "user_id", "item_id")
+    return _epoch_seconds(df, raw, file)
 
 
 def parse_100k_genres(raw: bytes, file: str = "u.genre") -> list[str]:
@@ -539,7 +591,8 @@ def parse_100k_users(raw: bytes, file: str = "u.user") -> pl.DataFrame:
 
 def parse_dat_ratings(raw: bytes, file: str = "ratings.dat") -> pl.DataFrame:
     """ML-1M/10M ``ratings.dat``: UserID::MovieID::Rating::Timestamp."""
-    return _ratings(_read_table(raw, file, _Format("::", _RATING_FIELDS)), "user_id", "item_id")
+    df = _ratings(_read_table(raw, file, _Format("::", _RATING_FIELDS)), "user_id", "item_id")
+    return _epoch_seconds(df, raw, file)
 
 
 def parse_dat_movies(raw: bytes, file: str = "movies.dat") -> pl.DataFrame:
@@ -564,7 +617,8 @@ def parse_dat_users(raw: bytes, file: str = "users.dat") -> pl.DataFrame:
 def parse_csv_ratings(raw: bytes, file: str = "ratings.csv") -> pl.DataFrame:
     """``ratings.csv`` (latest-small, 20M, 25M): userId,movieId,rating,timestamp."""
     fields = (_Field("userId", "int"), _Field("movieId", "int"), _Field("rating", "rating"), _Field("timestamp", "int"))
-    return _ratings(_read_table(raw, file, _Format(",", fields, header=True)), "userId", "movieId")
+    df = _ratings(_read_table(raw, file, _Format(",", fields, header=True)), "userId", "movieId")
+    return _epoch_seconds(df, raw, file, header=True)
 
 
 def parse_csv_movies(raw: bytes, file: str = "movies.csv") -> pl.DataFrame:

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 import polars as pl
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from towerrec.data.tables import Dataset
 
@@ -40,6 +41,25 @@ def summarize(dataset: Dataset) -> dict:
         else None,
         "item_columns": [] if dataset.items is None else dataset.items.columns,
         "user_columns": [] if dataset.users is None else dataset.users.columns,
+        **repeats(inter),
+    }
+
+
+def repeats(interactions: pl.DataFrame) -> dict[str, int]:
+    """Repeated (user, item) rows and same-timestamp ties of an interactions table.
+
+    ``repeated_pairs``: rows whose (user, item) pair occurred on an earlier row;
+    ``pairs_repeated``: pairs that occur more than once; ``timestamp_ties``: rows that
+    share their user's timestamp with at least one other row (their order in time is
+    then the file's). Rows without a timestamp are not ties.
+    """
+    pairs = interactions.group_by("user_id", "item_id").len()
+    stamped = interactions.filter(pl.col("timestamp").is_not_null())
+    ties = stamped.group_by("user_id", "timestamp").len().filter(pl.col("len") > 1)
+    return {
+        "repeated_pairs": interactions.height - pairs.height,
+        "pairs_repeated": pairs.filter(pl.col("len") > 1).height,
+        "timestamp_ties": int(ties["len"].sum()) if ties.height else 0,
     }
 
 
@@ -49,12 +69,16 @@ def _histogram(ratings: pl.Series) -> dict[str, int]:
 
 
 def _iso_date(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).date().isoformat()
+    """The UTC date of epoch ``seconds``; a value no calendar date has is shown raw, flagged."""
+    try:
+        return datetime.fromtimestamp(seconds, tz=timezone.utc).date().isoformat()
+    except (ValueError, OverflowError, OSError):
+        return f"{seconds} (out of range as epoch seconds)"
 
 
 def render_summary(summary: dict, console: Console) -> None:
     """Print ``summary`` (from :func:`summarize`) as a table plus a rating histogram."""
-    table = Table(title=f"dataset {summary['name']}", show_header=False, title_justify="left")
+    table = Table(title=Text(f"dataset {summary['name']}"), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     table.add_row("users", f"{summary['users']:,}")
@@ -68,7 +92,12 @@ def render_summary(summary: dict, console: Console) -> None:
         table.add_row("per user", f"min {per['min']:,}  median {per['median']:g}  max {per['max']:,}")
     for side in ("item", "user"):
         if summary[f"{side}_columns"]:
-            table.add_row(f"{side} columns", ", ".join(summary[f"{side}_columns"]))
+            table.add_row(f"{side} columns", Text(", ".join(summary[f"{side}_columns"])))
+    if summary.get("repeated_pairs"):
+        table.add_row("repeated pairs", f"{summary['repeated_pairs']:,} rows repeat an earlier (user, item) pair "
+                      f"({summary['pairs_repeated']:,} pairs)")
+    if summary.get("timestamp_ties"):
+        table.add_row("timestamp ties", f"{summary['timestamp_ties']:,} rows share their user's timestamp")
     if summary["fingerprint"]:
         table.add_row("fingerprint", summary["fingerprint"][:16])
     console.print(table)

@@ -16,23 +16,17 @@ features added to the tower they belong to: ``timestamp,movie_title_text``.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from towerrec.config import BOUNDS, MAX_WIDTH, SECTIONS, Bound, RunConfig, config_from_dict
+from towerrec.config import BOUNDS, MAX_WIDTH, SECTIONS, Bound, RunConfig, config_from_dict, read_toml
 from towerrec.data.tables import Dataset
 from towerrec.errors import ConfigError, TowerrecError, shorten
 from towerrec.features.spec import BUILTIN_NAMES, ITEM_PREFIX, feature_side
 from towerrec.presets import PRESETS
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 RECIPES = {"towerrec": "w2", "tfrs": "w2-tfrs"}  # recipe name -> preset
 ARTICLE_FEATURE_SETS = (
@@ -84,13 +78,7 @@ class ExperimentConfig:
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
     """Read ``[experiment]`` plus optional RunConfig sections ([data], [model], [task], [train], [eval])."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such experiment config file")
-    try:
-        values = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    values = read_toml(path, "experiment config")
     try:
         return experiment_from_dict(values)
     except ConfigError as exc:
