@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 console = Console()
 err_console = Console(stderr=True)
@@ -33,3 +34,8 @@ def check_folder_option(folder: Path, option: str) -> None:
     if folder.exists() and not folder.is_dir():
         raise TowerrecError(f"{option} {folder} is a file, not a folder",
                             hint=f"choose a folder for {option} (it is created if missing)")
+
+
+def say(message: str) -> None:
+    """Print a line verbatim: paths, names and titles may hold ``[...]``, which is not markup."""
+    console.print(Text(message), highlight=False, soft_wrap=True)

@@ -6,6 +6,7 @@ import json
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from towerrec.cli.common import DataDirOption, console, data_app
 from towerrec.data.registry import DATASET_NAMES, prepare_dataset
@@ -34,7 +35,8 @@ def prepare(
     prepared = prepare_dataset(name, data_dir, progress=True, force=force)
     ds = prepared.dataset
     state = "reused cache" if prepared.hit else "parsed and cached"
-    console.print(f"[green]{ds.name}[/green]: {state} at {prepared.path}", highlight=False, soft_wrap=True)
+    console.print(f"[green]{escape(ds.name)}[/green]: {state} at {escape(str(prepared.path))}", highlight=False,
+                  soft_wrap=True)
     counts = f"{ds.interactions.height:,} interactions, {ds.num_users:,} users, {ds.num_items:,} items"
     console.print(counts, highlight=False)
 

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from towerrec.cli.app import app
-from towerrec.cli.common import DataDirOption, check_folder_option, console
+from towerrec.cli.common import DataDirOption, check_folder_option, console, say
 from towerrec.config import MAX_COUNT, MAX_WIDTH
 from towerrec.errors import ConfigError
 
@@ -100,14 +101,14 @@ def experiment(
         out_dir=None if out is None else str(out),
         overrides={"data": data},
     )
-    result = run_experiment(exp, retrain=retrain, progress=not quiet, log=console.print)
+    result = run_experiment(exp, retrain=retrain, progress=not quiet, log=say)
     console.print(results_markdown(exp, result.runs), markup=False, highlight=False, soft_wrap=True)
     if result.recommendations is not None:
         console.print(recommendations_markdown(result.recommendations), markup=False, highlight=False, soft_wrap=True)
     reused = sum(r.reused for r in result.runs)
     console.print(f"{len(result.runs)} model(s), {reused} reused from cache, in {result.wall_seconds:.1f} s")
     for label, path in result.outputs.items():
-        console.print(f"{label}: [bold]{path}[/bold]", soft_wrap=True)
+        console.print(f"{label}: [bold]{escape(str(path))}[/bold]", soft_wrap=True, highlight=False)
 
 
 def _layer_sizes(first: Optional[str], extra: list[str]) -> Optional[tuple[int, ...]]:

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 
 from towerrec.cli.app import app
-from towerrec.cli.common import console
+from towerrec.cli.common import console, say
 from towerrec.config import MAX_WIDTH
 
 index_app = typer.Typer(
@@ -79,7 +80,7 @@ def index_build(
     folder = out or run.run_dir / f"index-{kind}"
     index.save(folder)
     console.print(f"{kind} index of {index.num_candidates:,} items x {embeddings.shape[1]} dims built in {seconds:.2f} s")
-    console.print(f"saved to [bold]{folder}[/bold]")
+    console.print(f"saved to [bold]{escape(str(folder))}[/bold]", highlight=False, soft_wrap=True)
 
 
 @index_app.command("recall")
@@ -188,8 +189,9 @@ def export(
     started = time.perf_counter()
     export_bundle(run_dir, out, index=index, index_params=params, overwrite=overwrite)
     size = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
-    console.print(f"bundle written to [bold]{out}[/bold] ({size / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)")
-    console.print(f"serve it with: towerrec serve {out}")
+    console.print(f"bundle written to [bold]{escape(str(out))}[/bold] ({size / 1e6:.1f} MB, "
+                  f"{time.perf_counter() - started:.1f} s)", highlight=False, soft_wrap=True)
+    say(f"serve it with: towerrec serve {out}")
 
 
 @app.command("serve")
@@ -232,7 +234,7 @@ def serve(
     application = create_app(bundle, batching=batching)
     info = application.state.bundle.manifest
     console.print(
-        f"serving [bold]{info.get('run')}[/bold] ({info.get('num_items'):,} items) on http://{host}:{port} "
+        f"serving [bold]{escape(str(info.get('run')))}[/bold] ({info.get('num_items'):,} items) on http://{host}:{port} "
         f"(docs: http://{host}:{port}/docs)"
     )
     uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)

@@ -9,7 +9,10 @@ import typer
 from rich.table import Table
 
 from towerrec.cli.app import app
-from towerrec.cli.common import DataDirOption, check_folder_option, console
+from rich.markup import escape
+from rich.text import Text
+
+from towerrec.cli.common import DataDirOption, check_folder_option, console, say
 from towerrec.config import MAX_COUNT, RunConfig, load_config
 from towerrec.presets import PRESETS, preset
 
@@ -31,7 +34,7 @@ def metrics_table(title: str, rows: dict[str, dict[str, float]], ks=KS) -> Table
     for k in ks:
         table.add_column(f"top-{k}", justify="right")
     for name, metrics in rows.items():
-        table.add_row(name, *[f"{metrics.get(f'top_{k}_accuracy', float('nan')):.4f}" for k in ks])
+        table.add_row(Text(name), *[f"{metrics.get(f'top_{k}_accuracy', float('nan')):.4f}" for k in ks])
     return table
 
 
@@ -57,9 +60,9 @@ def train(
     cfg = _resolve_config(config, data_dir)
     if epochs is not None:
         cfg = cfg.replace(train={"epochs": epochs})
-    result = train_run(cfg, runs_root=runs, retrain=retrain, log=console.print)
+    result = train_run(cfg, runs_root=runs, retrain=retrain, log=say)
     _print_run_metrics(cfg.name, result.metrics)
-    console.print(f"run directory: [bold]{result.run_dir}[/bold]", soft_wrap=True)  # paths stay copyable
+    console.print(f"run directory: [bold]{escape(str(result.run_dir))}[/bold]", soft_wrap=True, highlight=False)  # paths stay copyable
 
 
 def _print_run_metrics(name: str, metrics: dict) -> None:
@@ -202,7 +205,7 @@ def _recommend_sequential(run_dir: Path, users: list[str], history: Optional[str
         items = _coerce_items(raw, run.catalogue)
         histories["history"] = history_to_indices(
             items, run.catalogue, unknown=run.config.sequence.unknown_items,
-            warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}"))
+            warn=lambda m: console.print(f"[yellow]warning:[/yellow] {escape(m)}", highlight=False, soft_wrap=True))
     results = recommend_from_histories(run, histories, k=k, exclude_seen=exclude_seen, fallback=fallback,
                                        users={f"user {u}": u for u in users})
     print_recommendations(results, k, exclude_seen)
@@ -235,7 +238,7 @@ def quickstart(
         cfg = preset(name)
         if data_dir is not None:
             cfg = cfg.replace(data={"data_dir": str(data_dir)})
-        result = train_run(cfg, runs_root=runs, retrain=retrain, log=console.print)
+        result = train_run(cfg, runs_root=runs, retrain=retrain, log=say)
         rows_excluded[name] = result.metrics["test"]["seen_excluded"]
         rows_tfrs[name] = result.metrics["test"]["tfrs"]
         last_dir = result.run_dir
@@ -243,5 +246,6 @@ def quickstart(
     console.print(metrics_table("same, TFRS protocol (seen items not excluded)", rows_tfrs))
     run, data = open_run_with_data(last_dir)
     recs = _recommend(run, data, [user], k=3)[user]
-    console.print(f"[bold]top 3 for user {user}:[/bold] " + "; ".join(r.title for r in recs))
-    console.print(f"run directory: {last_dir}", soft_wrap=True)
+    console.print(f"[bold]top 3 for user {escape(user)}:[/bold] " + escape("; ".join(str(r.title) for r in recs)),
+                  highlight=False, soft_wrap=True)
+    say(f"run directory: {last_dir}")
