@@ -28,8 +28,13 @@ class Recommendation:
     score: float
 
 
-def open_run_with_data(run_dir) -> tuple[LoadedRun, PreparedData]:
+def open_run_with_data(run_dir, data_dir=None) -> tuple[LoadedRun, PreparedData]:
+    """A finished run and its data, re-prepared from the run's config (``data_dir``: the data's
+    new place, if it moved; see :func:`towerrec.data.registry.relocated`)."""
+    from towerrec.data.registry import relocated
+
     run = load_run(run_dir)
+    run.config = relocated(run.config, data_dir)
     data = prepare(run.config, progress=False)
     if data.dataset.fingerprint != run.meta.get("data_fingerprint"):
         raise TowerrecError(

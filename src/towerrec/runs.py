@@ -69,7 +69,14 @@ def train_run(
     dataset: Dataset | None = None,
     log=print,
 ) -> RunResult:
-    """Train (or reuse, or resume) the run this configuration names, then evaluate it on test."""
+    """Train (or reuse, or resume) the run this configuration names, then evaluate it on test.
+
+    Relative data paths in ``config`` are made absolute first (the run's stored config then
+    works from any folder; see :func:`towerrec.data.registry.with_absolute_paths`).
+    """
+    from towerrec.data.registry import with_absolute_paths
+
+    config = with_absolute_paths(config)
     if config.model.kind == "sequential":
         from towerrec.train.sequential import train_sequential_run
 

@@ -26,6 +26,15 @@ DataDirOption = Annotated[
     ),
 ]
 
+RunDataDirOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--data-dir",
+        help="Where the run's data is now, if it moved since training: the MovieLens folder or zip, or the "
+        "dataset folder. The data must still match the run's fingerprint.",
+    ),
+]
+
 
 def check_folder_option(folder: Path, option: str) -> None:
     """Refuse a folder option (``--runs``, ``--out``) that names a file, before any work starts."""

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from towerrec.cli.app import app
-from towerrec.cli.common import console, say
+from towerrec.cli.common import RunDataDirOption, console, say
 from towerrec.config import MAX_WIDTH
 
 index_app = typer.Typer(
@@ -97,6 +97,7 @@ def index_recall(
     nprobe: Nprobe = None,
     pq_m: PqM = None,
     refine: Refine = None,
+    data_dir: RunDataDirOption = None,
 ) -> None:
     """Recall@K of an approximate index against brute force, on the run's held-out test queries.
 
@@ -122,7 +123,7 @@ def index_recall(
     _check_kind(kind, params)
     if queries < 1:
         raise TowerrecError(f"--queries must be ≥ 1, got {queries}")
-    run, data = open_run_with_data(run_dir)
+    run, data = open_run_with_data(run_dir, data_dir)
     embeddings = run_candidate_embeddings(run).float()
     ids = run.catalogue["item_id"].to_list()
     examples = data.test
@@ -166,6 +167,7 @@ def export(
     nprobe: Nprobe = None,
     pq_m: PqM = None,
     refine: Refine = None,
+    data_dir: RunDataDirOption = None,
 ) -> None:
     """Export a trained two-tower or sequential (GRU / SASRec) run to a self-contained serving bundle.
 
@@ -187,11 +189,28 @@ def export(
                      nprobe=nprobe, pq_m=pq_m, refine=refine)
     _check_kind(index, params)
     started = time.perf_counter()
-    export_bundle(run_dir, out, index=index, index_params=params, overwrite=overwrite)
+    export_bundle(run_dir, out, index=index, index_params=params, overwrite=overwrite,
+                  data=None if data_dir is None else _run_data(run_dir, data_dir))
     size = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
     console.print(f"bundle written to [bold]{escape(str(out))}[/bold] ({size / 1e6:.1f} MB, "
                   f"{time.perf_counter() - started:.1f} s)", highlight=False, soft_wrap=True)
     say(f"serve it with: towerrec serve {out}")
+
+
+def _run_data(run_dir: Path, data_dir: Path):
+    """A run's prepared data read from ``data_dir`` (its new place), checked against the run's fingerprint."""
+    from towerrec.config import load_config
+
+    if load_config(Path(run_dir) / "config.toml").model.kind == "sequential":
+        from towerrec.data.registry import relocated
+        from towerrec.runs import load_run
+        from towerrec.train.sequential import prepare_sequences
+
+        run = load_run(run_dir)
+        return prepare_sequences(relocated(run.config, data_dir), progress=False)
+    from towerrec.recommend import open_run_with_data
+
+    return open_run_with_data(run_dir, data_dir)[1]
 
 
 @app.command("serve")

@@ -12,7 +12,7 @@ from towerrec.cli.app import app
 from rich.markup import escape
 from rich.text import Text
 
-from towerrec.cli.common import DataDirOption, check_folder_option, console, say
+from towerrec.cli.common import DataDirOption, RunDataDirOption, check_folder_option, console, say
 from towerrec.config import MAX_COUNT, RunConfig, load_config
 from towerrec.presets import PRESETS, preset
 
@@ -80,6 +80,7 @@ def evaluate(
         bool, typer.Option("--include-seen", help="TFRS protocol: do not exclude the user's train items.")
     ] = False,
     split: Annotated[str, typer.Option(help="test or validation")] = "test",
+    data_dir: RunDataDirOption = None,
 ) -> None:
     """Evaluate a trained run over the full catalogue.
 
@@ -98,10 +99,13 @@ def evaluate(
         from towerrec.runs import load_run
         from towerrec.train.sequential import evaluate_sequential_run
 
+        from towerrec.data.registry import relocated
+
         run = load_run(run_dir)
+        run.config = relocated(run.config, data_dir)
         metrics = evaluate_sequential_run(run, split, include_seen)
     else:
-        run, data = open_run_with_data(run_dir)
+        run, data = open_run_with_data(run_dir, data_dir)
         examples = {"test": data.test, "validation": data.validation}.get(split)
         if examples is None:
             raise TowerrecError(f"split {split!r} does not exist for this run", hint="use --split test")
@@ -131,6 +135,7 @@ def recommend(
         typer.Option(help="Sequential runs: an explicit item history, oldest first, e.g. 1,2,3 "
                           "(unknown ids: [sequence] unknown_items; longer than max_length: most recent kept)."),
     ] = None,
+    data_dir: RunDataDirOption = None,
 ) -> None:
     """Print the top-k items for one or more users, or (sequential runs) for an item history.
 
@@ -159,12 +164,12 @@ def recommend(
     if config_path.is_file() and load_config(config_path).model.kind == "sequential":
         if all_users:
             raise TowerrecError("--all-users works with two-tower runs", hint="name the users with --user ID")
-        _recommend_sequential(run_dir, user or [], history, k, exclude_seen, fallback)
+        _recommend_sequential(run_dir, user or [], history, k, exclude_seen, fallback, data_dir)
         return
     if history is not None:
         raise TowerrecError("--history works with sequential runs ([model] kind = \"sequential\")",
                             hint="use --user ID for this run")
-    run, data = open_run_with_data(run_dir)
+    run, data = open_run_with_data(run_dir, data_dir)
     users = list(user or [])
     if all_users:
         users += [str(u) for u in data.features.user_ids.tolist()]
@@ -190,13 +195,15 @@ def print_recommendations(results: dict, k: int, exclude_seen: bool = True) -> N
 
 
 def _recommend_sequential(run_dir: Path, users: list[str], history: Optional[str], k: int, exclude_seen: bool,
-                          fallback: Optional[str]) -> None:
+                          fallback: Optional[str], data_dir: Optional[Path] = None) -> None:
+    from towerrec.data.registry import relocated
     from towerrec.runs import load_run
     from towerrec.train.sequential import (
         _coerce_items, history_to_indices, recommend_from_histories, user_histories,
     )
 
     run = load_run(run_dir)
+    run.config = relocated(run.config, data_dir)
     histories: dict[str, list[int]] = {}
     if users:
         histories.update({f"user {u}": h for u, h in user_histories(run, users, fallback=fallback)[0].items()})

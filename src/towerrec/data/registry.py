@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from towerrec.config import RunConfig
 from towerrec.data import movielens, store
 from towerrec.data.cache import Prepared
 from towerrec.data.tables import Dataset
@@ -30,6 +31,12 @@ def prepare_dataset(
             )
         return Prepared(store.load_dataset_dir(folder), folder, hit=True)
     names = ", ".join(DATASET_NAMES)
+    if not folder.exists() and (folder.is_absolute() or len(folder.parts) > 1 or spec.startswith((".", "~"))):
+        raise DataError(
+            "no such dataset folder",
+            file=folder,
+            hint="check the path; if a run's data moved, pass --data-dir with its new place",
+        )
     if folder.is_dir():
         raise DataError(
             "not a dataset folder: it holds no dataset.json",
@@ -47,3 +54,46 @@ def load_dataset(
 ) -> Dataset:
     """A MovieLens name or alias (downloaded or read from ``data_dir``), or a dataset folder."""
     return prepare_dataset(spec, data_dir, progress, force=force).dataset
+
+
+def is_release_name(spec: str) -> bool:
+    """``spec`` names a MovieLens release (else it is a dataset folder path)."""
+    return movielens.find_release(spec) is not None
+
+
+def with_absolute_paths(config: RunConfig, base: str | Path | None = None) -> RunConfig:
+    """``config`` with its data paths absolute (relative ones resolved against ``base``, default the cwd).
+
+    A run stores the config it was trained with; absolute ``[data] data_dir``,
+    ``item_features`` and dataset-folder ``dataset`` keep the run usable from any folder.
+    """
+    root = Path.cwd() if base is None else Path(base)
+
+    def absolute(path: str) -> str:
+        return str((root / Path(path).expanduser()).absolute())
+
+    d = config.data
+    changes = {}
+    if d.data_dir is not None:
+        changes["data_dir"] = absolute(d.data_dir)
+    if d.item_features is not None:
+        changes["item_features"] = absolute(d.item_features)
+    if not is_release_name(d.dataset):
+        changes["dataset"] = absolute(d.dataset)
+    changes = {key: value for key, value in changes.items() if getattr(d, key) != value}
+    return config.replace(data=changes) if changes else config
+
+
+def relocated(config: RunConfig, data_dir: str | Path | None) -> RunConfig:
+    """``config`` reading its data from ``data_dir`` (``--data-dir`` of evaluate/recommend/export).
+
+    For a MovieLens run ``data_dir`` is the release's folder or zip; for a run on a dataset
+    folder it is that folder. The data fingerprint stored with the run still has to match,
+    so a run is never evaluated on other data than it was trained on.
+    """
+    if data_dir is None:
+        return config
+    path = str(Path(data_dir).expanduser().absolute())
+    if is_release_name(config.data.dataset):
+        return config.replace(data={"data_dir": path})
+    return config.replace(data={"dataset": path})
