@@ -140,6 +140,7 @@ def test_real_info(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "data", "info", "movielens-100k", "--data-dir", str(REAL_100K), "--json")
     assert code == 0
     summary = json.loads(out)
-    assert (summary["interactions"], summary["users"], summary["items"]) == (100_000, 943, 1682)
-    assert summary["density"] == pytest.approx(0.0630, abs=1e-4)
+    # 1,682 ids, 18 titles listed twice: merged by default
+    assert (summary["interactions"], summary["users"], summary["items"]) == (100_000, 943, 1664)
+    assert summary["density"] == pytest.approx(100_000 / (943 * 1664), abs=1e-4)
     assert summary["time_span"] == {"first": "1997-09-20", "last": "1998-04-22"}

@@ -276,7 +276,7 @@ def test_cache_hit_then_miss_when_a_source_file_changes(
     assert (first.path / "interactions.parquet").is_file()
     parses: list[str] = []
     original = movielens.parse_release
-    monkeypatch.setattr(movielens, "parse_release", lambda r, *a: parses.append(r.name) or original(r, *a))
+    monkeypatch.setattr(movielens, "parse_release", lambda r, *a, **kw: parses.append(r.name) or original(r, *a, **kw))
     again = prepare_movielens("ml-100k", folder, progress=False)
     assert again.hit and again.path == first.path and parses == []
     assert again.dataset.fingerprint == first.dataset.fingerprint
@@ -333,7 +333,8 @@ def test_a_download_that_fails_its_checksum_is_not_kept(
 @pytest.mark.realdata
 @pytest.mark.skipif(not REAL_100K.is_dir(), reason="../shared/datasets/ml-100k is absent")
 def test_real_ml100k() -> None:
-    ds = load_movielens("movielens-100k", REAL_100K, progress=False)
+    with pytest.warns(movielens.DuplicateTitlesWarning, match="18 title"):
+        ds = load_movielens("movielens-100k", REAL_100K, progress=False, duplicate_titles="keep")
     assert ds.interactions.height == 100_000
     assert ds.num_users == 943 and ds.users.height == 943
     assert ds.num_items == 1682

@@ -29,7 +29,10 @@ else:  # pragma: no cover
 @dataclass(frozen=True)
 class DataConfig:
     """Which data, and how it is split. ``candidate_key = "title"`` merges items
-    sharing a title, as the TFRS tutorials (which use titles as candidates) do."""
+    sharing a title, as the TFRS tutorials (which use titles as candidates) do.
+    ``duplicate_titles`` (MovieLens only): ``"merge"`` (default) folds a movie
+    listed under two ids into its lowest id when the data is prepared, ``"keep"``
+    keeps the ids apart; it is part of the dataset fingerprint."""
 
     dataset: str = "movielens-100k"
     data_dir: str | None = None
@@ -38,6 +41,7 @@ class DataConfig:
     validation_fraction: float = 0.0
     seed: int = 42
     candidate_key: Literal["item_id", "title"] = "item_id"
+    duplicate_titles: Literal["merge", "keep"] = "merge"
     # Extra item columns from a user-supplied CSV/Parquet table joined on ``item_features_on``
     # (that file's id column; default "item_id"). See towerrec.features.item_table.
     item_features: str | None = None
@@ -154,6 +158,7 @@ class RunConfig:
         payload.pop("name")
         payload["data"].pop("data_dir", None)  # where the files are is not what they are
         payload["data"].pop("item_features", None)  # ditto: its content is in the data fingerprint
+        payload["data"].pop("duplicate_titles", None)  # ditto: it changes the prepared data's fingerprint
         if self.model.kind != "sequential":
             payload.pop("sequence", None)  # only sequential runs read it: other hashes stay as they were
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]

@@ -41,6 +41,12 @@ def open_run_with_data(run_dir, data_dir=None) -> tuple[LoadedRun, PreparedData]
             f"{run.run_dir}: the dataset changed since this run was trained",
             hint="retrain the run on the current data",
         )
+    if run.catalogue["item_id"].to_list() != data.features.catalogue_ids.tolist():
+        raise TowerrecError(
+            f"{run.run_dir}: its catalogue ({run.catalogue.height} items) is not the one this towerrec builds "
+            f"from the data ({data.num_items} items)",
+            hint="retrain the run (towerrec train CONFIG --retrain)",
+        )
     return run, data
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.text import Text
 
 from towerrec import __version__
@@ -59,10 +61,16 @@ def _say(label: str, style: str, text: str) -> None:
     err_console.print(Text(label, style=style), Text(text), highlight=False, soft_wrap=True)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings (slow index settings, duplicate titles, ...) as one "warning:" line, verbatim."""
+    err_console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; exits with 0 on success, 1 on a user error, 2 on a usage error."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("TOWERREC_DEBUG") == "1"
+    warnings.showwarning = _show_warning
     _load_command_modules()
     try:
         # Standalone mode prints usage errors itself and exits; our errors propagate.

@@ -24,21 +24,33 @@ _NAMES = ", ".join(DATASET_NAMES)
         "Examples:\n\n"
         "  towerrec data prepare movielens-100k\n\n"
         "  towerrec data prepare ml-100k --data-dir ../shared/datasets/ml-100k\n\n"
-        "  towerrec data prepare movielens-1m --data-dir ~/Downloads/ml-1m.zip --force"
+        "  towerrec data prepare movielens-1m --data-dir ~/Downloads/ml-1m.zip --force\n\n"
+        "A movie listed under several ids (18 titles in ML-100K) is merged into its lowest id; "
+        "--keep-duplicate-titles keeps them apart (configs: [data] duplicate_titles = \"keep\")."
     ),
 )
 def prepare(
     name: Annotated[str, typer.Argument(help="MovieLens dataset name or alias.", show_default=False)],
     data_dir: DataDirOption = None,
     force: Annotated[bool, typer.Option("--force", help="Parse again even if a cached copy exists.")] = False,
+    keep_duplicate_titles: Annotated[
+        bool, typer.Option("--keep-duplicate-titles", help="Keep a title listed under several ids as separate items.")
+    ] = False,
 ) -> None:
-    prepared = prepare_dataset(name, data_dir, progress=True, force=force)
+    prepared = prepare_dataset(name, data_dir, progress=True, force=force,
+                               duplicate_titles="keep" if keep_duplicate_titles else "merge")
     ds = prepared.dataset
     state = "reused cache" if prepared.hit else "parsed and cached"
     console.print(f"[green]{escape(ds.name)}[/green]: {state} at {escape(str(prepared.path))}", highlight=False,
                   soft_wrap=True)
     counts = f"{ds.interactions.height:,} interactions, {ds.num_users:,} users, {ds.num_items:,} items"
     console.print(counts, highlight=False)
+    twins = (ds.meta.get("duplicate_titles") or {}).get("ids") or {}
+    if twins and prepared.hit:  # a fresh parse has just warned about them
+        from towerrec.data.movielens import duplicate_titles_message
+
+        message = duplicate_titles_message(ds.name, twins, ds.meta["duplicate_titles"].get("mode", "merge"))
+        console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 @data_app.command(

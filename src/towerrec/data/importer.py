@@ -387,6 +387,8 @@ def _side_table(
 def _typed(frame: pl.DataFrame, keep_text: set[str]) -> pl.DataFrame:
     """Type CSV text columns from all their values: Int64 (when it prints back the same,
     so "02139" stays text), else Float64, else String; ``keep_text`` columns stay text."""
+    if not frame.columns:  # an id-only table: nothing to type
+        return frame
     columns = []
     for name in frame.columns:
         if name in keep_text:

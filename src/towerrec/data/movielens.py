@@ -5,6 +5,15 @@ zip), parsed from its original format into the :mod:`towerrec.data.tables`
 schema, and cached as Parquet keyed by the source files' SHA-256
 (:mod:`towerrec.data.cache`). Parsing is vectorized (Polars); only when a file
 is malformed is it scanned line by line, to name the first bad line and field.
+
+Duplicate titles: some releases list one movie under two ids (ML-100K: 18
+titles, e.g. "Chasing Amy (1997)" = 246 and 268). By default each such title
+is merged into its lowest id (its interactions move there, the other rows of
+the item table go), so a user never sees one movie twice nor gets the twin of
+a movie they rated; ``duplicate_titles="keep"`` (``[data] duplicate_titles``,
+``towerrec data prepare --keep-duplicate-titles``) keeps them apart. Either
+way preparing warns how many titles were listed under several ids, and the
+choice is part of the cache key (so of the dataset's fingerprint).
 """
 
 from __future__ import annotations
@@ -14,13 +23,14 @@ import hashlib
 import io
 import itertools
 import re
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import polars as pl
 
@@ -30,7 +40,9 @@ from towerrec.data.download import download
 from towerrec.data.tables import Dataset
 from towerrec.errors import DataError, DownloadError
 
-PARSER_VERSION = "1"  # bump when parsed output changes: it is part of every cache key
+PARSER_VERSION = "2"  # bump when parsed output changes: it is part of every cache key
+DuplicateTitles = Literal["merge", "keep"]
+DUPLICATE_TITLES: tuple[str, ...] = ("merge", "keep")
 RATING_RANGE = (0.5, 5.0)
 EPOCH_SECONDS_LIMIT = 10**11  # epoch seconds from here on are after the year 5000: another unit
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/"
@@ -144,9 +156,11 @@ def load_movielens(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     force: bool = False,
+    duplicate_titles: DuplicateTitles = "merge",
 ) -> Dataset:
     """Load a MovieLens release as a :class:`Dataset` (see :func:`prepare_movielens`)."""
-    return prepare_movielens(name, data_dir, cache_dir=cache_dir, progress=progress, force=force).dataset
+    return prepare_movielens(name, data_dir, cache_dir=cache_dir, progress=progress, force=force,
+                             duplicate_titles=duplicate_titles).dataset
 
 
 def prepare_movielens(
@@ -156,6 +170,7 @@ def prepare_movielens(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     force: bool = False,
+    duplicate_titles: DuplicateTitles = "merge",
 ) -> cache.Prepared:
     """Parse a release once and cache it; later calls read the Parquet cache.
 
@@ -163,7 +178,12 @@ def prepare_movielens(
     then the network is never touched. Without it the official zip is
     downloaded (and verified) into ``cache_dir`` (default
     ``paths.downloads_dir()``). ``force`` re-parses even on a cache hit.
+    ``duplicate_titles``: ``"merge"`` (default) folds a title listed under several
+    ids into its lowest id, ``"keep"`` keeps them apart (see the module docstring);
+    parsing warns (:class:`DuplicateTitlesWarning`) when there are any.
     """
+    if duplicate_titles not in DUPLICATE_TITLES:
+        raise DataError(f"duplicate_titles must be one of {', '.join(DUPLICATE_TITLES)}, got {duplicate_titles!r}")
     release = get_release(name)
     if data_dir is None:
         folder = Path(cache_dir) if cache_dir is not None else paths.downloads_dir()
@@ -181,8 +201,11 @@ def prepare_movielens(
     else:
         source = _open_source(Path(data_dir), release)
     digests = source.digests()  # of the member files: folder, zip and flat zip alike
-    key = cache.source_key(release.name, digests, PARSER_VERSION)
-    return cache.prepare(release.name, key, lambda: parse_release(release, source.read, key), force=force)
+    key = cache.source_key(release.name, digests, f"{PARSER_VERSION};duplicate_titles={duplicate_titles}")
+    return cache.prepare(
+        release.name, key, lambda: parse_release(release, source.read, key, duplicate_titles=duplicate_titles),
+        force=force,
+    )
 
 
 # --- locating the files ------------------------------------------------------
@@ -297,8 +320,14 @@ def _open_source(data_dir: Path, release: Release) -> _Source:
 # --- parsing -----------------------------------------------------------------
 
 
-def parse_release(release: Release, read: Callable[[str], tuple[bytes, str]], fingerprint: str = "") -> Dataset:
-    """Parse a release's files, read through ``read(name) -> (bytes, label)``."""
+def parse_release(
+    release: Release,
+    read: Callable[[str], tuple[bytes, str]],
+    fingerprint: str = "",
+    *,
+    duplicate_titles: DuplicateTitles = "merge",
+) -> Dataset:
+    """Parse a release's files, read through ``read(name) -> (bytes, label)``; merge duplicate titles by default."""
     if release.layout == "100k":
         genres = parse_100k_genres(*read("u.genre"))
         interactions = parse_100k_ratings(*read("u.data"))
@@ -314,8 +343,53 @@ def parse_release(release: Release, read: Callable[[str], tuple[bytes, str]], fi
         items = parse_csv_movies(*read("movies.csv"))
         users = None
         genres = _genre_vocabulary(items)
-    meta = {"source": "movielens", "release": release.archive, "url": release.url, "genres": genres}
+    twins = duplicate_title_ids(items)
+    if twins:
+        warnings.warn(duplicate_titles_message(release.name, twins, duplicate_titles), DuplicateTitlesWarning, stacklevel=2)
+        if duplicate_titles == "merge":
+            interactions, items = merge_duplicate_titles(interactions, items, twins)
+    meta = {"source": "movielens", "release": release.archive, "url": release.url, "genres": genres,
+            "duplicate_titles": {"mode": duplicate_titles, "ids": twins}}
     return Dataset(release.name, interactions, items, users, fingerprint=fingerprint, meta=meta)
+
+
+class DuplicateTitlesWarning(UserWarning):
+    """A catalogue lists one title under several item ids."""
+
+
+def duplicate_title_ids(items: pl.DataFrame) -> dict[str, list[int]]:
+    """{title: its item ids, ascending} for every title listed under more than one id, by title."""
+    groups = (
+        items.filter(pl.col("title").is_not_null())
+        .group_by("title")
+        .agg(pl.col("item_id").unique().sort())
+        .filter(pl.col("item_id").list.len() > 1)
+        .sort("title")
+    )
+    return dict(zip(groups["title"].to_list(), groups["item_id"].to_list()))
+
+
+def merge_duplicate_titles(
+    interactions: pl.DataFrame, items: pl.DataFrame, twins: dict[str, list[int]]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Interactions with each twin id replaced by its title's lowest id, and the item table without the twins."""
+    moved = {int(i): int(ids[0]) for ids in twins.values() for i in ids[1:]}
+    old = pl.Series(list(moved), dtype=interactions.schema["item_id"])
+    new = pl.Series(list(moved.values()), dtype=interactions.schema["item_id"])
+    interactions = interactions.with_columns(pl.col("item_id").replace(old, new))
+    items = items.filter(~pl.col("item_id").is_in(old.implode()))
+    return interactions, items
+
+
+def duplicate_titles_message(name: str, twins: dict[str, list[int]], mode: str) -> str:
+    """One line: how many titles are listed under several ids, an example, and what was done."""
+    title, ids = next(iter(twins.items()))
+    example = f"e.g. {title!r} = {', '.join(str(i) for i in ids)}"
+    if mode == "merge":
+        return (f"{name}: {len(twins)} title(s) are listed under several item ids ({example}); each was merged into "
+                f"its lowest id (keep them apart with [data] duplicate_titles = \"keep\")")
+    return (f"{name}: {len(twins)} title(s) are listed under several item ids ({example}); kept apart, so a list "
+            f"can show one movie twice (merge them with [data] duplicate_titles = \"merge\", the default)")
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,17 @@ DATASET_NAMES: tuple[str, ...] = movielens.NAMES
 
 
 def prepare_dataset(
-    spec: str, data_dir: str | Path | None = None, progress: bool = True, *, force: bool = False
+    spec: str,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+    *,
+    force: bool = False,
+    duplicate_titles: movielens.DuplicateTitles = "merge",
 ) -> Prepared:
     """Like :func:`load_dataset`, also saying where the data is cached and if the cache was reused."""
     if movielens.find_release(spec) is not None:
-        return movielens.prepare_movielens(spec, data_dir, progress=progress, force=force)
+        return movielens.prepare_movielens(spec, data_dir, progress=progress, force=force,
+                                           duplicate_titles=duplicate_titles)
     folder = Path(spec).expanduser()
     if store.is_dataset_dir(folder):
         if data_dir is not None:
@@ -50,10 +56,19 @@ def prepare_dataset(
 
 
 def load_dataset(
-    spec: str, data_dir: str | Path | None = None, progress: bool = True, *, force: bool = False
+    spec: str,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+    *,
+    force: bool = False,
+    duplicate_titles: movielens.DuplicateTitles = "merge",
 ) -> Dataset:
-    """A MovieLens name or alias (downloaded or read from ``data_dir``), or a dataset folder."""
-    return prepare_dataset(spec, data_dir, progress, force=force).dataset
+    """A MovieLens name or alias (downloaded or read from ``data_dir``), or a dataset folder.
+
+    ``duplicate_titles`` ("merge" or "keep") applies to MovieLens releases; see
+    :mod:`towerrec.data.movielens`.
+    """
+    return prepare_dataset(spec, data_dir, progress, force=force, duplicate_titles=duplicate_titles).dataset
 
 
 def is_release_name(spec: str) -> bool:

@@ -221,7 +221,8 @@ def load_experiment_dataset(config: ExperimentConfig, progress: bool = True, log
     from towerrec.train.prepared import with_item_features
 
     base = base_config(config)
-    dataset = load_dataset(base.data.dataset, base.data.data_dir, progress=progress)
+    dataset = load_dataset(base.data.dataset, base.data.data_dir, progress=progress,
+                           duplicate_titles=base.data.duplicate_titles)
     return with_item_features(base, dataset, warn=lambda m: log(f"warning: {m}"))
 
 

@@ -176,7 +176,8 @@ def _export_sequential(run: LoadedRun, out: Path, index: str, index_params: dict
     from towerrec.serve.sequential import write_sequential_bundle
 
     dataset = getattr(data, "dataset", None) or load_dataset(run.config.data.dataset, run.config.data.data_dir,
-                                                             progress=False)
+                                                             progress=False,
+                                                             duplicate_titles=run.config.data.duplicate_titles)
     if dataset.fingerprint != run.meta.get("data_fingerprint"):
         raise TowerrecError(f"{run.run_dir}: the data given is not the data this run was trained on",
                             hint="retrain the run on the current data")

@@ -157,11 +157,23 @@ def recent_history(user_rows: np.ndarray, items: np.ndarray, timestamps: np.ndar
     return torch.from_numpy(history)
 
 
+def catalogue_items(dataset: Dataset) -> pl.DataFrame:
+    """The catalogue: the item table, or without one every item id of the interactions (all splits).
+
+    Items with no train row (new items, or rare ones whose only events went to test)
+    stay in the catalogue as cold items: ranked, never a reason to stop.
+    """
+    if dataset.items is not None:
+        return dataset.items
+    return dataset.interactions.select(pl.col("item_id").unique().sort())
+
+
 def _encode(features: FittedFeatures, frame: pl.DataFrame, users: pl.DataFrame | None) -> EncodedExamples:
     targets = features.item_index(frame["item_id"].to_numpy())
     if (targets < 0).any():
-        missing = frame["item_id"].to_numpy()[targets < 0][0]
-        raise DataError(f"item {missing!r} is in the interactions but not in the item table", field="item_id")
+        missing = frame["item_id"].filter(pl.Series(targets < 0)).to_list()
+        raise DataError(f"item {missing[0]!r} ({len(set(missing))} item(s) in all) is in the interactions but not "
+                        "in the item table", field="item_id", hint="list every interacted item in the item table")
     return EncodedExamples(
         queries=features.encode_queries(frame, users),
         targets=torch.as_tensor(targets, dtype=torch.int64),
@@ -172,13 +184,15 @@ def _encode(features: FittedFeatures, frame: pl.DataFrame, users: pl.DataFrame |
 def prepare(config: RunConfig, dataset: Dataset | None = None, *, progress: bool = True) -> PreparedData:
     """Load (or take) the dataset, split it, fit features on train and encode everything."""
     if dataset is None:
-        dataset = load_dataset(config.data.dataset, config.data.data_dir, progress=progress)
+        dataset = load_dataset(config.data.dataset, config.data.data_dir, progress=progress,
+                               duplicate_titles=config.data.duplicate_titles)
     if config.data.item_features and "item_features" not in dataset.meta:
         dataset = with_item_features(config, dataset, warn=_warn)
     if config.data.candidate_key == "title":
         dataset = merge_items_by_title(dataset)
     split = _split(config, dataset)
-    features = FeatureSet(feature_specs(config, dataset.items)).fit(split.train, dataset.items, dataset.users)
+    _warn_duplicate_titles(config, dataset)
+    features = FeatureSet(feature_specs(config, dataset.items)).fit(split.train, catalogue_items(dataset), dataset.users)
     train = _encode(features, split.train, dataset.users)
     num_users = int(train.user_rows.max()) + 1 if len(train) else 0
     seen = CSR.from_pairs(train.user_rows.numpy(), train.targets.numpy(), num_rows=num_users)
@@ -208,6 +222,21 @@ def prepare(config: RunConfig, dataset: Dataset | None = None, *, progress: bool
     )
 
 
+def _warn_duplicate_titles(config: RunConfig, dataset: Dataset) -> None:
+    """Warns when the catalogue still lists one title under several ids (lists may show it twice)."""
+    if config.data.candidate_key == "title" or dataset.items is None or "title" not in dataset.items.columns:
+        return
+    from towerrec.data.movielens import duplicate_title_ids
+
+    twins = duplicate_title_ids(dataset.items)
+    if twins:
+        title, ids = next(iter(twins.items()))
+        fix = ('[data] duplicate_titles = "merge"' if dataset.meta.get("source") == "movielens"
+               else '[data] candidate_key = "title"')
+        _warn(f"{len(twins)} title(s) are listed under several item ids (e.g. {title!r} = "
+              f"{', '.join(str(i) for i in ids)}): a list can show one title twice; merge them with {fix}")
+
+
 def _warn(message: str) -> None:
     import warnings
 
@@ -215,13 +244,24 @@ def _warn(message: str) -> None:
 
 
 def _split(config: RunConfig, dataset: Dataset) -> Split:
+    """The configured split; a clear error when it leaves nothing to train on."""
     d = config.data
     if d.split == "leave-last-out":
-        return make_split(dataset.interactions, d.split)
-    options = {"test_fraction": d.test_fraction, "validation_fraction": d.validation_fraction}
-    if d.split == "tfrs-random":
-        options["seed"] = d.seed
-    return make_split(dataset.interactions, d.split, **options)
+        split = make_split(dataset.interactions, d.split)
+    else:
+        options = {"test_fraction": d.test_fraction, "validation_fraction": d.validation_fraction}
+        if d.split == "tfrs-random":
+            options["seed"] = d.seed
+        split = make_split(dataset.interactions, d.split, **options)
+    if split.train.height == 0:
+        held = split.test.height + (0 if split.validation is None else split.validation.height)
+        hint = {"temporal": "every event is at or after the time cut (do all share one timestamp?): "
+                            "use timestamps that vary, or split = \"tfrs-random\"",
+                "leave-last-out": "each user needs more interactions than the held-out ones"}.get(d.split,
+                "import more interactions")
+        raise DataError(f"the {d.split} split leaves train empty: all {held} of {dataset.interactions.height} "
+                        "interactions went to validation/test", file=dataset.name, hint=hint)
+    return split
 
 
 def gather_rows(csr: CSR, rows: Tensor) -> CSR:

@@ -177,7 +177,8 @@ def prepare_sequences(config: RunConfig, dataset: Dataset | None = None, *, prog
     s = config.sequence
     _check_sequence_config(config)
     if dataset is None:
-        dataset = load_dataset(config.data.dataset, config.data.data_dir, progress=progress)
+        dataset = load_dataset(config.data.dataset, config.data.data_dir, progress=progress,
+                               duplicate_titles=config.data.duplicate_titles)
     item_ids, titles = catalogue_of(dataset)
     events = timeline_events(dataset, item_ids, s.min_rating)
     use_ratings = "rating" in s.step_features
@@ -612,7 +613,8 @@ def recommend_from_histories(run, histories: dict[str, list[int]], *, k: int = 1
 def user_histories(run, users: list[str], *, fallback: str | None = None) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
     """Each user's full timeline (ratings >= min_rating, time order) as catalogue indices: (recent, seen)."""
     config = run.config
-    dataset = load_dataset(config.data.dataset, config.data.data_dir, progress=False)
+    dataset = load_dataset(config.data.dataset, config.data.data_dir, progress=False,
+                           duplicate_titles=config.data.duplicate_titles)
     if dataset.fingerprint != run.meta.get("data_fingerprint"):
         raise TowerrecError(f"{run.run_dir}: the dataset changed since this run was trained",
                             hint="retrain the run on the current data")
