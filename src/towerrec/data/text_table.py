@@ -144,7 +144,8 @@ def sniff_separator(lines: list[str], preferred: str | None, path: Path) -> str:
     The suffix's separator (``preferred``: ``,`` for .csv) wins when it splits the first
     line into 2 or more fields. Otherwise the candidate (``,`` tab ``;`` ``|``, then
     whitespace) that splits the most sample lines into one common width of 2 or more
-    is chosen; a stray ragged line is then reported by the width check, not here.
+    is chosen; a stray ragged line is then reported by the width check, not here. A
+    file that no separator splits at all is one column (an id-only item table).
     """
     if preferred is not None and len(_split(lines[0], preferred)) >= 2:
         return preferred
@@ -158,6 +159,8 @@ def sniff_separator(lines: list[str], preferred: str | None, path: Path) -> str:
         share = widths.count(common) / len(widths)
         if common >= 2 and widths[0] == common and share > best_share:
             best, best_share = sep, share
+    if best is None and all(len(_split(line, sep)) == 1 for sep in CANDIDATES for line in lines):
+        return preferred or CANDIDATES[0]  # one column (e.g. an id-only item table): nothing to separate
     if best is None or best_share < 0.8:
         raise DataError(
             "cannot tell how the fields are separated (no separator splits the first lines alike into 2 or more fields)",
