@@ -44,7 +44,7 @@ class _Table:
     """
 
     def __init__(self, path: str | Path, *, sep: str | None = None, header: bool = True,
-                 columns: list[str] | None = None) -> None:
+                 columns: list[str] | None = None, one_column: bool = False) -> None:
         self.path = Path(path)
         if self.path.is_dir():
             raise DataError("is a folder, not a table file", file=self.path)
@@ -62,7 +62,8 @@ class _Table:
             self.frame = fsio.read_parquet(self.path)
         else:
             self.csv = True
-            self.frame, self.sep = read_text_table(self.path, sep=sep, header=header, columns=columns)
+            self.frame, self.sep = read_text_table(self.path, sep=sep, header=header, columns=columns,
+                                                   one_column=one_column)
 
     def column(self, name: str) -> pl.Series:
         if name not in self.frame.columns:
@@ -343,7 +344,7 @@ def _side_table(
     Columns named in ``types`` get that type (a bad value is an error naming its
     row); ids that the interactions use but the table lacks get null features.
     """
-    table = _Table(path)
+    table = _Table(path, one_column=True)  # an id-only table lists the catalogue, nothing else
     raw = table.column(key)
     table.require_present(raw, key)
     key_values = _as_id(table, raw, key)

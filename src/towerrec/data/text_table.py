@@ -51,7 +51,8 @@ def separator_name(sep: str) -> str:
 
 
 def read_text_table(
-    path: str | Path, *, sep: str | None = None, header: bool = True, columns: list[str] | None = None
+    path: str | Path, *, sep: str | None = None, header: bool = True, columns: list[str] | None = None,
+    one_column: bool = False,
 ) -> tuple[pl.DataFrame, str]:
     """All-String columns of the text table at ``path``, and the separator used.
 
@@ -60,6 +61,8 @@ def read_text_table(
         header: the first line names the columns. Without it the columns are named by
             ``columns`` or, when that is ``None``, by position: ``"1"``, ``"2"``, ...
         columns: names for a headerless file's columns (implies ``header=False``).
+        one_column: a file that no separator splits is a one-column table (an id-only
+            item table), not an error.
 
     Raises:
         DataError: not a text file, separator not recognisable, a repeated column name,
@@ -76,7 +79,7 @@ def read_text_table(
     if not lines:
         raise DataError("the file is empty", file=path)
     if sep is None:
-        sep = sniff_separator(lines, SUFFIX_SEPARATORS.get(path.suffix.lower()), path)
+        sep = sniff_separator(lines, SUFFIX_SEPARATORS.get(path.suffix.lower()), path, one_column=one_column)
     first = _split(lines[0], sep)
     width = len(first)
     if header:
@@ -138,14 +141,14 @@ def _split(line: str, sep: str) -> list[str]:
     return next(csv.reader([line], delimiter=sep))
 
 
-def sniff_separator(lines: list[str], preferred: str | None, path: Path) -> str:
+def sniff_separator(lines: list[str], preferred: str | None, path: Path, *, one_column: bool = False) -> str:
     """The separator for ``lines`` (a sample from the top of the file).
 
     The suffix's separator (``preferred``: ``,`` for .csv) wins when it splits the first
     line into 2 or more fields. Otherwise the candidate (``,`` tab ``;`` ``|``, then
     whitespace) that splits the most sample lines into one common width of 2 or more
-    is chosen; a stray ragged line is then reported by the width check, not here. A
-    file that no separator splits at all is one column (an id-only item table).
+    is chosen; a stray ragged line is then reported by the width check, not here. With
+    ``one_column``, a file that no separator splits at all is one column.
     """
     if preferred is not None and len(_split(lines[0], preferred)) >= 2:
         return preferred
@@ -159,7 +162,7 @@ def sniff_separator(lines: list[str], preferred: str | None, path: Path) -> str:
         share = widths.count(common) / len(widths)
         if common >= 2 and widths[0] == common and share > best_share:
             best, best_share = sep, share
-    if best is None and all(len(_split(line, sep)) == 1 for sep in CANDIDATES for line in lines):
+    if best is None and one_column and all(len(_split(line, sep)) == 1 for sep in CANDIDATES for line in lines):
         return preferred or CANDIDATES[0]  # one column (e.g. an id-only item table): nothing to separate
     if best is None or best_share < 0.8:
         raise DataError(
