@@ -238,6 +238,27 @@ def test_an_error_deep_in_a_big_file_is_located(tmp_path: Path) -> None:
         load_movielens("ml-1m", write(tmp_path / "ml-1m", files), progress=False)
 
 
+@pytest.mark.parametrize("value, shown", [
+    ("99999999999999999999", "'99999999999999999999' is too large for a 64-bit integer"),
+    ("9" * 1_000_000, "'" + "9" * 30 + "…' (1,000,000 digits) is too large for a 64-bit integer"),
+    ("-9223372036854775809", "'-9223372036854775809' is too small for a 64-bit integer"),
+    ("x" * 100_000, "'" + "x" * 30 + "…' (100,000 characters) is not an integer"),
+])
+@pytest.mark.parametrize("name, files, file, row", [
+    ("ml-100k", ML100K, "u.data", "1\t10\t4\t{}"),
+    ("ml-1m", ML1M, "ratings.dat", "1::10::5::{}"),
+    ("ml-latest-small", CSV, "ratings.csv", "1,30,4.0,{}"),
+])
+def test_int64_overflow_is_located_and_the_value_shortened(tmp_path, value, shown, name, files, file, row) -> None:
+    """rel-04: the line and field are named; the value is cut to a few dozen characters with its size."""
+    lines = files[file].splitlines()
+    broken = "\n".join([*lines[:2], row.format(value), *lines[2:]]) + "\n"
+    folder = write(tmp_path / "d", {**files, file: broken})
+    with pytest.raises(DataError) as info:
+        load_movielens(name, folder, progress=False)
+    assert str(info.value) == f"{folder / file}, line 3, field 'timestamp': {shown}"
+
+
 def test_missing_file_is_named(tmp_path: Path) -> None:
     folder = write(tmp_path / "ml-100k", {k: v for k, v in ML100K.items() if k != "u.user"})
     with pytest.raises(DataError, match="missing file") as info:

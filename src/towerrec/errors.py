@@ -7,6 +7,7 @@ and shows a traceback only with ``--debug``.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,21 @@ def shorten(value: Any, limit: int = SHORT) -> str:
     unit = "digits" if body.isdigit() else "characters"
     size = len(body) if unit == "digits" else len(value)
     return f"{value[:limit] + '…'!r} ({size:,} {unit})"
+
+
+def shorten_text(text: str, limit: int = 300) -> str:
+    """A library's message for ours: every run of more than ``SHORT`` non-blank characters
+    (a value it echoed) shortened as :func:`shorten` does, and the whole cut to ``limit``."""
+    text = re.sub(r"\S{%d,}" % (SHORT + 1), lambda m: f"{m.group(0)[:SHORT]}… ({len(m.group(0)):,} characters)", text)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def fits_int64(digits: str) -> bool:
+    """Whether an integer literal (``[+-]?\\d+``) fits a signed 64-bit integer; cheap for any length."""
+    body = digits.lstrip("+-").lstrip("0")
+    if len(body) > 19:
+        return False
+    return -(2**63) <= int(digits) < 2**63
 
 
 class TowerrecError(Exception):

@@ -38,7 +38,7 @@ from towerrec import fsio, paths
 from towerrec.data import cache
 from towerrec.data.download import download
 from towerrec.data.tables import Dataset
-from towerrec.errors import DataError, DownloadError
+from towerrec.errors import DataError, DownloadError, fits_int64, shorten, shorten_text
 
 PARSER_VERSION = "2"  # bump when parsed output changes: it is part of every cache key
 DuplicateTitles = Literal["merge", "keep"]
@@ -436,7 +436,7 @@ def _read_table(raw: bytes, file: str, fmt: _Format) -> pl.DataFrame:
         df = pl.read_csv(data, **options)
     except pl.exceptions.PolarsError as exc:
         error = _locate(raw, file, fmt, _suspect_line(raw, file, fmt))
-        raise error or DataError(f"cannot parse: {str(exc).splitlines()[0]}", file=file) from None
+        raise error or DataError(f"cannot parse: {shorten_text(str(exc).splitlines()[0])}", file=file) from None
     blank = pl.all_horizontal(pl.col(names).is_null())
     bad = df.select(_invalid(fmt) & ~blank).to_series().arg_true()
     if len(bad):
@@ -510,8 +510,8 @@ def _suspect_line(raw: bytes, file: str, fmt: _Format) -> int:
     checks = [parts.list.len() != width]
     for f, pos in zip(fmt.fields, positions):
         value = parts.list.get(pos, null_on_oob=True)
-        if f.kind in ("int", "flag"):
-            checks.append(~value.str.contains(r"^[+-]?\d*$"))
+        if f.kind in ("int", "flag"):  # not digits, or digits beyond int64
+            checks.append(~value.str.contains(r"^[+-]?\d*$") | ((value != "") & value.cast(pl.Int64, strict=False).is_null()))
         elif f.kind == "rating":
             checks.append((value != "") & value.cast(pl.Float64, strict=False).is_null())
     suspect = pl.any_horizontal(checks).fill_null(False) & (pl.col("line").str.strip_chars() != "")
@@ -558,23 +558,25 @@ def _check_row(row: list[str], fmt: _Format, positions: list[int], width: int) -
             continue
         if f.kind in ("int", "flag"):
             if not _INT.fullmatch(value):
-                return f.name, f"{value!r} is not an integer"
+                return f.name, f"{shorten(value)} is not an integer"
+            if not fits_int64(value):
+                return f.name, f"{shorten(value)} is too {'small' if value.startswith('-') else 'large'} for a 64-bit integer"
             if f.kind == "flag" and value not in ("0", "1"):
-                return f.name, f"{value!r} is not 0 or 1"
+                return f.name, f"{shorten(value)} is not 0 or 1"
             if f.allowed is not None and int(value) not in f.allowed:
                 return f.name, f"{value} is not one of the documented codes {f.allowed[0]}..{f.allowed[-1]}"
         elif f.kind == "rating":
             try:
                 rating = float(value)
             except ValueError:
-                return f.name, f"{value!r} is not a number"
+                return f.name, f"{shorten(value)} is not a number"
             if not RATING_RANGE[0] <= rating <= RATING_RANGE[1]:
-                return f.name, f"rating {value} is outside {RATING_RANGE[0]:g}..{RATING_RANGE[1]:g}"
+                return f.name, f"rating {shorten(value)} is outside {RATING_RANGE[0]:g}..{RATING_RANGE[1]:g}"
         elif f.kind == "date":
             try:
                 datetime.strptime(value, _DATE_FORMAT)
             except ValueError:
-                return f.name, f"{value!r} is not a date like 01-Jan-1995"
+                return f.name, f"{shorten(value)} is not a date like 01-Jan-1995"
     return None
 
 
