@@ -9,16 +9,22 @@ Rules (every violation names the file, the line and the column):
 - a column is numeric when its first non-empty value is a number; then every
   other non-empty value must be a number too (else an error); other columns are
   categorical (strings; usable as ``item:<column>`` id features);
-- catalogue items the file lacks, and empty numeric cells, get a default and a
+- in a numeric column, ``nan`` (any case) is a missing value like an empty cell;
+  an infinite value (``inf``, ``-inf``, or one beyond float range such as ``1e999``)
+  is an error, as a non-number is: it usually comes from a division by zero;
+- catalogue items the file lacks, and missing numeric cells, get a default and a
   ``<column>_missing`` flag (1.0) beside the value: the ``--item-feature-default
-  column=value`` given, else :data:`DEFAULTS` (``length`` = 90 minutes, as the
-  article did), else the column's median; a warning says how many items were filled;
+  column=value`` given (a finite number), else :data:`DEFAULTS` (``length`` = 90
+  minutes, as the article did), else the median of the column's present values
+  (the upper of the two middle values for an even count: always a value of the file);
+  a warning says how many items were filled;
 - ids in the file that are not in the catalogue are ignored (with a warning).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +33,7 @@ import polars as pl
 
 from towerrec import fsio
 from towerrec.data.tables import Dataset
-from towerrec.errors import ConfigError, DataError
+from towerrec.errors import ConfigError, DataError, shorten, shorten_text
 
 DEFAULTS: dict[str, float] = {"length": 90.0}
 MISSING_SUFFIX = "_missing"
@@ -41,9 +47,14 @@ def parse_defaults(entries: tuple[str, ...] | list[str] | None) -> dict[str, flo
         try:
             if not sep or not name.strip():
                 raise ValueError
-            out[name.strip()] = float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError
+            out[name.strip()] = number
         except ValueError:
-            raise ConfigError(f"item feature default {entry!r} is not COLUMN=NUMBER (e.g. length=90)") from None
+            raise ConfigError(
+                f"item feature default {shorten(entry)} is not COLUMN=NUMBER with a finite number (e.g. length=90)"
+            ) from None
     return out
 
 
@@ -78,9 +89,9 @@ def read_item_table(path: str | Path, on: str) -> pl.DataFrame:
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - a malformed file is a user error
-        raise DataError(f"cannot read: {exc}", file=path) from exc
+        raise DataError(f"cannot read: {shorten_text(str(exc))}", file=path) from exc
     if on not in raw.columns:
-        raise DataError(f"has no id column {on!r}; its columns: {', '.join(raw.columns)}", file=path,
+        raise DataError(f"has no id column {shorten(on)}; its columns: {shorten_text(', '.join(raw.columns))}", file=path,
                         hint="pass --on with the name of the file's item-id column")
     ids = raw[on].str.strip_chars()
     empty = ids.is_null() | (ids == "")
@@ -91,14 +102,14 @@ def read_item_table(path: str | Path, on: str) -> pl.DataFrame:
     if repeat.any():
         second = int(np.flatnonzero(repeat.to_numpy())[0])
         first = int(np.flatnonzero((ids == ids[second]).to_numpy())[0])
-        raise DataError(f"item id {ids[second]!r} appears twice (first at line {first + offset})",
+        raise DataError(f"item id {shorten(ids[second])} appears twice (first at line {first + offset})",
                         file=path, line=second + offset, field=on)
     columns: list[pl.Series] = [ids.alias("item_id")]
     for name in raw.columns:
         if name == on:
             continue
         if name in ("item_id", "title", "year", "genres"):
-            raise DataError(f"column {name!r} clashes with a built-in item column; rename it", file=path, field=name)
+            raise DataError(f"column {shorten(name)} clashes with a built-in item column; rename it", file=path, field=name)
         values = raw[name].str.strip_chars()
         present = values.filter(values.is_not_null() & (values != "")).to_list()
         if present and _is_number(present[0]):
@@ -106,12 +117,24 @@ def read_item_table(path: str | Path, on: str) -> pl.DataFrame:
             bad = (values.is_not_null() & (values != "")) & parsed.is_null()
             if bad.any():
                 row = int(np.flatnonzero(bad.to_numpy())[0])
-                raise DataError(f"{values[row]!r} is not a number (this column is numeric)",
+                raise DataError(f"{shorten(values[row])} is not a number (this column is numeric)",
                                 file=path, line=row + offset, field=name)
-            columns.append(parsed.alias(name))
+            infinite = parsed.is_infinite().fill_null(False)
+            if infinite.any():
+                row = int(np.flatnonzero(infinite.to_numpy())[0])
+                raise DataError(f"{shorten(values[row])} is not a finite number", file=path, line=row + offset,
+                                field=name, hint="leave the cell empty (or write nan) to mark the value missing")
+            columns.append(parsed.fill_nan(None).alias(name))  # nan = missing
         else:
             columns.append(values.replace("", None).alias(name))
     return pl.DataFrame(columns)
+
+
+def _middle_value(present: pl.Series) -> float:
+    """The median of the present (non-missing) values, upper middle for an even count; 0 when none."""
+    if not len(present):
+        return 0.0
+    return float(present.sort()[len(present) // 2])
 
 
 def file_digest(path: str | Path) -> str:
@@ -144,7 +167,7 @@ def join_item_features(
         bad = cast.is_null()
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(f"item id {table['item_id'][row]!r} is not an integer, as this dataset's ids are",
+            raise DataError(f"item id {shorten(table['item_id'][row])} is not an integer, as this dataset's ids are",
                             file=path, line=row + (1 if Path(path).suffix.lower() == ".parquet" else 2), field=on)
         table = table.with_columns(cast.alias("item_id"))
     extra = [c for c in table.columns if c != "item_id"]
@@ -161,7 +184,7 @@ def join_item_features(
         if not table.schema[name].is_numeric():
             continue
         present = table[name].drop_nulls()
-        value = defaults.get(name, float(present.median()) if len(present) else 0.0)
+        value = defaults.get(name, _middle_value(present))
         used[name] = value
         fills += [
             pl.col(name).is_null().cast(pl.Float32).alias(name + MISSING_SUFFIX),

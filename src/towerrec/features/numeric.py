@@ -2,10 +2,17 @@
 
 Both compute in float64 so large values (Unix timestamps ~1e9) keep their
 resolution; only the final normalised value is cast to float32.
+
+Missing values (null or NaN) are left out of the fit and encode as the OOV
+bucket / the mean. An infinite training value is a :class:`DataError` naming
+the column (file readers reject them earlier, with the line). When encoding,
+values outside the train range [min, max] are clipped to it, so neither
+transform ever outputs inf or NaN, whatever a request sends.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +30,16 @@ def _floats(s: pl.Series) -> np.ndarray:
 
 
 def _train_values(s: pl.Series) -> np.ndarray:
+    """The finite values to fit on (missing ones dropped); raises DataError on none or on an infinity."""
     x = _floats(s)
     x = x[~np.isnan(x)]
+    infinite = np.isinf(x)
+    if infinite.any():
+        raise DataError(
+            f"{int(infinite.sum())} infinite value(s) in the training data (e.g. {x[infinite][0]:g})",
+            field=s.name,
+            hint="fix the column at its source: an empty cell or nan marks a value missing",
+        )
     if x.size == 0:
         raise DataError("no numeric values to fit on in the training data", field=s.name)
     return x
@@ -68,26 +83,34 @@ class Bucketizer:
 
 @dataclass
 class Normalizer:
-    """(x - mean) / std with train statistics (population std, as Keras); null -> mean."""
+    """(x - mean) / std with train statistics (population std, as Keras); missing -> mean (0).
+
+    ``low`` / ``high`` are the train range; encoded values are clipped to it (as the
+    bucketizer clips to its end buckets), so the output is always finite.
+    """
 
     mean: float
     std: float
+    low: float = -math.inf
+    high: float = math.inf
 
     @classmethod
     def fit(cls, s: pl.Series) -> Normalizer:
         x = _train_values(s)
         std = float(x.std())
-        return cls(float(x.mean()), std if std > 0 else 1.0)
+        return cls(float(x.mean()), std if std > 0 else 1.0, float(x.min()), float(x.max()))
 
     def encode(self, s: pl.Series) -> np.ndarray:
-        """float32 [n, 1]."""
-        x = _floats(s)
-        z = np.where(np.isnan(x), 0.0, (x - self.mean) / self.std)
-        return z.astype(np.float32).reshape(-1, 1)
+        """float32 [n, 1], finite."""
+        x = np.clip(_floats(s), self.low, self.high)
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = np.where(np.isnan(x), 0.0, (x - self.mean) / self.std)
+        limit = float(np.finfo(np.float32).max) / 2  # a normaliser saved without its range: still finite
+        return np.clip(z, -limit, limit).astype(np.float32).reshape(-1, 1)
 
     def to_json(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std}
+        return {"mean": self.mean, "std": self.std, "min": self.low, "max": self.high}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Normalizer:
-        return cls(float(d["mean"]), float(d["std"]))
+        return cls(float(d["mean"]), float(d["std"]), float(d.get("min", -math.inf)), float(d.get("max", math.inf)))
