@@ -158,6 +158,45 @@ def make_split(interactions: pl.DataFrame, protocol: str, **options: object) -> 
     return func(interactions, **options)
 
 
+def require_rows(dataset: str, total: int) -> None:
+    """Raise :class:`DataError` when a dataset has no interactions at all."""
+    if total == 0:
+        raise DataError(f"dataset {dataset!r} has no interactions",
+                        hint="import or generate a table with at least one (user, item) row")
+
+
+def require_parts(split: Split, dataset: str, total: int) -> None:
+    """Raise :class:`DataError` unless train, test (and validation, when asked for) each hold a row.
+
+    Called before any feature is fitted, so a too-small dataset is one clear line
+    (``dataset 'two': the tfrs-random split leaves 0 test interactions (2 in total) ...``),
+    not a shape error deep in training.
+    """
+    require_rows(dataset, total)
+    parts = [("train", split.train), ("test", split.test)]
+    if split.validation is not None:
+        parts.insert(1, ("validation", split.validation))
+    for part, frame in parts:
+        if frame.height == 0:
+            counts = ", ".join(f"{name} {f.height}" for name, f in parts)
+            raise DataError(
+                f"dataset {dataset!r}: the {split.protocol} split leaves {part} empty ({total} interactions: "
+                f"{counts}); training needs at least one in each of {', '.join(name for name, _ in parts)}",
+                hint=_EMPTY_HINTS.get((split.protocol, part), _EMPTY_HINTS[split.protocol]),
+            )
+
+
+_EMPTY_HINTS = {
+    "tfrs-random": "use more interactions, or change [data] test_fraction / validation_fraction",
+    "temporal": "use more interactions spread over time, or change [data] test_fraction / validation_fraction",
+    ("temporal", "train"): "every event is at or after the time cut (do all share one timestamp?): "
+                           "use timestamps that vary, or split = \"tfrs-random\"",
+    "leave-last-out": "leave-last-out holds out only users with at least 3 interactions: use more data "
+                      "or another [data] split",
+    ("leave-last-out", "train"): "each user needs more interactions than the held-out ones",
+}
+
+
 def _check_fractions(test_fraction: float, validation_fraction: float) -> None:
     if not 0.0 < test_fraction < 1.0:
         raise ConfigError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")

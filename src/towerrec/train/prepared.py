@@ -18,7 +18,7 @@ from torch import Tensor
 
 from towerrec.config import RunConfig
 from towerrec.data.registry import load_dataset
-from towerrec.data.splits import Split, make_split
+from towerrec.data.splits import Split, make_split, require_parts, require_rows
 from towerrec.data.tables import Dataset
 from towerrec.errors import DataError
 from towerrec.features import FeatureSet, FittedFeatures, builtin_feature
@@ -183,6 +183,7 @@ def _encode(features: FittedFeatures, frame: pl.DataFrame, users: pl.DataFrame |
 
 def prepare(config: RunConfig, dataset: Dataset | None = None, *, progress: bool = True) -> PreparedData:
     """Load (or take) the dataset, split it, fit features on train and encode everything."""
+    label = config.data.dataset if dataset is None else dataset.name  # as the user named it
     if dataset is None:
         dataset = load_dataset(config.data.dataset, config.data.data_dir, progress=progress,
                                duplicate_titles=config.data.duplicate_titles)
@@ -190,7 +191,7 @@ def prepare(config: RunConfig, dataset: Dataset | None = None, *, progress: bool
         dataset = with_item_features(config, dataset, warn=_warn)
     if config.data.candidate_key == "title":
         dataset = merge_items_by_title(dataset)
-    split = _split(config, dataset)
+    split = _split(config, dataset, label)
     _warn_duplicate_titles(config, dataset)
     features = FeatureSet(feature_specs(config, dataset.items)).fit(split.train, catalogue_items(dataset), dataset.users)
     train = _encode(features, split.train, dataset.users)
@@ -243,9 +244,10 @@ def _warn(message: str) -> None:
     warnings.warn(message, stacklevel=3)
 
 
-def _split(config: RunConfig, dataset: Dataset) -> Split:
-    """The configured split; a clear error when it leaves nothing to train on."""
+def _split(config: RunConfig, dataset: Dataset, label: str) -> Split:
+    """The configured split; a clear error when it leaves a part empty."""
     d = config.data
+    require_rows(label, dataset.interactions.height)
     if d.split == "leave-last-out":
         split = make_split(dataset.interactions, d.split)
     else:
@@ -253,14 +255,7 @@ def _split(config: RunConfig, dataset: Dataset) -> Split:
         if d.split == "tfrs-random":
             options["seed"] = d.seed
         split = make_split(dataset.interactions, d.split, **options)
-    if split.train.height == 0:
-        held = split.test.height + (0 if split.validation is None else split.validation.height)
-        hint = {"temporal": "every event is at or after the time cut (do all share one timestamp?): "
-                            "use timestamps that vary, or split = \"tfrs-random\"",
-                "leave-last-out": "each user needs more interactions than the held-out ones"}.get(d.split,
-                "import more interactions")
-        raise DataError(f"the {d.split} split leaves train empty: all {held} of {dataset.interactions.height} "
-                        "interactions went to validation/test", file=dataset.name, hint=hint)
+    require_parts(split, label, dataset.interactions.height)
     return split
 
 

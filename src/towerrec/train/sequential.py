@@ -43,6 +43,7 @@ from towerrec import __version__, fsio
 from towerrec.config import RunConfig
 from towerrec.data.registry import load_dataset
 from towerrec.data.sequences import build_sequence_examples
+from towerrec.data.splits import require_rows
 from towerrec.data.tables import Dataset
 from towerrec.errors import ConfigError, DataError, TowerrecError
 from towerrec.metrics.topk import CSR, DEFAULT_KS, Ties, rank_targets, summarize
@@ -176,9 +177,11 @@ def prepare_sequences(config: RunConfig, dataset: Dataset | None = None, *, prog
     """Load (or take) the dataset and build the configured protocol's padded tensors."""
     s = config.sequence
     _check_sequence_config(config)
+    label = config.data.dataset if dataset is None else dataset.name  # as the user named it
     if dataset is None:
         dataset = load_dataset(config.data.dataset, config.data.data_dir, progress=progress,
                                duplicate_titles=config.data.duplicate_titles)
+    require_rows(label, dataset.interactions.height)
     item_ids, titles = catalogue_of(dataset)
     events = timeline_events(dataset, item_ids, s.min_rating)
     use_ratings = "rating" in s.step_features
@@ -187,6 +190,7 @@ def prepare_sequences(config: RunConfig, dataset: Dataset | None = None, *, prog
         validation = None
     else:
         train, validation, test = _leave_last_out(config, events, use_ratings)
+    _require_examples(config, label, events.height, train, validation, test)
     flat_targets = train.targets[train.targets > 0] - 1
     counts = torch.bincount(flat_targets, minlength=len(item_ids)).float()
     genres, years, num_genres, num_years = _item_side(dataset, item_ids, s.step_features)
@@ -196,6 +200,21 @@ def prepare_sequences(config: RunConfig, dataset: Dataset | None = None, *, prog
             examples.users = user_indices(examples.user_ids or [], vocabulary)
     return SequenceData(dataset, item_ids, titles, train, validation, test, counts, genres, years, num_genres,
                         num_years, vocabulary)
+
+
+def _require_examples(config: RunConfig, dataset: str, events: int, *parts: SequenceExamples | None) -> None:
+    """One clear error when the protocol leaves a part without examples (before any model is built)."""
+    s = config.sequence
+    named = [(n, p) for n, p in zip(("train", "validation", "test"), parts) if p is not None]
+    for name, part in named:
+        if part.inputs.shape[0] == 0:
+            counts = ", ".join(f"{n} {p.inputs.shape[0]}" for n, p in named)
+            raise DataError(
+                f"dataset {dataset!r}: the sequential {s.protocol} protocol leaves 0 {name} examples "
+                f"({events} events kept{'' if s.min_rating is None else f' with rating >= {s.min_rating:g}'}; {counts})",
+                hint="timelines need at least [sequence] min_timeline_length "
+                     f"({s.min_timeline_length}) events: use more data or lower min_rating / min_timeline_length",
+            )
 
 
 def user_indices(user_ids: list, vocabulary: list) -> Tensor:
