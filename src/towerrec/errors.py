@@ -94,6 +94,21 @@ class DataError(TowerrecError):
         self.field = field
 
 
+class RequestError(TowerrecError):
+    """An invalid value in a request (HTTP body or Python call), located by its JSON field.
+
+    ``field`` is dotted (``features.timestamp``); the message starts with it.
+    """
+
+    def __init__(self, field: str, message: str, hint: str | None = None) -> None:
+        super().__init__(f"{field}: {message}", hint)
+        self.field = field
+
+
+class ServingError(TowerrecError):
+    """The model cannot answer a valid request (e.g. its query embedding is not finite): a server fault."""
+
+
 class DownloadError(TowerrecError):
     """A download failed or did not match its pinned checksum."""
 

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from towerrec import __version__
-from towerrec.errors import TowerrecError
+from towerrec.errors import RequestError, ServingError, TowerrecError
 from towerrec.serve.batching import Batcher, Job
 from towerrec.serve.bundle import HISTORY, Bundle, load_bundle
 from towerrec.serve.precomputed import Catalogue, KnownUsers
@@ -195,7 +195,12 @@ def create_app(
 
     @app.exception_handler(TowerrecError)
     async def _invalid(request: Request, error: TowerrecError) -> JSONResponse:
-        return JSONResponse({"detail": error.message, "hint": error.hint}, status_code=422)
+        if isinstance(error, ServingError):  # a valid request the model cannot answer: our fault, said clearly
+            return JSONResponse({"detail": error.message, "hint": error.hint}, status_code=500)
+        body: dict[str, Any] = {"detail": error.message, "hint": error.hint}
+        if isinstance(error, RequestError):
+            body["errors"] = [{"loc": ["body", *error.field.split(".")], "msg": error.message, "type": "value_error"}]
+        return JSONResponse(body, status_code=422)
 
     def not_found(message: str, hint: str | None = None) -> JSONResponse:
         return JSONResponse({"detail": message, "hint": hint}, status_code=404)

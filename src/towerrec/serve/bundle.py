@@ -34,12 +34,13 @@ from torch import Tensor, nn
 
 from towerrec import fsio
 from towerrec.config import RunConfig, load_config
-from towerrec.errors import TowerrecError
+from towerrec.errors import RequestError, TowerrecError, shorten, shorten_text
 from towerrec.features import FittedFeatures
 from towerrec.features.fitted import DERIVED
 from towerrec.index import Index, load_index
 from towerrec.metrics.topk import CSR
 from towerrec.models.tower import Tower
+from towerrec.serve.request_features import INT64, check_feature_value
 from towerrec.train.prepared import HISTORY, gather_rows, history_input
 
 if TYPE_CHECKING:
@@ -186,22 +187,25 @@ class Bundle(BundleFacts):
         allowed = self.feature_columns()
         unknown = sorted(set(features) - set(allowed))
         if unknown:
-            raise TowerrecError(
-                f"unknown user feature(s) {unknown}; this model reads {allowed or 'no user features'}"
+            raise RequestError(
+                "features", f"unknown user feature(s) {shorten_text(str(unknown))}; this model reads "
+                f"{allowed or 'no user features'}"
             )
         columns: dict[str, pl.Series] = {"user_id": pl.Series([None], dtype=self.features._user_ids.dtype)}
         users = self.features._users
+        numeric = {f.spec.column for f in self.features.side("query") if f.spec.kind in ("bucketized", "normalized")}
         for name in allowed:
-            value = features.get(name)
+            dtype = users.schema[name] if users is not None and name in users.columns else None
+            integer = INT64 if name == "timestamp" else _int_range(dtype)
+            value = check_feature_value(name, features.get(name), numeric=name in numeric, integer=integer)
             if name == "timestamp" and value is None:
                 value = self.manifest["latest_timestamp"]
-            dtype = users.schema[name] if users is not None and name in users.columns else None
             try:
-                series = pl.Series(name, [value])
+                series = pl.Series(name, [value], dtype=pl.Float64 if isinstance(value, float) else None)
                 if dtype is not None and series.dtype != dtype and value is not None:
                     series = series.cast(dtype, strict=True)
             except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
-                raise TowerrecError(f"user feature {name!r}: {value!r} is not a valid {dtype}") from None
+                raise RequestError(f"features.{name}", f"{shorten(value)} is not a valid {dtype}") from None
             columns[name] = series
         return self.features.encode_queries(pl.DataFrame(columns))
 
@@ -234,6 +238,14 @@ def history_row(positions: np.ndarray, length: int) -> Tensor:
     row = torch.zeros(1, length, dtype=torch.int64)
     row[0, : recent.size] = torch.from_numpy(recent)
     return row
+
+
+def _int_range(dtype: pl.DataType | None) -> tuple[int, int] | None:
+    """(low, high) of an integer polars dtype; None for any other."""
+    if dtype is None or not dtype.is_integer():
+        return None
+    info = np.iinfo(pl.Series([], dtype=dtype).to_numpy().dtype)
+    return int(info.min), int(info.max)
 
 
 def _typed(values: list[Any], kind: str) -> np.ndarray:

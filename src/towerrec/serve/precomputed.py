@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from towerrec.errors import TowerrecError
+from towerrec.errors import ServingError, TowerrecError
 from towerrec.index import BruteForceIndex
 from towerrec.serve.bundle import Bundle
 from towerrec.serve.sequential import SequentialBundle
@@ -41,6 +41,9 @@ class Catalogue:
         self.exact = isinstance(bundle.index, BruteForceIndex)
         source = bundle.index.embeddings if self.exact else bundle.candidate_embeddings
         self.candidates = np.ascontiguousarray(source.detach().cpu().float().numpy())
+        if not np.isfinite(self.candidates).all():
+            raise TowerrecError("the bundle's candidate embeddings contain NaN or infinity",
+                                hint="the model diverged; retrain and export it again")
         self._fragments = [
             '{"item_id":' + json.dumps(item_id) + ',"title":' + json.dumps(title) + ',"score":'
             for item_id, title in zip(bundle._item_ids, bundle._titles)
@@ -70,6 +73,9 @@ class Catalogue:
         n = self.candidates.shape[0]
         if k < 1:
             raise TowerrecError(f"k must be ≥ 1, got {k}")
+        if not np.isfinite(query).all():  # NaN scores would select nothing: never a silent empty answer
+            raise ServingError("the query embedding contains NaN or infinity: the model cannot score this request",
+                               hint="check the request's feature values; if they are valid, the model is broken")
         if not self.exact:
             found = self.bundle.index.search(torch.from_numpy(query[None]), k, exclude=[exclude])
             count = int(found.counts[0])

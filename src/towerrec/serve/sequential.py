@@ -35,7 +35,7 @@ from torch import Tensor
 
 from towerrec import fsio
 from towerrec.config import RunConfig, load_config
-from towerrec.errors import TowerrecError
+from towerrec.errors import RequestError, TowerrecError, shorten_text
 from towerrec.index import Index, load_index
 from towerrec.metrics.topk import CSR
 from towerrec.models.sequential import SequentialModel
@@ -109,8 +109,8 @@ class SequentialBundle(BundleFacts):
 
     def new_user_queries(self, features: dict[str, Any], history: np.ndarray) -> dict[str, Tensor]:
         if features:
-            raise TowerrecError(f"unknown user feature(s) {sorted(features)}; this sequential model reads only "
-                                "'history'")
+            raise RequestError("features", f"unknown user feature(s) {shorten_text(str(sorted(features)))}; this "
+                               "sequential model reads only 'history'")
         return {HISTORY: self.history_row(history), USERS: torch.zeros(1, dtype=torch.int64)}
 
     @torch.no_grad()
