@@ -190,7 +190,6 @@ def prepare_sequences(config: RunConfig, dataset: Dataset | None = None, *, prog
         validation = None
     else:
         train, validation, test = _leave_last_out(config, events, use_ratings)
-    _require_examples(config, label, events.height, train, validation, test)
     flat_targets = train.targets[train.targets > 0] - 1
     counts = torch.bincount(flat_targets, minlength=len(item_ids)).float()
     genres, years, num_genres, num_years = _item_side(dataset, item_ids, s.step_features)
@@ -202,16 +201,18 @@ def prepare_sequences(config: RunConfig, dataset: Dataset | None = None, *, prog
                         num_years, vocabulary)
 
 
-def _require_examples(config: RunConfig, dataset: str, events: int, *parts: SequenceExamples | None) -> None:
+def require_examples(config: RunConfig, dataset: str, data: SequenceData) -> None:
     """One clear error when the protocol leaves a part without examples (before any model is built)."""
     s = config.sequence
+    parts = (data.train, data.validation, data.test)
     named = [(n, p) for n, p in zip(("train", "validation", "test"), parts) if p is not None]
     for name, part in named:
         if part.inputs.shape[0] == 0:
             counts = ", ".join(f"{n} {p.inputs.shape[0]}" for n, p in named)
             raise DataError(
                 f"dataset {dataset!r}: the sequential {s.protocol} protocol leaves 0 {name} examples "
-                f"({events} events kept{'' if s.min_rating is None else f' with rating >= {s.min_rating:g}'}; {counts})",
+                f"({data.dataset.interactions.height} interactions"
+                f"{'' if s.min_rating is None else f', kept when rating >= {s.min_rating:g}'}; {counts})",
                 hint="timelines need at least [sequence] min_timeline_length "
                      f"({s.min_timeline_length}) events: use more data or lower min_rating / min_timeline_length",
             )
@@ -497,6 +498,7 @@ def train_sequential_run(config: RunConfig, *, runs_root: Path, retrain: bool, p
     from towerrec.runs import RUN_FORMAT_VERSION, RunResult, open_run_dir
 
     data = prepare_sequences(config, dataset, progress=progress)
+    require_examples(config, config.data.dataset if dataset is None else dataset.name, data)
     run_dir, finished = open_run_dir(config, data.dataset.fingerprint, runs_root, retrain=retrain, log=log)
     if finished is not None:
         return RunResult(run_dir, finished, True, data, None)
