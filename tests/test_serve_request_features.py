@@ -50,8 +50,8 @@ OK = [
 ]
 BAD = [
     ('{"features": {"timestamp": 1e300}, "k": 3}', "features.timestamp", "does not fit a 64-bit integer"),
-    ('{"features": {"timestamp": "inf"}, "k": 3}', "features.timestamp", "Infinity is not a finite number"),
-    ('{"features": {"timestamp": "NaN"}, "k": 3}', "features.timestamp", "NaN is not a finite number"),
+    ('{"features": {"timestamp": "inf"}, "k": 3}', "features.timestamp", "'inf' is not a finite number"),
+    ('{"features": {"timestamp": "NaN"}, "k": 3}', "features.timestamp", "'NaN' is not a finite number"),
     ('{"features": {"timestamp": true}, "k": 3}', "features.timestamp", "true is not a valid value"),
     ('{"features": {"timestamp": NaN}, "k": 3}', "features.timestamp", "NaN is not a finite number"),
     ('{"features": {"timestamp": Infinity}, "k": 3}', "features.timestamp", "Infinity is not a finite number"),

@@ -43,10 +43,11 @@ def check_feature_value(name: str, value: Any, *, numeric: bool, integer: tuple[
         if isinstance(value, float):
             raise RequestError(field, f"{shorten(value)} is not an id (send an integer or a string)")
         return value
+    sent = value
     if isinstance(value, str):
         value = _number_from_text(name, value, field)
     if isinstance(value, float) and not math.isfinite(value):
-        raise RequestError(field, f"{_spelled(value)} is not a finite number")
+        raise RequestError(field, f"{shorten(sent) if isinstance(sent, str) else _spelled(value)} is not a finite number")
     if not isinstance(value, (int, float)):
         raise RequestError(field, f"{shorten(value)} is not a number")
     if integer is not None:
