@@ -236,6 +236,9 @@ def test_config_errors_name_the_problem() -> None:
         FeatureSpec.from_dict({"name": "t", "side": "query", "kind": "embedding"})
     with pytest.raises(ConfigError, match="max_length"):
         FeatureSpec("t", "candidate", "text", "title", max_length=0)
+    for key, value in (("num_buckets", 10**12), ("embedding_dim", 10**9), ("oov_buckets", True), ("min_count", 1.5)):
+        with pytest.raises(ConfigError, match=rf"feature 't': {key} must be an integer in 1\.\.\d+"):
+            FeatureSpec("t", "query", "bucketized", "age", **{key: value})
     with pytest.raises(ConfigError, match="used twice: user_id"):
         FeatureSet(["user_id", "user_id"])
     spec = FeatureSpec.from_dict({"name": "length", "side": "candidate", "kind": "normalized"})

@@ -11,12 +11,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from towerrec.errors import ConfigError
+from towerrec.config import MAX_WIDTH
+from towerrec.errors import ConfigError, shorten
 
 Side = Literal["query", "candidate"]
 Kind = Literal["id", "hashed", "bucketized", "normalized", "text", "multi"]
 SIDES: tuple[str, ...] = ("query", "candidate")
 KINDS: tuple[str, ...] = ("id", "hashed", "bucketized", "normalized", "text", "multi")
+
+
+_OPTION_MAX = {  # sizes of embedding tables and padded widths: beyond these a value is a typo
+    "num_buckets": 10_000_000, "max_tokens": 10_000_000, "max_length": 10_000, "oov_buckets": 10_000_000,
+    "min_count": 10**9, "embedding_dim": MAX_WIDTH,
+}
 
 
 @dataclass(frozen=True)
@@ -50,13 +57,13 @@ class FeatureSpec:
             raise ConfigError(f"{where}: side {self.side!r} is not one of {', '.join(SIDES)}")
         if self.kind not in KINDS:
             raise ConfigError(f"{where}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
-        for key in ("num_buckets", "max_tokens", "max_length", "oov_buckets", "min_count"):
+        for key, high in _OPTION_MAX.items():
             value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{where}: {key} must be a positive integer, got {value!r}")
-        dim = self.embedding_dim
-        if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim < 1):
-            raise ConfigError(f"{where}: embedding_dim must be a positive integer or absent, got {dim!r}")
+            if value is None and key == "embedding_dim":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
+                raise ConfigError(f"{where}: {key} must be an integer in 1..{high}"
+                                  f"{' or absent' if key == 'embedding_dim' else ''}, got {shorten(value)}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
