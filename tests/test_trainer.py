@@ -133,3 +133,17 @@ def test_hard_negative_path_trains(dataset):
     data = prepare(config, dataset, progress=False)
     result = Trainer(config, data, build_model(config, data), progress=False).fit()
     assert result.history[0]["loss"] > 0
+
+
+def test_a_non_finite_loss_stops_training_before_the_step(dataset, monkeypatch):
+    """field-03: training never runs an epoch on NaN; the weights stay as they were."""
+    config = _config(train={"epochs": 1})
+    data = prepare(config, dataset, progress=False)
+    model = build_model(config, data)
+    before = _weights(model)
+    trainer = Trainer(config, data, model, progress=False)
+    monkeypatch.setattr(trainer, "batch_loss", lambda index, generator=None: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(TowerrecError, match=r"epoch 1, batch 1: the training loss is nan") as info:
+        trainer.fit()
+    assert "learning_rate" in info.value.hint
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

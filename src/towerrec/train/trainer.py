@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor, nn
 
 from towerrec.config import RunConfig
-from towerrec.errors import ConfigError
+from towerrec.errors import ConfigError, TowerrecError
 from towerrec.tasks.retrieval import RetrievalTask
 from towerrec.tasks.unique_softmax import unique_candidates, unique_in_batch_softmax_loss
 from towerrec.train.checkpoint import Checkpointer
@@ -204,10 +204,16 @@ class Trainer:
         for start in range(0, n, t.batch_size):
             index = order[start : start + t.batch_size]
             loss = self.batch_loss(index, generator)
+            value = float(loss.detach())  # the progress bar syncs for it anyway
+            if not math.isfinite(value):  # stop before the step: the weights stay finite
+                raise TowerrecError(
+                    f"epoch {epoch}, batch {batches + 1}: the training loss is {value}",
+                    hint="lower [train] learning_rate (or raise [task] temperature); inputs were checked finite at load",
+                )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total += float(loss.detach())
+            total += value
             batches += 1
             done = min(start + t.batch_size, n)
             bar.update(
