@@ -19,6 +19,12 @@ def test_shorten(value, expected):
     assert shorten(value) == expected
 
 
+def test_shorten_numpy_values_without_their_repr():
+    import numpy as np
+
+    assert (shorten(np.int64(17701)), shorten(np.str_("ab")), shorten(np.float64(1.5))) == ("17701", "'ab'", "1.5")
+
+
 def test_shorten_an_integer_too_long_to_print():
     assert shorten(10**100_000) == "an integer of about 100,001 digits"
 

@@ -25,14 +25,14 @@ def shorten(value: Any, limit: int = SHORT) -> str:
         text = str(value)
         return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
     if isinstance(value, int):
+        value = int(value)  # a subclass (IntEnum, ...) prints as the number
         try:
             text = str(value)
         except ValueError:  # more digits than Python will print: estimate the count
             digits = int(value.bit_length() * math.log10(2)) + 1
             return f"an integer of about {digits:,} digits"
         return text if len(text) <= limit else f"{text[:limit]}… ({len(text.lstrip('-')):,} digits)"
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
+    value = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)  # np.str_ -> str
     if len(value) <= limit:
         return repr(value)
     body = value.strip().lstrip("+-")

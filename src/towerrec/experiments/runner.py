@@ -97,13 +97,13 @@ def experiment_from_dict(values: dict[str, Any]) -> ExperimentConfig:
     for key in ("feature_sets", "layer_sizes"):
         if key in exp:
             if not isinstance(exp[key], list):
-                raise ConfigError(f"[experiment] {key} must be a list, got {exp[key]!r}")
+                raise ConfigError(f"[experiment] {key} must be a list, got {shorten(exp[key])}")
             exp[key] = tuple(exp[key])
     if "recommend_for_user" in exp:
         exp["recommend_for_user"] = str(exp["recommend_for_user"])
     for key in ("num_epochs", "embedding_size", "eval_every", "top_k"):
         if key in exp and (not isinstance(exp[key], int) or isinstance(exp[key], bool)):
-            raise ConfigError(f"[experiment] {key} must be an integer, got {exp[key]!r}")
+            raise ConfigError(f"[experiment] {key} must be an integer, got {shorten(exp[key])}")
     overrides = {s: dict(values[s]) for s in SECTIONS if s in values}
     config = ExperimentConfig(overrides=overrides, **exp)
     check_experiment(config)

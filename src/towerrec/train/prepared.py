@@ -20,7 +20,7 @@ from towerrec.config import RunConfig
 from towerrec.data.registry import load_dataset
 from towerrec.data.splits import Split, make_split, require_parts, require_rows
 from towerrec.data.tables import Dataset
-from towerrec.errors import DataError
+from towerrec.errors import DataError, shorten
 from towerrec.features import FeatureSet, FittedFeatures, builtin_feature
 from towerrec.features.spec import InputSpec
 from towerrec.metrics.topk import CSR
@@ -172,8 +172,8 @@ def _encode(features: FittedFeatures, frame: pl.DataFrame, users: pl.DataFrame |
     targets = features.item_index(frame["item_id"].to_numpy())
     if (targets < 0).any():
         missing = frame["item_id"].filter(pl.Series(targets < 0)).to_list()
-        raise DataError(f"item {missing[0]!r} ({len(set(missing))} item(s) in all) is in the interactions but not "
-                        "in the item table", field="item_id", hint="list every interacted item in the item table")
+        raise DataError(f"item {shorten(missing[0])} ({len(set(missing))} item(s) in all) is in the interactions but "
+                        "not in the item table", field="item_id", hint="list every interacted item in the item table")
     return EncodedExamples(
         queries=features.encode_queries(frame, users),
         targets=torch.as_tensor(targets, dtype=torch.int64),

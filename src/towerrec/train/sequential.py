@@ -45,7 +45,7 @@ from towerrec.data.registry import load_dataset
 from towerrec.data.sequences import build_sequence_examples
 from towerrec.data.splits import require_rows
 from towerrec.data.tables import Dataset
-from towerrec.errors import ConfigError, DataError, TowerrecError
+from towerrec.errors import ConfigError, DataError, TowerrecError, shorten
 from towerrec.metrics.topk import CSR, DEFAULT_KS, Ties, rank_targets, summarize
 from towerrec.models.sequential import NUM_RATING_SLOTS, SequentialModel
 from towerrec.tasks.unique_softmax import unique_candidates, unique_in_batch_softmax_loss
@@ -137,7 +137,7 @@ def timeline_events(dataset: Dataset, item_ids: np.ndarray, min_rating: float | 
     missing = events["__item"].null_count()
     if missing:
         bad = events.filter(pl.col("__item").is_null())["item_id"][0]
-        raise DataError(f"item {bad!r} is in the interactions but not in the item table", field="item_id")
+        raise DataError(f"item {shorten(bad)} is in the interactions but not in the item table", field="item_id")
     if min_rating is not None:
         events = events.filter(pl.col("rating").is_null() | (pl.col("rating") >= min_rating))
     slot = (pl.col("rating").round(0).clip(0, NUM_RATING_SLOTS - 2) + 1).fill_null(0).cast(pl.Int64)
