@@ -79,3 +79,14 @@ def test_unknown_config_key_names_it(capsys, tmp_path):
 def test_version(capsys):
     code, out = run_cli(capsys, "--version")
     assert code == 0 and out.startswith("towerrec ")
+
+
+def test_k_beyond_the_catalogue_prints_its_own_column(capsys, tmp_path):
+    """rel-14: ks = [1000000] on an 80-item catalogue trains and prints 1.0000, not a table of nan."""
+    save_dataset(make_synthetic(50, 80, 1000, seed=5), tmp_path / "ds")
+    config = tmp_path / "ks.toml"
+    config.write_text(f'name = "ks-huge"\n[data]\ndataset = "{tmp_path / "ds"}"\n[model]\nembedding_dim = 8\n'
+                      "[train]\nepochs = 1\n[eval]\nks = [1, 1000000]\n")
+    out, _ = _train(capsys, tmp_path, config)
+    assert "top-1000000" in out and "nan" not in out and "top-100 " not in out
+    assert re.search(r"ks-huge\s*│\s*[\d.]+\s*│\s*1\.0000", out)

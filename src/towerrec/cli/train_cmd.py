@@ -61,14 +61,15 @@ def train(
     if epochs is not None:
         cfg = cfg.replace(train={"epochs": epochs})
     result = train_run(cfg, runs_root=runs, retrain=retrain, log=say)
-    _print_run_metrics(cfg.name, result.metrics)
+    _print_run_metrics(cfg.name, result.metrics, cfg.eval.ks)
     console.print(f"run directory: [bold]{escape(str(result.run_dir))}[/bold]", soft_wrap=True, highlight=False)  # paths stay copyable
 
 
-def _print_run_metrics(name: str, metrics: dict) -> None:
+def _print_run_metrics(name: str, metrics: dict, ks=KS) -> None:
+    """The run's test tables, one column per K of its ``[eval] ks``."""
     test = metrics["test"]
-    console.print(metrics_table("test, seen items excluded", {name: test["seen_excluded"]}))
-    console.print(metrics_table("test, TFRS protocol (seen items not excluded)", {name: test["tfrs"]}))
+    console.print(metrics_table("test, seen items excluded", {name: test["seen_excluded"]}, ks))
+    console.print(metrics_table("test, TFRS protocol (seen items not excluded)", {name: test["tfrs"]}, ks))
     if "examples_per_s" in metrics:
         console.print(f"trained in {metrics['train_seconds']:.1f} s, {metrics['examples_per_s']:,.0f} examples/s")
 
