@@ -149,3 +149,16 @@ def test_k_above_the_catalogue_is_accepted_for_the_metrics_to_count_as_found():
     assert config_from_dict({"eval": {"ks": [1, 1000000]}}).eval.ks == (1, 1000000)
     with pytest.raises(ConfigError, match=r"\[eval\] ks must list at least one K"):
         config_from_dict({"eval": {"ks": []}})
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("num_epochs", 0, r"\[experiment\] num_epochs must be an integer in 1\.\.1000000, got 0"),
+    ("embedding_size", 10**9, r"\[experiment\] embedding_size must be an integer in 1\.\.16384, got 1000000000"),
+    ("top_k", -1, r"\[experiment\] top_k must be an integer in 1\.\.100000, got -1"),
+    ("layer_sizes", [64, 0], r"\[experiment\] layer_sizes must be integers in 1\.\.16384, got \[64, 0\]"),
+])
+def test_experiment_knobs_are_bounded(key, value, message):
+    from towerrec.experiments import experiment_from_dict
+
+    with pytest.raises(ConfigError, match=message):
+        experiment_from_dict({"experiment": {"name": "x", "feature_sets": ["none"], key: value}})
