@@ -118,7 +118,8 @@ def test_field03_nan_price_trains_normally_with_the_expected_normaliser(tmp_path
     monkeypatch.setenv("TOWERREC_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "prices.csv").write_bytes((CASE / "prices_nan.csv").read_bytes())
-    config = load_config(CASE / "price.toml").replace(data={"data_dir": str(REAL_100K)})
+    # the catalogue the CASE measured on: all 1,682 ids (duplicate titles are merged by default since)
+    config = load_config(CASE / "price.toml").replace(data={"data_dir": str(REAL_100K), "duplicate_titles": "keep"})
     result = train_run(config, runs_root=tmp_path / "runs", progress=False, log=lambda *_: None)
     features = json.loads((result.run_dir / "features.json").read_text())["features"]
     norm = next(f["normalizer"] for f in features if f["spec"]["name"] == "item:price")
