@@ -56,7 +56,14 @@ def _coerce_user(data: PreparedData, user: Any) -> Any | None:
     None when the spelling cannot be an id of this dataset ("dd42" on integer ids):
     such a user is simply unknown, as in the HTTP API.
     """
-    if data.dataset.interactions.schema["user_id"] == pl.Int64:
+    return _coercer(data)(user)
+
+
+def _coercer(data: PreparedData):
+    if data.dataset.interactions.schema["user_id"] != pl.Int64:
+        return str
+
+    def as_int(user: Any) -> int | None:
         if isinstance(user, bool):
             return None
         if isinstance(user, (int, np.integer)):
@@ -65,12 +72,14 @@ def _coerce_user(data: PreparedData, user: Any) -> Any | None:
             return int(str(user).strip())
         except ValueError:
             return None
-    return str(user)
+
+    return as_int
 
 
 def known_user_rows(data: PreparedData, users: list[Any]) -> np.ndarray:
     """[len(users)] int64 train-user rows, -1 for users not in the training data (or not valid ids)."""
-    raw = [_coerce_user(data, u) for u in users]
+    coerce = _coercer(data)
+    raw = [coerce(u) for u in users]
     valid = [i for i, r in enumerate(raw) if r is not None]
     rows = np.full(len(users), -1, dtype=np.int64)
     if valid:

@@ -129,14 +129,21 @@ def items_left(num_candidates: int, exclude: CSR | None, num_queries: int) -> Te
     """
     if exclude is None or exclude.indices.numel() == 0:
         return torch.full((num_queries,), num_candidates, dtype=torch.int64)
+    check_exclusions(num_candidates, exclude)
+    owner = torch.repeat_interleave(torch.arange(exclude.num_rows), torch.diff(exclude.indptr))
+    distinct = torch.unique(owner * num_candidates + exclude.indices) // num_candidates
+    return num_candidates - torch.bincount(distinct, minlength=exclude.num_rows)
+
+
+def check_exclusions(num_candidates: int, exclude: CSR | None) -> None:
+    """Raises :class:`TowerrecError` when an excluded position lies outside the catalogue."""
+    if exclude is None or exclude.indices.numel() == 0:
+        return
     if int(exclude.indices.min()) < 0 or int(exclude.indices.max()) >= num_candidates:
         raise TowerrecError(
             f"excluded positions must lie in [0, {num_candidates})",
             hint="exclusions are catalogue positions, not raw item ids",
         )
-    owner = torch.repeat_interleave(torch.arange(exclude.num_rows), torch.diff(exclude.indptr))
-    distinct = torch.unique(owner * num_candidates + exclude.indices) // num_candidates
-    return num_candidates - torch.bincount(distinct, minlength=exclude.num_rows)
 
 
 def pad_short_rows(scores: Tensor, indices: Tensor, counts: Tensor) -> None:

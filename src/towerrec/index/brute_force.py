@@ -25,7 +25,7 @@ from towerrec.index.base import (
     as_exclusions,
     atomic_write,
     check_k,
-    items_left,
+    check_exclusions,
     normalize_ids,
     pad_short_rows,
     read_manifest,
@@ -109,21 +109,26 @@ class BruteForceIndex(Index):
             raise TowerrecError("query embeddings contain NaN or infinity", hint="the model diverged; retrain it")
         exclusions = as_exclusions(exclude, queries.shape[0])
         check_k(k)
-        counts = items_left(self.num_candidates, exclusions, queries.shape[0]).clamp(max=k)
+        check_exclusions(self.num_candidates, exclusions)
         width = min(k, self.num_candidates)
         queries = queries.detach().to(self.embeddings.device, self.embeddings.dtype)
         candidates_t = self.embeddings.T  # a view: matmul reads it transposed, no per-call copy of the catalogue
-        scores, indices = [], []
+        scores, indices, counts = [], [], []
         for start in range(0, queries.shape[0], chunk_size):
             stop = min(start + chunk_size, queries.shape[0])
             chunk = queries[start:stop] @ candidates_t
+            left = torch.full((stop - start,), self.num_candidates, dtype=torch.int64)
             if exclusions is not None:
                 exclusions.rows(slice(start, stop)).masked_fill_(chunk, -torch.inf)
+                # scores are finite (checked above), so -inf marks exactly the excluded items, repeats once
+                left = self.num_candidates - torch.isneginf(chunk).sum(dim=1).cpu()
+            counts.append(left.clamp(max=k))
             best = chunk.topk(width, dim=1)
             scores.append(best.values)
             indices.append(best.indices)
         all_scores = torch.cat(scores) if scores else self.embeddings.new_empty(0, width)
         all_indices = torch.cat(indices) if indices else torch.empty(0, width, dtype=torch.int64)
+        counts = torch.cat(counts) if counts else torch.empty(0, dtype=torch.int64)
         pad_short_rows(all_scores, all_indices, counts)
         ids = result_ids(self._ids, all_indices.cpu().numpy(), counts.numpy())
         return SearchResult(all_scores, all_indices, ids, counts)
