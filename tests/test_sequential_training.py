@@ -202,6 +202,16 @@ def test_cli_train_and_recommend_history(capsys, tmp_path, encoder, user_embeddi
     code, out = run_cli(capsys, "recommend", run_dir, "--history", "99999", "--fallback", "popular", "-k", "3")
     assert code == 0 and len(re.findall(r"^\s+\d+\. ", out, flags=re.M)) == 3
 
+    # issue 13: one batched pass for every user; "dd42" on integer ids is an unknown user; short lists
+    code, out = run_cli(capsys, "recommend", run_dir, "--all-users", "-k", "2")
+    assert code == 0 and len(re.findall(r"^top 2 for user \d+", out, flags=re.M)) == 100, out[-300:]
+    code, out = run_cli(capsys, "recommend", run_dir, "--user", "dd42", "--user", "3", "-k", "2", "--fallback", "popular")
+    assert code == 0 and "top 2 for user dd42" in out and "top 2 for user 3" in out, out
+    code, out = run_cli(capsys, "recommend", run_dir, "--user", "dd42", "-k", "2")
+    assert code == 1 and "'dd42'" in out and "not an integer" not in out
+    code, out = run_cli(capsys, "recommend", run_dir, "--history", ",".join(str(i) for i in range(1, 59)), "-k", "5")
+    assert code == 0 and "(only 2 unseen items left)" in out and len(re.findall(r"^\s+\d+\. ", out, flags=re.M)) == 2
+
     code, out = run_cli(capsys, "evaluate", run_dir)
     assert code == 0 and "mrr" in out
 

@@ -163,9 +163,7 @@ def recommend(
         raise TowerrecError("say whose recommendations: --user ID, --all-users (or, for sequential runs, --history 1,2,3)")
     config_path = Path(run_dir) / "config.toml"
     if config_path.is_file() and load_config(config_path).model.kind == "sequential":
-        if all_users:
-            raise TowerrecError("--all-users works with two-tower runs", hint="name the users with --user ID")
-        _recommend_sequential(run_dir, user or [], history, k, exclude_seen, fallback, data_dir)
+        _recommend_sequential(run_dir, user or [], history, k, exclude_seen, fallback, data_dir, all_users)
         return
     if history is not None:
         raise TowerrecError("--history works with sequential runs ([model] kind = \"sequential\")",
@@ -207,7 +205,7 @@ def print_recommendations(results: dict, k: int, exclude_seen: bool = True) -> N
 
 
 def _recommend_sequential(run_dir: Path, users: list[str], history: Optional[str], k: int, exclude_seen: bool,
-                          fallback: Optional[str], data_dir: Optional[Path] = None) -> None:
+                          fallback: Optional[str], data_dir: Optional[Path] = None, all_users: bool = False) -> None:
     from towerrec.data.registry import relocated
     from towerrec.runs import load_run
     from towerrec.train.sequential import (
@@ -217,8 +215,10 @@ def _recommend_sequential(run_dir: Path, users: list[str], history: Optional[str
     run = load_run(run_dir)
     run.config = relocated(run.config, data_dir)
     histories: dict[str, list[int]] = {}
-    if users:
-        histories.update({f"user {u}": h for u, h in user_histories(run, users, fallback=fallback)[0].items()})
+    if users or all_users:
+        found = user_histories(run, users, fallback=fallback, all_users=all_users)[0]
+        histories.update({f"user {u}": h for u, h in found.items()})
+        users = list(found)
     if history is not None:
         raw = [part.strip() for part in history.split(",") if part.strip()]
         items = _coerce_items(raw, run.catalogue)

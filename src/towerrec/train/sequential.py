@@ -631,8 +631,13 @@ def recommend_from_histories(run, histories: dict[str, list[int]], *, k: int = 1
     return {name: results[name] for name in histories}
 
 
-def user_histories(run, users: list[str], *, fallback: str | None = None) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
-    """Each user's full timeline (ratings >= min_rating, time order) as catalogue indices: (recent, seen)."""
+def user_histories(run, users: list[str], *, fallback: str | None = None,
+                   all_users: bool = False) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """Each user's full timeline (ratings >= min_rating, time order) as catalogue indices: (recent, seen).
+
+    One pass over the events for all users; ``all_users`` adds every user with a timeline.
+    An id this dataset cannot hold ("dd42" on integer ids) is an unknown user.
+    """
     config = run.config
     dataset = load_dataset(config.data.dataset, config.data.data_dir, progress=False,
                            duplicate_titles=config.data.duplicate_titles)
@@ -642,22 +647,29 @@ def user_histories(run, users: list[str], *, fallback: str | None = None) -> tup
     item_ids = np.asarray(run.catalogue["item_id"].to_list())
     events = timeline_events(dataset, item_ids, config.sequence.min_rating).with_row_index("__row")
     schema = dataset.interactions.schema["user_id"]
-    histories: dict[str, list[int]] = {}
-    unknown = []
-    for user in users:
-        if schema == pl.Int64:
-            try:
-                raw: Any = int(user)
-            except ValueError:  # "dd42" cannot be a user of integer ids: unknown, as in the HTTP API
-                unknown.append(user)
-                histories[user] = []
-                continue
-        else:
-            raw = user
-        timeline = events.filter(pl.col("user_id") == raw).sort(["timestamp", "__row"])["__item"].to_list()
-        if not timeline:
-            unknown.append(user)
-        histories[user] = timeline
+    users = list(users)
+    if all_users:
+        users += [str(u) for u in events["user_id"].unique().sort().to_list()]
+
+    def coerce(user: str) -> Any:
+        if schema != pl.Int64:
+            return user
+        try:
+            return int(user)
+        except ValueError:  # "dd42" cannot be a user of integer ids: unknown, as in the HTTP API
+            return None
+
+    raw = {user: coerce(user) for user in users}
+    wanted = pl.Series([r for r in raw.values() if r is not None], dtype=schema)
+    timelines = (
+        events.filter(pl.col("user_id").is_in(wanted.implode()))
+        .sort(["user_id", "timestamp", "__row"])
+        .group_by("user_id", maintain_order=True)
+        .agg(pl.col("__item"))
+    )
+    found = dict(zip(timelines["user_id"].to_list(), timelines["__item"].to_list()))
+    histories: dict[str, list[int]] = {user: list(found.get(raw[user], [])) for user in users}
+    unknown = [user for user, timeline in histories.items() if not timeline]
     if unknown and fallback != "popular":
         raise TowerrecError(f"user(s) {unknown} have no history in the training data",
                             hint="pass --fallback popular to recommend the most popular items to them")
