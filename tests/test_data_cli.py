@@ -109,8 +109,11 @@ def test_registry_resolves_names_folders_and_rejects_the_rest(ml100k: Path, tmp_
     assert from_folder.interactions.equals(prepared.dataset.interactions)
     with pytest.raises(DataError, match="--data-dir applies to MovieLens names only"):
         load_dataset(str(prepared.path), data_dir=ml100k)
-    with pytest.raises(DataError, match="holds no dataset.json"):
+    with pytest.raises(DataError, match="files of a MovieLens release"):  # tmp_path holds ml-100k/
         load_dataset(str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no dataset.json"):
+        load_dataset(str(tmp_path / "empty"))
     with pytest.raises(DataError, match="unknown dataset 'nope'"):
         load_dataset("nope")
 

@@ -204,3 +204,21 @@ def test_movielens_u_data_with_a_millisecond_line_is_refused_at_prepare(tmp_path
     with pytest.raises(DataError) as err:
         load_movielens("ml-100k", folder, progress=False)
     assert (err.value.line, err.value.field) == (3, "timestamp") and "looks like epoch milliseconds" in str(err.value)
+
+
+# --- a raw MovieLens folder given to `data info` ----------------------------------------------
+
+
+def test_info_on_a_raw_movielens_folder_hints_at_the_release_name(tmp_path: Path, capsys,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_movielens import CSV, ML1M, ML100K, write as write_ml
+
+    monkeypatch.setenv("TOWERREC_HOME", str(tmp_path / "home"))
+    for files, folder, release in ((ML100K, "raw100k", "movielens-100k"), (ML1M, "some-folder", "movielens-1m"),
+                                   (CSV, "small", "movielens-latest-small")):
+        write_ml(tmp_path / folder, files)
+        code, _, err = run_cli(capsys, "data", "info", str(tmp_path / folder))
+        assert code == 1 and "files of a MovieLens release" in err
+        assert f"towerrec data info {release} --data-dir {tmp_path / folder}" in err
+        code, out, _ = run_cli(capsys, "data", "info", release, "--data-dir", str(tmp_path / folder))
+        assert code == 0 and "interactions" in out

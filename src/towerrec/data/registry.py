@@ -43,6 +43,15 @@ def prepare_dataset(
             file=folder,
             hint="check the path; if a run's data moved, pass --data-dir with its new place",
         )
+    raw = movielens_like(folder)
+    if raw:
+        command = " or ".join(f"towerrec data info {r.name} --data-dir {folder}" for r in raw)
+        raise DataError(
+            f"not a towerrec dataset folder, but the files of a MovieLens release "
+            f"({', '.join(raw[0].files)}): read it by the release's name",
+            file=folder,
+            hint=f"run: {command}",
+        )
     if folder.is_dir():
         raise DataError(
             "not a dataset folder: it holds no dataset.json",
@@ -112,3 +121,46 @@ def relocated(config: RunConfig, data_dir: str | Path | None) -> RunConfig:
     if is_release_name(config.data.dataset):
         return config.replace(data={"data_dir": path})
     return config.replace(data={"dataset": path})
+
+
+def movielens_like(path: Path) -> list[movielens.Release]:
+    """The MovieLens releases whose files ``path`` (a folder, its parent, or a zip) holds; best first.
+
+    The folder or zip name decides when it is a release's (``ml-1m``); else the release
+    needing the most of the files present; the ``ratings.csv`` releases (latest-small, 20M,
+    25M) share a layout and are told apart by the size of ``ratings.csv``.
+    """
+    path = Path(path)
+    named = movielens.find_release(path.name[:-4] if path.name.lower().endswith(".zip") else path.name)
+    if path.is_file() and path.suffix.lower() == ".zip":
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as zf:
+                present = {name.rsplit("/", 1)[-1]: zf.getinfo(name).file_size for name in zf.namelist()}
+        except (zipfile.BadZipFile, OSError):
+            return []
+    elif path.is_dir():
+        try:  # the folder itself, or a release folder inside it
+            folders = [path, *sorted(p for p in path.iterdir() if p.is_dir())]
+        except OSError:
+            return []
+        present = {}
+        for folder in folders:
+            for name in {name for release in movielens.RELEASES.values() for name in release.files}:
+                if (folder / name).is_file():
+                    present.setdefault(name, (folder / name).stat().st_size)
+    else:
+        return []
+    fits = [r for r in movielens.RELEASES.values() if all(name in present for name in r.files)]
+    if named in fits:
+        return [named]
+    if not fits:
+        return []
+    most = max(len(r.files) for r in fits)
+    fits = [r for r in fits if len(r.files) == most]
+    if len(fits) > 1 and "ratings.csv" in present:
+        small = present["ratings.csv"] < 50_000_000
+        fits = [r for r in fits if (r.archive == "ml-latest-small") == small]
+    return fits
+
