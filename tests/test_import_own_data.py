@@ -222,3 +222,35 @@ def test_info_on_a_raw_movielens_folder_hints_at_the_release_name(tmp_path: Path
         assert f"towerrec data info {release} --data-dir {tmp_path / folder}" in err
         code, out, _ = run_cli(capsys, "data", "info", release, "--data-dir", str(tmp_path / folder))
         assert code == 0 and "interactions" in out
+
+
+# --- --dataset on train and quickstart --------------------------------------------------------
+
+
+def _imported(tmp_path: Path, capsys) -> Path:
+    rows = "".join(f"u{u},i{i},{1 + (u * i) % 5},{1000 + 10 * u + i}\n" for u in range(12) for i in range(15)
+                   if (u + i) % 3)
+    write(tmp_path / "r.csv", "user,item,rating,ts\n" + rows)
+    code, _, err = run_cli(capsys, "data", "import", str(tmp_path / "r.csv"), "--user", "user", "--item", "item",
+                           "--rating", "rating", "--timestamp", "ts", "--out", str(tmp_path / "mine"))
+    assert code == 0, err
+    return tmp_path / "mine"
+
+
+def test_train_runs_a_shipped_config_on_another_dataset(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("TOWERREC_HOME", str(tmp_path / "home"))
+    folder = _imported(tmp_path, capsys)
+    code, out, err = run_cli(capsys, "train", "popularity", "--dataset", str(folder), "--runs", str(tmp_path / "runs"))
+    assert code == 0, err
+    (run_dir,) = (tmp_path / "runs").glob("popularity-*")
+    from towerrec.config import load_config
+
+    assert load_config(run_dir / "config.toml").data.dataset == str(folder)
+
+
+def test_quickstart_on_another_dataset(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("TOWERREC_HOME", str(tmp_path / "home"))
+    folder = _imported(tmp_path, capsys)
+    code, out, err = run_cli(capsys, "quickstart", "--dataset", str(folder), "--runs", str(tmp_path / "runs"))
+    assert code == 0, err
+    assert "mine test (20%)" in out and "top 3 for user u0:" in out

@@ -20,14 +20,30 @@ RunsOption = Annotated[Path, typer.Option("--runs", help="Folder that holds run 
 KS = (1, 5, 10, 50, 100)
 
 
-def _resolve_config(config: str, data_dir: Optional[Path]) -> RunConfig:
+DatasetOption = Annotated[
+    Optional[str],
+    typer.Option("--dataset", help="Run the config on another dataset: a MovieLens name or a dataset folder "
+                 "(overrides [data] dataset; a folder drops the config's data_dir)."),
+]
+
+
+def _resolve_config(config: str, data_dir: Optional[Path], dataset: Optional[str] = None) -> RunConfig:
     cfg = preset(config) if config in PRESETS and not Path(config).is_file() else load_config(config)
+    return with_data(cfg, data_dir, dataset)
+
+
+def with_data(cfg: RunConfig, data_dir: Optional[Path], dataset: Optional[str]) -> RunConfig:
+    """``cfg`` with ``--dataset`` / ``--data-dir`` applied (a dataset folder takes no data_dir)."""
+    from towerrec.data.registry import is_release_name
+
+    if dataset is not None:
+        cfg = cfg.replace(data={"dataset": dataset, **({} if is_release_name(dataset) else {"data_dir": None})})
     if data_dir is not None:
         cfg = cfg.replace(data={"data_dir": str(data_dir)})
     return cfg
 
 
-def metrics_table(title: str, rows: dict[str, dict[str, float]], ks=KS) -> Table:
+def metrics_table(title: str | Text, rows: dict[str, dict[str, float]], ks=KS) -> Table:
     """One row per model: top-K accuracy at each K."""
     table = Table(title=title, title_justify="left")
     table.add_column("model")
@@ -42,6 +58,7 @@ def metrics_table(title: str, rows: dict[str, dict[str, float]], ks=KS) -> Table
 def train(
     config: Annotated[str, typer.Argument(help="A TOML config file or a preset name: " + ", ".join(PRESETS))],
     data_dir: DataDirOption = None,
+    dataset: DatasetOption = None,
     runs: RunsOption = Path("runs"),
     retrain: Annotated[bool, typer.Option("--retrain", help="Train again even if a finished run matches.")] = False,
     epochs: Annotated[Optional[int], typer.Option(min=1, max=MAX_COUNT, help="Override [train] epochs.")] = None,
@@ -53,11 +70,13 @@ def train(
       towerrec train configs/w1_basic.toml --data-dir ../shared/datasets/ml-100k
 
       towerrec train default --epochs 5
+
+      towerrec train configs/w1_basic.toml --dataset my-imported-folder/
     """
     from towerrec.runs import train_run
 
     check_folder_option(runs, "--runs")
-    cfg = _resolve_config(config, data_dir)
+    cfg = _resolve_config(config, data_dir, dataset)
     if epochs is not None:
         cfg = cfg.replace(train={"epochs": epochs})
     result = train_run(cfg, runs_root=runs, retrain=retrain, log=say)
@@ -233,11 +252,15 @@ def _recommend_sequential(run_dir: Path, users: list[str], history: Optional[str
 @app.command()
 def quickstart(
     data_dir: DataDirOption = None,
+    dataset: DatasetOption = None,
     runs: RunsOption = Path("runs"),
-    user: Annotated[str, typer.Option(help="Whose recommendations to print.")] = "42",
+    user: Annotated[
+        Optional[str], typer.Option(help="Whose recommendations to print (default 42, or the data's first user).")
+    ] = None,
     retrain: Annotated[bool, typer.Option("--retrain", help="Train again even if cached.")] = False,
 ) -> None:
-    """Workload W1 end to end: MovieLens-100K, two-tower model, test metrics beside popularity, top 3 for a user.
+    """Workload W1 end to end: MovieLens-100K (or --dataset), two-tower model, test metrics beside popularity,
+    top 3 for a user.
 
     Downloads MovieLens-100K (checksum-verified) unless --data-dir names a copy.
 
@@ -246,6 +269,8 @@ def quickstart(
       towerrec quickstart --data-dir ../shared/datasets/ml-100k
 
       towerrec quickstart
+
+      towerrec quickstart --dataset my-imported-folder/
     """
     from towerrec.recommend import open_run_with_data, recommend as _recommend
     from towerrec.runs import train_run
@@ -254,16 +279,18 @@ def quickstart(
     rows_excluded, rows_tfrs = {}, {}
     last_dir = None
     for name in ("popularity", "default"):
-        cfg = preset(name)
-        if data_dir is not None:
-            cfg = cfg.replace(data={"data_dir": str(data_dir)})
+        cfg = with_data(preset(name), data_dir, dataset)
         result = train_run(cfg, runs_root=runs, retrain=retrain, log=say)
         rows_excluded[name] = result.metrics["test"]["seen_excluded"]
         rows_tfrs[name] = result.metrics["test"]["tfrs"]
         last_dir = result.run_dir
-    console.print(metrics_table("MovieLens-100K test (20%), full catalogue, seen items excluded", rows_excluded))
+    label = "MovieLens-100K" if dataset is None else Path(dataset).name
+    console.print(metrics_table(Text(f"{label} test (20%), full catalogue, seen items excluded"), rows_excluded))
     console.print(metrics_table("same, TFRS protocol (seen items not excluded)", rows_tfrs))
     run, data = open_run_with_data(last_dir)
+    if user is None:
+        known = [str(u) for u in data.features.user_ids.tolist()]
+        user = "42" if "42" in known or not known else known[0]
     recs = _recommend(run, data, [user], k=3)[user]
     console.print(f"[bold]top 3 for user {escape(user)}:[/bold] " + escape("; ".join(str(r.title) for r in recs)),
                   highlight=False, soft_wrap=True)
