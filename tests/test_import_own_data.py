@@ -254,3 +254,16 @@ def test_quickstart_on_another_dataset(tmp_path: Path, capsys, monkeypatch) -> N
     code, out, err = run_cli(capsys, "quickstart", "--dataset", str(folder), "--runs", str(tmp_path / "runs"))
     assert code == 0, err
     assert "mine test (20%)" in out and "top 3 for user u0:" in out
+
+
+def test_decimal_text_timestamps_are_floored_seconds(tmp_path: Path) -> None:
+    path = write(tmp_path / "r.csv", "u,i,t\n1,2,881250949.0\n1,3,881250950.75\n")
+    ds = import_interactions(path, user_col="u", item_col="i", timestamp_col="t")
+    assert ds.interactions["timestamp"].to_list() == [881250949, 881250950]
+    ms = write(tmp_path / "ms.csv", "u,i,t\n1,2,881250949000.0\n")
+    with pytest.raises(DataError, match="milliseconds"):
+        import_interactions(ms, user_col="u", item_col="i", timestamp_col="t")
+    bad = write(tmp_path / "nan.csv", "u,i,t\n1,2,881250949\n1,3,nan\n")
+    with pytest.raises(DataError) as err:
+        import_interactions(bad, user_col="u", item_col="i", timestamp_col="t")
+    assert err.value.line == 3 and "not a finite number" in str(err.value)

@@ -287,11 +287,18 @@ def _timestamps(table: _Table, column: str, unit: str = "s") -> pl.Series:
         return raw.cast(pl.Datetime("us")).dt.epoch("s").alias("timestamp")
     elif isinstance(raw.dtype, pl.Datetime):
         return raw.dt.epoch("s").alias("timestamp")
-    else:
+    else:  # text: integers, decimal numbers (881250949.0) or ISO dates
         text = raw.cast(pl.String).str.strip_chars()
         values = text.cast(pl.Int64, strict=False)
         if values.null_count():
+            numbers = text.cast(pl.Float64, strict=False)
+            nonfinite = (numbers.is_not_null() & ~numbers.is_finite()).fill_null(False)
+            if nonfinite.any():
+                index = _first(nonfinite)
+                raise table.fail(index, column, f"timestamp {shorten(raw[index])} is not a finite number")
             numeric = False
+            if numbers.null_count() == 0:  # every value a number: seconds (or --timestamp-unit) as floats
+                return _to_seconds(table, column, numbers, unit).cast(pl.Int64).alias("timestamp")
             try:  # the format is inferred from the first value; a zone, if given, is honoured
                 parsed = text.str.to_datetime(strict=False, time_unit="us").dt.epoch("s")
             except pl.exceptions.ComputeError:  # no date format fits: the first bad value is reported below
@@ -314,6 +321,8 @@ def _to_seconds(table: _Table, column: str, values: pl.Series, unit: str) -> pl.
     """Numeric epoch values in ``unit`` -> whole seconds; values too large for seconds are refused."""
     scale = TIMESTAMP_UNITS[unit]
     seconds = (values // scale) if scale > 1 else values.floor() if values.dtype.is_float() else values
+    if seconds.dtype.is_float():
+        seconds = seconds.floor()
     too_far = seconds.abs() >= _SECONDS_LIMIT
     if too_far.any():
         index = _first(too_far)
