@@ -47,6 +47,12 @@ class DataConfig:
     item_features: str | None = None
     item_features_on: str | None = None
     item_feature_defaults: tuple[str, ...] | None = None  # e.g. ["length=90"]: value for items the table lacks
+    # Interaction filters, applied before the split (towerrec.data.filters); absent = off.
+    min_user_interactions: int | None = None  # drop users with fewer interactions
+    min_item_interactions: int | None = None  # drop items with fewer interactions (and from the catalogue)
+    k_core: int | None = None  # repeat both filters with k until every user and item has >= k interactions
+    # leave-last-out holds out users with at least this many interactions (absent: 3); shorter ones only train
+    leave_last_out_min_interactions: int | None = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,8 @@ class SequenceConfig:
     ``max_length`` items, all shuffled, ``train_fraction`` / rest); ``leave-last-out``
     trains on each user's full history (up to ``max_length`` most recent items) with
     the last item held out for test and the second-last for validation.
-    ``objective``: ``in-batch`` softmax (the tutorial), ``full-softmax`` over the whole
+    ``min_rating = false`` (TOML has no null) keeps every rating; rows it removes are
+    counted in a warning. ``objective``: ``in-batch`` softmax (the tutorial), ``full-softmax`` over the whole
     catalogue, or ``sampled`` softmax with ``num_sampled`` popularity-drawn negatives
     and logQ correction. ``all_positions``: every step of a context predicts its next
     item (always on for leave-last-out; under ``tfrs-sequences`` a step whose target is
@@ -147,7 +154,14 @@ class RunConfig:
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return _drop_none(dataclasses.asdict(self))
+        """Plain values for TOML: an unset optional is left out, or written ``false`` when its default is set
+        (``[sequence] min_rating = false``), so the file reads back as the same config."""
+        values = dataclasses.asdict(self)
+        for section in SECTIONS:
+            for f in fields(getattr(self, section)):
+                if values[section][f.name] is None and f.default is not None:
+                    values[section][f.name] = False
+        return _drop_none(values)
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
@@ -198,8 +212,8 @@ def _coerce(section: str, name: str, annotation: Any, value: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {shorten(value)}")
         return tuple(_coerce(section, name, args[0], v) for v in value)
-    if args and type(None) in args:  # Optional[X]
-        if value is None:
+    if args and type(None) in args:  # Optional[X]: TOML has no null, so `false` switches it off too
+        if value is None or (value is False and bool not in args):
             return None
         inner = [a for a in args if a is not type(None)][0]
         return _coerce(section, name, inner, value)
@@ -301,6 +315,10 @@ BOUNDS: dict[tuple[str, str], Bound] = {
     ("data", "test_fraction"): FRACTION_OPEN,
     ("data", "validation_fraction"): Bound(0.0, 1.0, high_open=True),
     ("data", "seed"): _ints(0, SEED_MAX),
+    ("data", "min_user_interactions"): _ints(1, MAX_COUNT),
+    ("data", "min_item_interactions"): _ints(1, MAX_COUNT),
+    ("data", "k_core"): _ints(1, MAX_COUNT),
+    ("data", "leave_last_out_min_interactions"): _ints(1, MAX_COUNT),
     ("model", "embedding_dim"): _ints(1, MAX_WIDTH),
     ("model", "layer_sizes"): _ints(1, MAX_WIDTH),
     ("model", "dropout"): Bound(0.0, 1.0, high_open=True),

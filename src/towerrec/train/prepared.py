@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from towerrec.config import RunConfig
+from towerrec.data.filters import filter_interactions
 from towerrec.data.registry import load_dataset
 from towerrec.data.splits import Split, make_split, require_parts, require_rows
 from towerrec.data.tables import Dataset
@@ -191,6 +192,7 @@ def prepare(config: RunConfig, dataset: Dataset | None = None, *, progress: bool
         dataset = with_item_features(config, dataset, warn=_warn)
     if config.data.candidate_key == "title":
         dataset = merge_items_by_title(dataset)
+    dataset = apply_filters(config, dataset)
     split = _split(config, dataset, label)
     _warn_duplicate_titles(config, dataset)
     features = FeatureSet(feature_specs(config, dataset.items)).fit(split.train, catalogue_items(dataset), dataset.users)
@@ -238,6 +240,16 @@ def _warn_duplicate_titles(config: RunConfig, dataset: Dataset) -> None:
               f"{', '.join(str(i) for i in ids)}): a list can show one title twice; merge them with {fix}")
 
 
+def apply_filters(config: RunConfig, dataset: Dataset, warn=None) -> Dataset:
+    """``dataset`` after the ``[data]`` count and k-core filters (:mod:`towerrec.data.filters`), saying what went."""
+    d = config.data
+    dataset, report = filter_interactions(dataset, min_user_interactions=d.min_user_interactions,
+                                          min_item_interactions=d.min_item_interactions, k_core=d.k_core)
+    if report is not None and report.interactions[0] != report.interactions[1]:
+        (warn or _warn)(f"the [data] interaction filters kept {report.describe()}")
+    return dataset
+
+
 def _warn(message: str) -> None:
     import warnings
 
@@ -249,7 +261,7 @@ def _split(config: RunConfig, dataset: Dataset, label: str) -> Split:
     d = config.data
     require_rows(label, dataset.interactions.height)
     if d.split == "leave-last-out":
-        split = make_split(dataset.interactions, d.split)
+        split = make_split(dataset.interactions, d.split, min_interactions=d.leave_last_out_min_interactions or 3)
     else:
         options = {"test_fraction": d.test_fraction, "validation_fraction": d.validation_fraction}
         if d.split == "tfrs-random":

@@ -129,8 +129,15 @@ def _item_lookup(item_ids: np.ndarray, dtype) -> pl.DataFrame:
                          "__item": np.arange(len(item_ids), dtype=np.int64)})
 
 
-def timeline_events(dataset: Dataset, item_ids: np.ndarray, min_rating: float | None) -> pl.DataFrame:
-    """Interactions with their catalogue index and rating slot, filtered by rating; input row order."""
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
+def timeline_events(dataset: Dataset, item_ids: np.ndarray, min_rating: float | None, report=None) -> pl.DataFrame:
+    """Interactions with their catalogue index and rating slot, filtered by rating; input row order.
+
+    ``report(message)``, if given, hears how many rows ``min_rating`` removed (when any did).
+    """
     inter = dataset.interactions
     events = inter.select("user_id", "item_id", "rating", "timestamp").join(
         _item_lookup(item_ids, inter.schema["item_id"]), on="item_id", how="left", maintain_order="left")
@@ -139,7 +146,11 @@ def timeline_events(dataset: Dataset, item_ids: np.ndarray, min_rating: float | 
         bad = events.filter(pl.col("__item").is_null())["item_id"][0]
         raise DataError(f"item {shorten(bad)} is in the interactions but not in the item table", field="item_id")
     if min_rating is not None:
+        before = events.height
         events = events.filter(pl.col("rating").is_null() | (pl.col("rating") >= min_rating))
+        if report is not None and events.height < before:
+            report(f"[sequence] min_rating = {min_rating:g} removed {before - events.height:,} of {before:,} "
+                   f"interactions (rated below {min_rating:g}); min_rating = false keeps every rating")
     slot = (pl.col("rating").round(0).clip(0, NUM_RATING_SLOTS - 2) + 1).fill_null(0).cast(pl.Int64)
     return events.with_columns(__slot=slot)
 
@@ -182,8 +193,11 @@ def prepare_sequences(config: RunConfig, dataset: Dataset | None = None, *, prog
         dataset = load_dataset(config.data.dataset, config.data.data_dir, progress=progress,
                                duplicate_titles=config.data.duplicate_titles)
     require_rows(label, dataset.interactions.height)
+    from towerrec.train.prepared import apply_filters
+
+    dataset = apply_filters(config, dataset)
     item_ids, titles = catalogue_of(dataset)
-    events = timeline_events(dataset, item_ids, s.min_rating)
+    events = timeline_events(dataset, item_ids, s.min_rating, report=_warn)
     use_ratings = "rating" in s.step_features
     if s.protocol == "tfrs-sequences":
         train, test = _tfrs_sequences(config, events, use_ratings)
@@ -293,6 +307,14 @@ def _leave_last_out(config: RunConfig, events: pl.DataFrame, use_ratings: bool):
     s, width = config.sequence, config.sequence.max_length
     if s.min_timeline_length < 3:
         raise ConfigError("[sequence] leave-last-out needs min_timeline_length >= 3 (train, validation, test)")
+    missing = events["timestamp"].null_count()
+    if missing:  # as every time-ordered protocol: file order is not time order
+        raise DataError(
+            f"the sequential leave-last-out protocol orders events by time, but {missing:,} of {events.height:,} "
+            "interactions have no timestamp",
+            field="timestamp",
+            hint="import the table with --timestamp COLUMN",
+        )
     ordered = events.with_row_index("__row").sort(["user_id", "timestamp", "__row"])
     items = ordered["__item"].to_numpy().astype(np.int64)
     slots = ordered["__slot"].to_numpy().astype(np.int64)
