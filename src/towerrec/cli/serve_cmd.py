@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from towerrec.cli.app import app
-from towerrec.cli.common import RunDataDirOption, console, say
+from towerrec.cli.common import RunDataDirOption, check_folder_option, console, say
 from towerrec.config import MAX_WIDTH
 
 index_app = typer.Typer(
@@ -72,6 +72,8 @@ def index_build(
     params = _params(hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, nlist=nlist,
                      nprobe=nprobe, pq_m=pq_m, refine=refine)
     _check_kind(kind, params)
+    if out is not None:
+        check_folder_option(out, "--out")
     run = load_run(run_dir)
     embeddings = run_candidate_embeddings(run)
     started = time.perf_counter()
