@@ -101,6 +101,9 @@ def test_cli_sep_aliases(tmp_path: Path, capsys) -> None:
 
 def test_unsniffable_and_binary_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="cannot tell how the fields are separated"):
+        import_interactions(write(tmp_path / "mixed.txt", "a,b\nc,d,e\nf\ng h\n"), user_col="1", item_col="2",
+                            header=False)
+    with pytest.raises(DataError, match="cannot tell how the fields are separated"):  # interactions need 2 columns
         import_interactions(write(tmp_path / "one.txt", "abc\ndef\n"), user_col="1", item_col="2", header=False)
     (tmp_path / "bin.dat").write_bytes(b"\x00\x01\x02")
     with pytest.raises(DataError, match="not a text table"):

@@ -49,7 +49,7 @@ class _Table:
         if self.path.is_dir():
             raise DataError("is a folder, not a table file", file=self.path)
         if not self.path.is_file():
-            raise DataError("file not found", file=self.path)
+            raise DataError("not a regular file" if self.path.exists() else "file not found", file=self.path)
         self.headerless = columns is not None or not header
         suffix = self.path.suffix.lower()
         if suffix in NOT_TABLES:
@@ -204,7 +204,8 @@ def _ids(table: _Table, column: str) -> pl.Series:
     ids = _as_id(table, raw, column).alias(column)
     if table.headerless and ids.dtype == pl.String and ids.len() > 1:
         rest = ids[1:].str.strip_chars()
-        if (rest.cast(pl.Int64, strict=False).cast(pl.String) == rest).all():
+        as_int = rest.cast(pl.Int64, strict=False)
+        if as_int.null_count() == 0 and (as_int.cast(pl.String) == rest).all():
             raise table.fail(0, column, f"{shorten(ids[0])} is not an id like the rest of the column: "
                              "the first line looks like a header",
                              hint="drop --no-header / --columns: the header then names the columns")
