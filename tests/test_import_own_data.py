@@ -270,3 +270,9 @@ def test_decimal_text_timestamps_are_floored_seconds(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         import_interactions(bad, user_col="u", item_col="i", timestamp_col="t")
     assert err.value.line == 3 and "not a finite number" in str(err.value)
+
+
+def test_info_on_a_table_file_hints_at_import(tmp_path: Path, capsys) -> None:
+    path = write(tmp_path / "r.csv", "u,i\n1,2\n")
+    code, _, err = run_cli(capsys, "data", "info", str(path))
+    assert code == 1 and "a file, not a dataset folder" in err and f"towerrec data import {path}" in err

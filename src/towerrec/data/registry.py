@@ -52,6 +52,12 @@ def prepare_dataset(
             file=folder,
             hint=f"run: {command}",
         )
+    if folder.is_file():
+        raise DataError(
+            "a file, not a dataset folder",
+            file=folder,
+            hint=f"import a table first: towerrec data import {folder} --user COL --item COL --out DIR",
+        )
     if folder.is_dir():
         raise DataError(
             "not a dataset folder: it holds no dataset.json",
