@@ -85,6 +85,10 @@ class RecommendRequest(BaseModel):
     (added to their train history). For a new user, ``features`` holds the user
     columns the model reads (see GET /healthz ``user_features``) and ``history``
     their items, oldest first; anything missing counts as unknown.
+
+    Feature values (:mod:`towerrec.serve.request_features`): numeric columns take finite
+    numbers (``timestamp`` also ISO 8601 dates), clipped to the train range; booleans,
+    NaN, Infinity and unparseable strings are 422 naming ``features.<column>``.
     """
 
     model_config = ConfigDict(
