@@ -162,3 +162,11 @@ def test_experiment_knobs_are_bounded(key, value, message):
 
     with pytest.raises(ConfigError, match=message):
         experiment_from_dict({"experiment": {"name": "x", "feature_sets": ["none"], key: value}})
+
+
+def test_an_integer_too_long_for_python_is_a_config_error(tmp_path):
+    path = tmp_path / "big.toml"
+    path.write_text("[train]\nseed = " + "9" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=r"big.toml: invalid TOML: Exceeds the limit \(4300 digits\)") as info:
+        load_config(path)
+    assert len(info.value.message) < 300

@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import tomli_w
 
-from towerrec.errors import ConfigError, shorten
+from towerrec.errors import ConfigError, shorten, shorten_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -397,6 +397,8 @@ def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
         raise ConfigError(exc.message, exc.hint or f"a {what} is a UTF-8 TOML text file") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits, which Python refuses to read
+        raise ConfigError(f"{path}: invalid TOML: {shorten_text(str(exc).split(';')[0])}") from exc
 
 
 def load_config(path: str | Path) -> RunConfig:
