@@ -2,7 +2,7 @@
 
 import pytest
 
-from towerrec.errors import DataError, shorten
+from towerrec.errors import DataError, fits_int64, shorten, shorten_text
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -33,3 +33,16 @@ def test_located_error_with_a_huge_value_stays_short():
     err = DataError(f"{shorten('9' * 10**6)} is too large for a 64-bit integer", file="u.data", line=301,
                     field="timestamp")
     assert str(err) == "u.data, line 301, field 'timestamp': '" + "9" * 30 + "…' (1,000,000 digits) is too large for a 64-bit integer"
+
+
+def test_shorten_text_cuts_echoed_values_in_a_library_message():
+    text = shorten_text("could not parse `" + "9" * 10**6 + "` as dtype i64")
+    assert text == "could not parse `" + "9" * 29 + "… (1,000,002 characters) as dtype i64"
+    assert len(shorten_text("word " * 1000)) == 301
+
+
+@pytest.mark.parametrize("digits, fits", [("9223372036854775807", True), ("9223372036854775808", False),
+                                          ("-9223372036854775808", True), ("-9223372036854775809", False),
+                                          ("000000000000000000000001", True), ("9" * 10**6, False)])
+def test_fits_int64(digits, fits):
+    assert fits_int64(digits) is fits

@@ -43,8 +43,8 @@ def shorten(value: Any, limit: int = SHORT) -> str:
 
 def shorten_text(text: str, limit: int = 300) -> str:
     """A library's message for ours: every run of more than ``SHORT`` non-blank characters
-    (a value it echoed) shortened as :func:`shorten` does, and the whole cut to ``limit``."""
-    text = re.sub(r"\S{%d,}" % (SHORT + 1), lambda m: f"{m.group(0)[:SHORT]}… ({len(m.group(0)):,} characters)", text)
+    (a value it echoed) cut to ``SHORT`` with its length, and the whole cut to ``limit``."""
+    text = re.sub(rf"\S{{{SHORT + 1},}}", lambda m: f"{m.group(0)[:SHORT]}… ({len(m.group(0)):,} characters)", text)
     return text if len(text) <= limit else text[:limit] + "…"
 
 
