@@ -108,13 +108,13 @@ def recommend(
         TowerrecError: ``k`` < 1; unknown users without a fallback.
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise TowerrecError(f"k must be ≥ 1, got {k!r}")
+        raise TowerrecError(f"k must be ≥ 1, got {k}")
     rows = known_user_rows(data, users)
     titles = run.catalogue["title"].to_list()
     ids = run.catalogue["item_id"].to_list()
     unknown = [u for u, r in zip(users, rows.tolist()) if r < 0]
     if unknown and fallback != "popular":
-        shown = ", ".join(repr(u) for u in unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+        shown = ", ".join(repr(u.item() if isinstance(u, np.generic) else u) for u in unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
         raise TowerrecError(
             f"user(s) {shown} not in the training data",
             hint="pass --fallback popular to recommend the most popular items to unknown users",

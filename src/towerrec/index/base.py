@@ -117,7 +117,7 @@ def as_exclusions(exclude: Exclusions | None, num_queries: int) -> CSR | None:
 def check_k(k: int) -> None:
     """Raises unless ``k`` ≥ 1 (an int)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise TowerrecError(f"k must be ≥ 1, got {k!r}")
+        raise TowerrecError(f"k must be ≥ 1, got {k}")
 
 
 def items_left(num_candidates: int, exclude: CSR | None, num_queries: int) -> Tensor:

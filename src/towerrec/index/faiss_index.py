@@ -117,7 +117,7 @@ class FaissIndex(Index):
         if unknown:
             raise TowerrecError(f"unknown FAISS index option(s) {unknown}; valid: {sorted(DEFAULTS)}")
         self.variant = variant
-        self.params = {**DEFAULTS, **params}
+        self.params = {**DEFAULTS, **{k: int(v) if isinstance(v, np.integer) else v for k, v in params.items()}}
         for key, value in self.params.items():
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise TowerrecError(f"FAISS option {key} must be a non-negative integer, got {value!r}")
