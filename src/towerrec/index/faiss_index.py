@@ -39,7 +39,7 @@ from towerrec.index.base import (
     as_exclusions,
     atomic_write,
     check_k,
-    items_left,
+    check_exclusions,
     normalize_ids,
     pad_short_rows,
     read_manifest,
@@ -219,7 +219,8 @@ class FaissIndex(Index):
         check_k(k)
         n = self.num_candidates
         num_queries = q.shape[0]
-        need = items_left(n, exclusions, num_queries).clamp(max=k).numpy()
+        excluded = _ExclusionKeys(exclusions, num_queries, n)
+        need = np.minimum(n - excluded.distinct, k)
         width = min(k, n)
         scores = np.full((num_queries, width), -np.inf, dtype=np.float32)
         indices = np.full((num_queries, width), -1, dtype=np.int64)
@@ -237,7 +238,7 @@ class FaissIndex(Index):
                 for start in range(0, rows.size, batch_size):
                     chunk = rows[start : start + batch_size]
                     found_scores, found = self._faiss_search(q[chunk], int(size), int(level))
-                    done = self._take(chunk, found_scores, found, need, exclusions, scores, indices)
+                    done = self._take(chunk, found_scores, found, need, excluded, scores, indices)
                     short.append(chunk[~done])
             pending = np.concatenate(short) if short else np.empty(0, dtype=np.int64)
             exhausted = pending[(fetch[pending] >= n) & (self._nprobe(widen[pending]) >= self._full_probe())]
@@ -303,23 +304,22 @@ class FaissIndex(Index):
         found_scores: np.ndarray,
         found: np.ndarray,
         need: np.ndarray,
-        exclusions,
+        excluded: _ExclusionKeys,
         scores: np.ndarray,
         indices: np.ndarray,
     ) -> np.ndarray:
         """Writes the first ``need[row]`` valid results of each row; returns which rows had that many."""
-        valid = found >= 0
-        if exclusions is not None and exclusions.indices.numel():
-            valid &= ~_excluded(exclusions, rows, found)
-        done = valid.sum(axis=1) >= need[rows]
+        valid = (found >= 0) & ~excluded.contains(rows, found)
+        rank = np.cumsum(valid, axis=1) - 1  # position of each valid result among its row's valid ones
+        done = rank[:, -1] + 1 >= need[rows]
         if done.any():
-            width = scores.shape[1]
-            order = np.argsort(~valid[done], axis=1, kind="stable")[:, :width]
-            best_scores = np.take_along_axis(found_scores[done], order, axis=1)
-            best = np.take_along_axis(found[done], order, axis=1)
-            pad = np.arange(width)[None, :] >= need[rows[done]][:, None]
-            best_scores[pad], best[pad] = -np.inf, -1
-            scores[rows[done]], indices[rows[done]] = best_scores, best
+            keep = valid[done] & (rank[done] < need[rows[done]][:, None])
+            r, c = np.nonzero(keep)
+            out_rows = rows[done][r]
+            scores[rows[done]] = -np.inf  # rows keep their padding past need[row]
+            indices[rows[done]] = -1
+            scores[out_rows, rank[done][r, c]] = found_scores[done][r, c]
+            indices[out_rows, rank[done][r, c]] = found[done][r, c]
         return done
 
     def _exact(self, q, rows, width, need, exclusions, scores, indices) -> None:
@@ -421,17 +421,36 @@ def _as_float32(x: Tensor | np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
 
 
-def _excluded(exclusions, rows: np.ndarray, found: np.ndarray) -> np.ndarray:
-    """[len(rows), fetch] bool: is ``found[i, j]`` among the exclusions of query ``rows[i]``?"""
-    indptr = exclusions.indptr.numpy()
-    flat = exclusions.indices.numpy()
-    starts, ends = indptr[rows], indptr[rows + 1]
-    lengths = ends - starts
-    owner = np.repeat(np.arange(rows.size), lengths)
-    offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    keys = owner * (1 << 40) + flat[starts[owner] + offsets]
-    candidate_keys = np.arange(rows.size)[:, None] * (1 << 40) + found
-    return np.isin(candidate_keys, keys)
+class _ExclusionKeys:
+    """Every (query, excluded position) pair as one sorted int64 key ``query * N + position``.
+
+    Sorted once per search; membership of a [rows, fetch] block of FAISS results is then
+    one ``searchsorted`` (no per-call set building), and distinct exclusions per query
+    fall out of the same sort.
+    """
+
+    def __init__(self, exclusions, num_queries: int, num_candidates: int) -> None:
+        self.n = num_candidates
+        if exclusions is None or exclusions.indices.numel() == 0:
+            self.keys = np.empty(0, dtype=np.int64)
+            self.distinct = np.zeros(num_queries, dtype=np.int64)
+            return
+        check_exclusions(num_candidates, exclusions)
+        indptr = exclusions.indptr.numpy()
+        owner = np.repeat(np.arange(num_queries, dtype=np.int64), np.diff(indptr))
+        keys = np.sort(owner * num_candidates + exclusions.indices.numpy())
+        first = np.ones(keys.size, dtype=bool)
+        first[1:] = keys[1:] != keys[:-1]
+        self.keys = keys[first]
+        self.distinct = np.bincount(self.keys // num_candidates, minlength=num_queries)
+
+    def contains(self, rows: np.ndarray, found: np.ndarray) -> np.ndarray:
+        """[len(rows), fetch] bool: is ``found[i, j]`` (≥ 0) excluded for query ``rows[i]``?"""
+        if not self.keys.size:
+            return np.zeros(found.shape, dtype=bool)
+        wanted = rows[:, None] * self.n + np.maximum(found, 0)
+        at = np.minimum(np.searchsorted(self.keys, wanted), self.keys.size - 1)
+        return (self.keys[at] == wanted) & (found >= 0)
 
 
 def recall_against(approximate: Index, exact: Index, queries: Tensor, k: int, *, exclude: Exclusions | None = None) -> float:
