@@ -183,7 +183,7 @@ def test_cli_train_and_recommend_history(capsys, tmp_path, encoder, user_embeddi
     )
     code, out = run_cli(capsys, "train", str(config), "--runs", str(tmp_path / "runs"))
     assert code == 0, out
-    (run_dir,) = [str(d) for d in (tmp_path / "runs").iterdir()]
+    (run_dir,) = [str(d) for d in (tmp_path / "runs").iterdir() if not d.name.startswith(".")]  # not the lock
     assert "top-10" in out
 
     code, out = run_cli(capsys, "recommend", run_dir, "--history", "1,2,3", "-k", "5")
@@ -222,7 +222,7 @@ def test_user_embedding_personalises_training_users_only(tmp_path):
 
     dataset = make_synthetic(60, 80, 1500, seed=3)
     config = _config(sequence={"protocol": "leave-last-out", "max_length": 6, "objective": "full-softmax",
-                               "user_embedding": True, "min_rating": None},
+                               "user_embedding": True, "min_rating": 0.0},  # TOML has no null: 0 keeps all
                      train={"epochs": 2, "batch_size": 32})
     result = train_sequential_run(config, runs_root=tmp_path, retrain=True, progress=False, dataset=dataset,
                                   log=lambda *_: None)

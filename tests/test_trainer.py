@@ -104,7 +104,7 @@ def test_broken_run_directories_are_clear_errors(dataset, tmp_path):
     with pytest.raises(TowerrecError, match="model weights are missing"):
         load_run(result.run_dir)
     meta = result.run_dir / "meta.json"
-    meta.write_text(meta.read_text().replace('"format_version": 1', '"format_version": 99'))
+    meta.write_text(meta.read_text().replace('"format_version": 2', '"format_version": 99'))
     with pytest.raises(TowerrecError, match="run format 99"):
         load_run(result.run_dir)
     with pytest.raises(TowerrecError, match="no such run directory"):

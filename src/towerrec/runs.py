@@ -1,16 +1,25 @@
-"""Run directories: train once, reuse while configuration AND data match.
+"""Run directories: train once, reuse only while configuration AND data match exactly.
 
-``runs/<name>-<config hash>-<data fingerprint>/`` holds config.toml,
-features.json, model.safetensors, history.jsonl, metrics.json, meta.json,
-catalogue.parquet (item ids and titles, for printing) and, while training,
-checkpoints/. A finished run (metrics.json present) is reused; an unfinished
-one resumes from its last checkpoint.
+``runs/<name>-<config hash>-<data key>/`` holds config.toml, features.json,
+model.safetensors, history.jsonl, metrics.json, meta.json, catalogue.parquet
+(item ids and titles, for printing) and, while training, checkpoints/. The data
+key hashes the FULL data fingerprint (item/user feature tables included), and
+``meta.json``, written when training starts, records the config hash and that
+fingerprint: a run is reused or resumed only when both match, never on a name
+match alone. When training ends ``meta.json`` gains the SHA-256 of every file
+and ``finished: true``; loading checks them all, and the config against its hash.
+Training holds a file lock on the run, so two ``train`` of one run never interleave.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import shutil
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,37 +27,179 @@ from typing import Any
 import polars as pl
 from torch import nn
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 from towerrec import __version__, fsio
-from towerrec.config import RunConfig, load_config
+from towerrec.config import RunConfig, config_from_dict, load_config
 from towerrec.data.tables import Dataset
-from towerrec.errors import TowerrecError
+from towerrec.errors import ConfigError, TowerrecError
 from towerrec.features import FittedFeatures
-from towerrec.train.checkpoint import load_json, load_weights, save_json, save_weights
+from towerrec.train.checkpoint import RETRAIN_HINT, load_json, load_weights, save_json, save_weights
 from towerrec.train.evaluate import evaluate_both_protocols
 from towerrec.models.baselines import EASEModel, PopularityModel
 from towerrec.train.models import build_model, fit_baseline, is_trainable, two_tower_for
 from towerrec.train.prepared import PreparedData, prepare
 from towerrec.train.trainer import Trainer
 
-RUN_FORMAT_VERSION = 1
+RUN_FORMAT_VERSION = 2  # 2: meta.json written first; SHA-256 of every file; key = hash of the full fingerprint
+META = "meta.json"
+RUN_FILES = ("config.toml", "features.json", "model.safetensors", "history.jsonl", "metrics.json", META,
+             "catalogue.parquet", "sequence.json", "users.parquet", "checkpoints")
+"""Everything :func:`train_run` writes into a run directory (plus ``index-*`` folders of ``index build``)."""
+
+
+def data_key(data_fingerprint: str) -> str:
+    """8 hex digits naming a run's data: a hash of the FULL fingerprint (feature tables included)."""
+    return hashlib.sha256(data_fingerprint.encode()).hexdigest()[:8]
 
 
 def run_dir_for(config: RunConfig, data_fingerprint: str, root: Path) -> Path:
-    return root / f"{config.name}-{config.hash()}-{data_fingerprint[:8]}"
+    """``root/<name>-<config hash>-<data key>``: the folder of the run these inputs name."""
+    return Path(root) / f"{config.name}-{config.hash()}-{data_key(data_fingerprint)}"
+
+
+def run_inputs(config: RunConfig, data_fingerprint: str) -> dict[str, Any]:
+    """What a run directory's ``meta.json`` must record for the run to be reused or resumed."""
+    return {"format_version": RUN_FORMAT_VERSION, "config_hash": config.hash(), "data_fingerprint": data_fingerprint}
+
+
+def _read_meta(run_dir: Path) -> dict[str, Any] | None:
+    """``meta.json`` as a dict, or None when absent or unreadable (the run is then not reused)."""
+    try:
+        meta = json.loads((run_dir / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _stale_reason(meta: dict[str, Any] | None, inputs: dict[str, Any]) -> str | None:
+    if meta is None:
+        return "it has no readable meta.json"
+    for key, label in (("format_version", "run format"), ("config_hash", "configuration"),
+                       ("data_fingerprint", "data")):
+        if meta.get(key) != inputs[key]:
+            return f"its {label} differs"
+    return None
+
+
+def finished_run(config: RunConfig, data_fingerprint: str, runs_root: Path) -> tuple[Path, dict] | None:
+    """The directory and metrics of the finished run of exactly these inputs, or None.
+
+    A run counts only when its ``meta.json`` records the same run format, config hash
+    and FULL data fingerprint and marks the run finished; its files are then checked
+    against their recorded SHA-256.
+
+    Raises:
+        TowerrecError: the matching run's files are damaged or changed (named; hint ``--retrain``).
+    """
+    run_dir = run_dir_for(config, data_fingerprint, runs_root)
+    meta = _read_meta(run_dir)
+    if meta is None or _stale_reason(meta, run_inputs(config, data_fingerprint)) or not meta.get("finished"):
+        return None
+    verify_run_files(run_dir, meta)
+    return run_dir, load_json(run_dir / "metrics.json")
+
+
+def verify_run_files(run_dir: Path, meta: dict[str, Any]) -> None:
+    """Recompute the SHA-256 of every file ``meta.json`` lists (see :func:`towerrec.fsio.verify_checksums`)."""
+    recorded = meta.get("checksums")
+    if not isinstance(recorded, dict) or "model.safetensors" not in recorded:
+        raise TowerrecError(f"{run_dir / META}: lists no file checksums", hint=RETRAIN_HINT)
+    fsio.verify_checksums(run_dir, recorded, hint=RETRAIN_HINT)
+
+
+def is_run_dir(folder: Path) -> bool:
+    """True when ``folder`` provably holds a run towerrec wrote (and nothing else), so it may be deleted."""
+    folder = Path(folder)
+    if not folder.is_dir() or not ((folder / META).is_file() or (folder / "config.toml").is_file()):
+        return False
+    return all(entry.name in RUN_FILES or entry.name.startswith(("index-", ".")) for entry in folder.iterdir())
+
+
+def _remove_run_dir(run_dir: Path) -> None:
+    if not is_run_dir(run_dir):
+        entries = sorted(e.name for e in run_dir.iterdir() if e.name not in RUN_FILES)[:5]
+        raise TowerrecError(
+            f"{run_dir}: not removed: it is not a run directory towerrec wrote (holds {', '.join(entries)})",
+            hint="move those files away, or choose another --runs folder",
+        )
+    with fsio.io_errors(run_dir):
+        shutil.rmtree(run_dir)
 
 
 def open_run_dir(config: RunConfig, fingerprint: str, runs_root: Path, *, retrain: bool, log) -> tuple[Path, dict | None]:
-    """The run's directory, ready to train into, plus its metrics when a finished run can be reused."""
+    """The run's directory, ready to train into, plus its metrics when a finished run can be reused.
+
+    Call it holding the run's lock (see :func:`train_in_run_dir`). A directory of other
+    inputs (older format, hash collision) or ``retrain`` is deleted first, but only when
+    it provably is a run directory; an unfinished run of the same inputs is kept to resume.
+    """
     run_dir = run_dir_for(config, fingerprint, runs_root)
-    if retrain and run_dir.exists():
-        shutil.rmtree(run_dir)
-    if (run_dir / "metrics.json").is_file():
-        log(f"reusing the finished run {run_dir} (same configuration and data; --retrain to train again)")
-        return run_dir, load_json(run_dir / "metrics.json")
+    inputs = run_inputs(config, fingerprint)
+    if run_dir.exists():
+        meta = _read_meta(run_dir)
+        stale = _stale_reason(meta, inputs)
+        if retrain or stale:
+            if stale and not retrain:
+                log(f"{run_dir} holds another run ({stale}); training it again")
+            _remove_run_dir(run_dir)
+        elif meta is not None and meta.get("finished"):
+            verify_run_files(run_dir, meta)
+            log(f"reusing the finished run {run_dir} (same configuration and data; --retrain to train again)")
+            return run_dir, load_json(run_dir / "metrics.json")
+    text = _config_toml(config)
     with fsio.io_errors(run_dir, hint="choose a writable folder for the runs (--runs)"):
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.toml").write_text(config.to_toml())
+    fsio.atomic_write_text(run_dir / "config.toml", text)
+    save_json({**inputs, "towerrec_version": __version__, "finished": False}, run_dir / META)
     return run_dir, None
+
+
+def _config_toml(config: RunConfig) -> str:
+    """``config`` as TOML, refusing one that would read back as another configuration (load_run checks)."""
+    text = config.to_toml()
+    again = config_from_dict(tomllib.loads(text))
+    if again.hash() != config.hash():
+        before, after = config.to_dict(), again.to_dict()
+        keys = [f"[{section}] {key}" for section in sorted(set(before) | set(after))
+                if isinstance(before.get(section, {}), dict)
+                for key in sorted(set(before.get(section, {})) | set(after.get(section, {})))
+                if before.get(section, {}).get(key) != after.get(section, {}).get(key)]
+        raise ConfigError(f"{', '.join(keys)} cannot be stored in the run's config.toml: TOML has no null, so it "
+                          "would read back as the default", hint="give those keys explicit values")
+    return text
+
+
+def finish_run(run_dir: Path, config: RunConfig, fingerprint: str, metrics: dict[str, Any]) -> None:
+    """Write ``metrics.json``, then ``meta.json`` with the SHA-256 of every run file (marks it finished)."""
+    save_json(metrics, run_dir / "metrics.json")
+    names = [p.name for p in run_dir.iterdir() if p.is_file() and p.name not in (META, "config.toml")
+             and not p.name.startswith(".")]
+    meta = {**run_inputs(config, fingerprint), "towerrec_version": __version__, "finished": True,
+            "checksums": fsio.checksums(run_dir, names)}
+    save_json(meta, run_dir / META)  # last: marks the run finished
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+def train_in_run_dir(config: RunConfig, fingerprint: str, runs_root: Path, *, retrain: bool, log,
+                     data: Any, train: Callable[[Path], tuple[dict[str, Any], nn.Module]]) -> RunResult:
+    """The bookkeeping every kind of run shares: lock, reuse / resume / retrain, finish.
+
+    Holds an inter-process lock on the run directory: a second ``train`` of the same
+    run waits (saying so), then reuses the finished result. ``train(run_dir)`` writes
+    the run's files and returns ``(metrics, model)``.
+    """
+    run_dir = run_dir_for(config, fingerprint, runs_root)
+    with fsio.locked(run_dir, what="run", log=log):
+        run_dir, finished = open_run_dir(config, fingerprint, runs_root, retrain=retrain, log=log)
+        if finished is not None:
+            return RunResult(run_dir, finished, True, data, None)
+        metrics, model = train(run_dir)
+        finish_run(run_dir, config, fingerprint, metrics)
+    return RunResult(run_dir, metrics, False, data, model)
 
 
 @dataclass
@@ -83,50 +234,40 @@ def train_run(
         return train_sequential_run(config, runs_root=runs_root, retrain=retrain, progress=progress,
                                     dataset=dataset, log=log)
     data = prepare(config, dataset, progress=progress)
-    run_dir, finished = open_run_dir(config, data.dataset.fingerprint, runs_root, retrain=retrain, log=log)
-    if finished is not None:
-        return RunResult(run_dir, finished, True, data, None)
-    save_json(data.features.to_json(), run_dir / "features.json")
-    _save_catalogue(data, run_dir)
-    model = build_model(config, data)
-    started = time.perf_counter()
-    fit: dict[str, Any] = {}
-    if is_trainable(model):
-        trainer = Trainer(
-            config,
-            data,
-            model,
-            checkpoint_dir=run_dir / "checkpoints",
-            history_path=run_dir / "history.jsonl",
-            progress=progress,
-        )
-        if trainer.checkpointer is not None and trainer.checkpointer.exists():
-            log(f"resuming {run_dir} from its last checkpoint")
-        result = trainer.fit()
-        fit = {
-            "train_seconds": round(result.train_seconds, 3),
-            "examples_per_s": round(result.examples_per_s, 1),
-            "epochs_run": len(result.history),
-            "stopped_early": result.stopped_early,
-            "resumed_from_epoch": result.resumed_from_epoch,
-        }
-    else:
-        fit_baseline(model, data)
-        fit = {"train_seconds": round(time.perf_counter() - started, 3)}
-    save_weights(model, run_dir / "model.safetensors")
-    metrics = {**fit, "test": evaluate_both_protocols(model, data, data.test, config.eval.ks)}
-    save_json(
-        {
-            "format_version": RUN_FORMAT_VERSION,
-            "towerrec_version": __version__,
-            "data_fingerprint": data.dataset.fingerprint,
-            "config_hash": config.hash(),
-        },
-        run_dir / "meta.json",
-    )
-    save_json(metrics, run_dir / "metrics.json")  # last: marks the run finished
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    return RunResult(run_dir, metrics, False, data, model)
+
+    def train(run_dir: Path) -> tuple[dict[str, Any], nn.Module]:
+        save_json(data.features.to_json(), run_dir / "features.json")
+        _save_catalogue(data, run_dir)
+        model = build_model(config, data)
+        started = time.perf_counter()
+        fit: dict[str, Any] = {}
+        if is_trainable(model):
+            trainer = Trainer(
+                config,
+                data,
+                model,
+                checkpoint_dir=run_dir / "checkpoints",
+                history_path=run_dir / "history.jsonl",
+                progress=progress,
+            )
+            if trainer.checkpointer is not None and trainer.checkpointer.exists():
+                log(f"resuming {run_dir} from its last checkpoint")
+            result = trainer.fit()
+            fit = {
+                "train_seconds": round(result.train_seconds, 3),
+                "examples_per_s": round(result.examples_per_s, 1),
+                "epochs_run": len(result.history),
+                "stopped_early": result.stopped_early,
+                "resumed_from_epoch": result.resumed_from_epoch,
+            }
+        else:
+            fit_baseline(model, data)
+            fit = {"train_seconds": round(time.perf_counter() - started, 3)}
+        save_weights(model, run_dir / "model.safetensors")
+        return {**fit, "test": evaluate_both_protocols(model, data, data.test, config.eval.ks)}, model
+
+    return train_in_run_dir(config, data.dataset.fingerprint, runs_root, retrain=retrain, log=log, data=data,
+                            train=train)
 
 
 def _save_catalogue(data: PreparedData, run_dir: Path) -> None:
@@ -137,7 +278,8 @@ def _save_catalogue(data: PreparedData, run_dir: Path) -> None:
         frame = frame.join(items.select("item_id", "title"), on="item_id", how="left", maintain_order="left")
     else:
         frame = frame.with_columns(pl.col("item_id").cast(pl.String).alias("title"))
-    frame.write_parquet(run_dir / "catalogue.parquet")
+    with fsio.io_errors(run_dir):
+        frame.write_parquet(run_dir / "catalogue.parquet")
 
 
 @dataclass
@@ -151,41 +293,83 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
-    """Open a finished run directory; every missing or foreign file is a clear error."""
+    """Open a finished run directory, checked against what training recorded.
+
+    ``config.toml`` must hash to the ``config_hash`` of ``meta.json`` (and of the folder
+    name), and every other file to its recorded SHA-256.
+
+    Raises:
+        TowerrecError: a missing, unreadable, edited or damaged file, named, with what to do.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise TowerrecError(f"{run_dir}: no such run directory", hint="train one with `towerrec train CONFIG`")
-    meta = load_json(run_dir / "meta.json")
+    meta = load_json(run_dir / META)
+    if not isinstance(meta, dict):
+        raise TowerrecError(f"{run_dir / META}: not a run manifest (a JSON object is expected)", hint=RETRAIN_HINT)
     if meta.get("format_version") != RUN_FORMAT_VERSION:
         raise TowerrecError(
             f"{run_dir}: run format {meta.get('format_version')!r} is not {RUN_FORMAT_VERSION} "
             f"(written by towerrec {meta.get('towerrec_version')})",
-            hint="retrain it with this version",
+            hint="retrain it with this version (towerrec train CONFIG --retrain)",
         )
-    config = load_config(run_dir / "config.toml")
+    if not meta.get("finished"):
+        raise TowerrecError(f"{run_dir}: the run has not finished training",
+                            hint="run the same `towerrec train` again: it resumes from the last checkpoint")
+    config = load_run_config(run_dir / "config.toml", meta.get("config_hash"), folder_name=run_dir.name,
+                             hint="retrain, or restore the file")
     if config.model.kind == "sequential":
-        return _load_sequential_run(run_dir, config, meta)
-    features = FittedFeatures.from_json(load_json(run_dir / "features.json"))
+        from towerrec.train.sequential import load_sequential_model
+
+        model = load_sequential_model(config, run_dir)
+        features = None
+    else:
+        features_path = run_dir / "features.json"
+        features = read_features(features_path, load_json(features_path), hint=RETRAIN_HINT)
+        model = _empty_model(config, features)
     catalogue_path = run_dir / "catalogue.parquet"
     if not catalogue_path.is_file():
-        raise TowerrecError(f"{catalogue_path}: missing", hint="the run directory is incomplete: retrain it")
-    model = _empty_model(config, features)
+        raise TowerrecError(f"{catalogue_path}: missing", hint=f"the run directory is incomplete: {RETRAIN_HINT}")
     load_weights(model, run_dir / "model.safetensors")
     model.eval()
-    return LoadedRun(run_dir, config, features, model, fsio.read_parquet(catalogue_path, hint="retrain the run with --retrain"), meta)
+    catalogue = fsio.read_parquet(catalogue_path, hint=RETRAIN_HINT)
+    verify_run_files(run_dir, meta)
+    return LoadedRun(run_dir, config, features, model, catalogue, meta)  # type: ignore[arg-type]
 
 
-def _load_sequential_run(run_dir: Path, config: RunConfig, meta: dict[str, Any]) -> LoadedRun:
-    """A sequential run has no fitted features (``features`` is None): items are its catalogue."""
-    from towerrec.train.sequential import load_sequential_model
+def load_run_config(path: Path, recorded_hash: Any, *, folder_name: str | None = None,
+                    hint: str) -> RunConfig:
+    """The config a run or bundle was made with, refusing one edited since (its hash must match).
 
-    catalogue_path = run_dir / "catalogue.parquet"
-    if not catalogue_path.is_file():
-        raise TowerrecError(f"{catalogue_path}: missing", hint="the run directory is incomplete: retrain it")
-    model = load_sequential_model(config, run_dir)
-    load_weights(model, run_dir / "model.safetensors")
-    model.eval()
-    return LoadedRun(run_dir, config, None, model, fsio.read_parquet(catalogue_path, hint="retrain the run with --retrain"), meta)  # type: ignore[arg-type]
+    Raises:
+        TowerrecError: unreadable file, or ``<path> was changed after training (hash a ≠ b)``.
+    """
+    with fsio.io_errors(path, hint=hint):
+        config = load_config(path)
+    actual = config.hash()
+    expected = recorded_hash
+    if folder_name is not None and expected == actual:
+        parts = folder_name.rsplit("-", 2)
+        if len(parts) == 3 and re.fullmatch(r"[0-9a-f]{12}", parts[1]) and parts[1] != actual:
+            expected = parts[1]
+    if expected != actual:
+        raise TowerrecError(f"{path} was changed after training (hash {actual} ≠ {expected})", hint=hint)
+    return config
+
+
+def read_features(path: Path, value: Any, *, hint: str) -> FittedFeatures:
+    """Fitted features from the JSON value of ``path``; a foreign structure is one error naming it."""
+    try:
+        if not isinstance(value, dict):
+            raise TypeError("a JSON object is expected")
+        return FittedFeatures.from_json(value)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise TowerrecError(f"{path}: not the fitted features towerrec writes ({_shape_error(exc)})",
+                            hint=hint) from None
+
+
+def _shape_error(exc: BaseException) -> str:
+    return f"missing {exc}" if isinstance(exc, KeyError) else (str(exc).splitlines() or [type(exc).__name__])[0][:120]
 
 
 def _empty_model(config: RunConfig, features: FittedFeatures) -> nn.Module:

@@ -67,7 +67,7 @@ def index_build(
       towerrec index build runs/default-... --kind ivf --nlist 256 --nprobe 32 --out my-index/
     """
     from towerrec.runs import load_run
-    from towerrec.serve.export import build_index, run_candidate_embeddings
+    from towerrec.serve.export import build_index, run_candidate_embeddings, write_index
 
     params = _params(hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, nlist=nlist,
                      nprobe=nprobe, pq_m=pq_m, refine=refine)
@@ -80,7 +80,7 @@ def index_build(
     index = build_index(kind, embeddings, run.catalogue["item_id"].to_list(), metadata={"run": run.run_dir.name}, **params)
     seconds = time.perf_counter() - started
     folder = out or run.run_dir / f"index-{kind}"
-    index.save(folder)
+    write_index(index, folder)  # replaces only an index folder towerrec wrote, by rename
     console.print(f"{kind} index of {index.num_candidates:,} items x {embeddings.shape[1]} dims built in {seconds:.2f} s")
     console.print(f"saved to [bold]{escape(str(folder))}[/bold]", highlight=False, soft_wrap=True)
 
@@ -161,7 +161,7 @@ def export(
     run_dir: RunDir,
     out: Annotated[Path, typer.Option("--out", help="The bundle folder to write.")],
     index: Annotated[str, typer.Option("--index", help="brute-force | hnsw | ivf | ivfpq")] = "brute-force",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle (only a folder holding a towerrec bundle.json).")] = False,
     hnsw_m: HnswM = None,
     ef_construction: EfConstruction = None,
     ef_search: EfSearch = None,

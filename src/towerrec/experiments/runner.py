@@ -302,11 +302,11 @@ def run_experiment(
 def fast_reuse(cfg: RunConfig, dataset: Dataset, runs_root: Path):
     """A finished run for this configuration and data, found without preparing the data again (or None).
 
-    The run directory is named by the config hash and the fingerprint of the data
-    exactly as :func:`towerrec.train.prepared.prepare` computes it.
+    The data fingerprint is the one :func:`towerrec.train.prepared.prepare` computes
+    (feature tables included); :func:`towerrec.runs.finished_run` reuses a run only when
+    its ``meta.json`` records exactly these inputs and its files pass their checksums.
     """
-    from towerrec.runs import RunResult, run_dir_for
-    from towerrec.train.checkpoint import load_json
+    from towerrec.runs import RunResult, finished_run
     from towerrec.train.prepared import merge_items_by_title
 
     if cfg.model.kind == "sequential":
@@ -314,10 +314,10 @@ def fast_reuse(cfg: RunConfig, dataset: Dataset, runs_root: Path):
     fingerprint = dataset.fingerprint
     if cfg.data.candidate_key == "title":
         fingerprint = merge_items_by_title(dataset).fingerprint
-    run_dir = run_dir_for(cfg, fingerprint, runs_root)
-    if not (run_dir / "metrics.json").is_file():
+    found = finished_run(cfg, fingerprint, runs_root)
+    if found is None:
         return None
-    return RunResult(run_dir, load_json(run_dir / "metrics.json"), True, None, None)
+    return RunResult(found[0], found[1], True, None, None)
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:

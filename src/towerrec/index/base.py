@@ -23,7 +23,7 @@ from torch import Tensor
 from towerrec.errors import TowerrecError
 from towerrec.metrics.topk import CSR
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: SHA-256 of the data files in index.json
 MANIFEST = "index.json"
 
 Exclusions = CSR | Sequence[Sequence[int]]
@@ -162,19 +162,29 @@ def result_ids(id_array: np.ndarray, indices: np.ndarray, counts: np.ndarray) ->
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    """Writes ``index.json`` (with ``format_version``) atomically; call it after the data files."""
-    atomic_write(folder / MANIFEST, lambda path: path.write_text(json.dumps({"format_version": FORMAT_VERSION, **manifest})))
+    """Writes ``index.json`` (``format_version`` and the SHA-256 of every other file of ``folder``)
+    atomically; call it after the data files."""
+    from towerrec import fsio
+
+    folder = Path(folder)
+    names = [p.name for p in folder.iterdir()
+             if p.is_file() and p.name != MANIFEST and not p.name.startswith(".") and not p.name.endswith(".tmp")]
+    payload = {"format_version": FORMAT_VERSION, **manifest, "checksums": fsio.checksums(folder, names)}
+    fsio.atomic_write_text(folder / MANIFEST, json.dumps(payload))
 
 
 def read_manifest(folder: str | Path, kind: str) -> dict[str, Any]:
-    """Reads and checks ``index.json``: present, valid JSON, this format version and kind."""
+    """Reads and checks ``index.json``: present, valid JSON, this format version and kind, and every
+    data file matching its recorded SHA-256."""
+    from towerrec import fsio
+
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise TowerrecError(f"{path}: no saved index here (missing {MANIFEST})", hint="save an index into this folder first")
     try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise TowerrecError(f"{path}: not valid JSON ({error})", hint="the index folder is corrupt: save it again") from None
+        manifest = json.loads(fsio.read_text(path, hint=CORRUPT))
+    except json.JSONDecodeError as error:
+        raise TowerrecError(f"{path}: not valid JSON ({error})", hint=CORRUPT) from None
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if version != FORMAT_VERSION:
         raise TowerrecError(
@@ -183,7 +193,13 @@ def read_manifest(folder: str | Path, kind: str) -> dict[str, Any]:
         )
     if manifest.get("kind") != kind:
         raise TowerrecError(f"{path}: holds a {manifest.get('kind')!r} index, not {kind!r}")
+    if not isinstance(manifest.get("checksums"), dict):
+        raise TowerrecError(f"{path}: lists no file checksums", hint=CORRUPT)
+    fsio.verify_checksums(folder, manifest["checksums"], hint=CORRUPT)
     return manifest
+
+
+CORRUPT = "the index folder is corrupt: save (or export) it again"
 
 
 def atomic_write(path: Path, write) -> None:

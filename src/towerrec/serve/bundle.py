@@ -2,7 +2,8 @@
 
 A bundle is a folder written by :func:`towerrec.serve.export.export_bundle`::
 
-    bundle.json              manifest: format version, run, sizes, id types, index kind
+    bundle.json              manifest: format version, run, config hash, sizes, id types, index kind,
+                             SHA-256 of every other file (checked by load_bundle)
     config.toml              the run's configuration
     features.json            fitted vocabularies / buckets / stats, catalogue ids, train users
     query_tower.safetensors  query tower weights
@@ -28,12 +29,10 @@ import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from towerrec import fsio
-from towerrec.config import RunConfig, load_config
+from towerrec.config import RunConfig
 from towerrec.errors import RequestError, TowerrecError, shorten, shorten_text
 from towerrec.features import FittedFeatures
 from towerrec.features.fitted import DERIVED
@@ -46,7 +45,7 @@ from towerrec.train.prepared import HISTORY, gather_rows, history_input
 if TYPE_CHECKING:
     from towerrec.serve.sequential import SequentialBundle
 
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT_VERSION = 2  # 2: SHA-256 of every file in bundle.json
 MANIFEST = "bundle.json"
 FILES = (
     "config.toml",
@@ -269,32 +268,54 @@ _NO_ID = -(2**62)
 
 
 def load_bundle(folder: str | Path) -> Bundle | SequentialBundle:
-    """Opens a bundle (two-tower or sequential); each missing or foreign file is a :class:`TowerrecError` naming it."""
+    """Opens a bundle (two-tower or sequential), refusing one that is damaged, edited or inconsistent.
+
+    Checks, before serving a single request: the manifest's format; ``config.toml``
+    against the ``config_hash`` recorded at export; every file readable; every index
+    the service will look up within its table (seen-items CSR, history rows, sizes of
+    vocabularies, embeddings, index and item table); and every file's SHA-256.
+
+    Raises:
+        TowerrecError: one line naming the file and what is wrong, hint "export the bundle again".
+    """
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
         raise TowerrecError(f"{folder}: not a serving bundle (no {MANIFEST})", hint="write one with `towerrec export RUN_DIR --out BUNDLE`")
     try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise TowerrecError(f"{path}: not valid JSON ({error})", hint="export the bundle again") from None
+        manifest = json.loads(fsio.read_text(path, hint=AGAIN))
+    except json.JSONDecodeError as error:
+        raise TowerrecError(f"{path}: not valid JSON ({error})", hint=AGAIN) from None
     if not isinstance(manifest, dict) or manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
         raise TowerrecError(
             f"{path}: bundle format {version!r}, this towerrec reads {BUNDLE_FORMAT_VERSION}", hint="export it again"
         )
+    if not isinstance(manifest.get("checksums"), dict):
+        raise TowerrecError(f"{path}: lists no file checksums", hint=AGAIN)
     if manifest.get("model_kind") == "sequential":
         from towerrec.serve.sequential import load_sequential_bundle
 
-        return load_sequential_bundle(folder, manifest)
+        bundle: Bundle | SequentialBundle = load_sequential_bundle(folder, manifest)
+    else:
+        bundle = _load_two_tower_bundle(folder, manifest)
+    fsio.verify_checksums(folder, manifest["checksums"], hint=AGAIN)
+    return bundle
+
+
+def _load_two_tower_bundle(folder: Path, manifest: dict[str, Any]) -> Bundle:
+    from towerrec.runs import load_run_config, read_features
+
     for name in FILES:
         if not (folder / name).is_file():
             raise TowerrecError(f"{folder / name}: missing", hint="the bundle is incomplete: export it again")
-    config = load_config(folder / "config.toml")
+    config = load_run_config(folder / "config.toml", manifest.get("config_hash"), hint=EDITED)
+    features_path = folder / "features.json"
     try:
-        features = FittedFeatures.from_json(json.loads((folder / "features.json").read_text()))
-    except (json.JSONDecodeError, KeyError) as error:
-        raise TowerrecError(f"{folder / 'features.json'}: unreadable ({error})", hint="export the bundle again") from None
+        raw_features = json.loads(fsio.read_text(features_path, hint=AGAIN))
+    except json.JSONDecodeError as error:
+        raise TowerrecError(f"{features_path}: not valid JSON ({error})", hint=AGAIN) from None
+    features = read_features(features_path, raw_features, hint=AGAIN)
     tower = query_tower_for(config, features)
     weights = _tensors(folder / "query_tower.safetensors")
     try:
@@ -302,15 +323,22 @@ def load_bundle(folder: str | Path) -> Bundle | SequentialBundle:
     except RuntimeError as error:
         raise TowerrecError(
             f"{folder / 'query_tower.safetensors'}: weights do not fit the bundle's config ({str(error).splitlines()[0]})",
-            hint="export the bundle again",
+            hint=AGAIN,
         ) from None
     encoder = QueryEncoder(tower.eval(), config.model.similarity)
     candidates = _tensors(folder / "candidates.safetensors")
     users = _tensors(folder / "users.safetensors")
     index = load_index(folder / "index")
-    embeddings = candidates["embeddings"]
-    if index.num_candidates != embeddings.shape[0] or embeddings.shape[0] != len(features.catalogue_ids):
-        raise TowerrecError(f"{folder}: index, embeddings and catalogue disagree in size", hint="export the bundle again")
+    items = fsio.read_parquet(folder / "items.parquet", hint=AGAIN)
+    embeddings, item_counts = check_candidates(folder, candidates, index, items, len(features.catalogue_ids))
+    num_items = int(embeddings.shape[0])
+    seen = check_seen(folder / "users.safetensors", users, num_items)
+    if seen.num_rows != len(features.user_ids):
+        raise TowerrecError(f"{folder / 'users.safetensors'}: seen items for {seen.num_rows} users, "
+                            f"features.json has {len(features.user_ids)} train users", hint=AGAIN)
+    history = users.get("history")
+    if history is not None:
+        check_rows(folder / "users.safetensors", "history", history, seen.num_rows, num_items)
     return Bundle(
         folder=folder,
         manifest=manifest,
@@ -318,16 +346,84 @@ def load_bundle(folder: str | Path) -> Bundle | SequentialBundle:
         features=features,
         encoder=encoder,
         candidate_embeddings=embeddings,
-        item_counts=candidates["item_counts"],
-        seen=CSR(users["seen_indptr"], users["seen_indices"]),
-        history=users.get("history"),
-        items=fsio.read_parquet(folder / "items.parquet", hint="export the bundle again"),
+        item_counts=item_counts,
+        seen=seen,
+        history=history,
+        items=items,
         index=index,
     )
 
 
+AGAIN = "export the bundle again"
+EDITED = "export the bundle again, or restore the file"
+
+
+def check_candidates(folder: Path, candidates: dict[str, Tensor], index: Index, items: pl.DataFrame,
+                     num_items: int) -> tuple[Tensor, Tensor]:
+    """``embeddings [N, d]`` and ``item_counts [N]`` of ``candidates.safetensors``, all sizes agreeing on N."""
+    path = folder / "candidates.safetensors"
+    embeddings, counts = candidates.get("embeddings"), candidates.get("item_counts")
+    if embeddings is None or counts is None or embeddings.dim() != 2 or counts.shape != (embeddings.shape[0],):
+        raise TowerrecError(f"{path}: needs embeddings [N, d] and item_counts [N]", hint=AGAIN)
+    n = int(embeddings.shape[0])
+    if not (index.num_candidates == n == num_items == items.height):
+        raise TowerrecError(
+            f"{folder}: index ({index.num_candidates}), embeddings ({n}), catalogue ({num_items}) and "
+            f"items.parquet ({items.height}) disagree in size", hint=AGAIN)
+    if "item_id" not in items.columns or "title" not in items.columns:
+        raise TowerrecError(f"{folder / 'items.parquet'}: needs columns item_id and title", hint=AGAIN)
+    return embeddings, counts
+
+
+def check_seen(path: Path, users: dict[str, Tensor], num_items: int) -> CSR:
+    """The seen-items CSR of ``users.safetensors``, checked so that every lookup stays in range.
+
+    ``seen_indptr`` must be a 1-D int64 [num_users + 1] running from 0 to
+    ``len(seen_indices)`` without decreasing, and ``0 <= seen_indices < num_items``.
+    """
+    indptr, indices = users.get("seen_indptr"), users.get("seen_indices")
+    if indptr is None or indices is None:
+        raise TowerrecError(f"{path}: lacks seen_indptr / seen_indices", hint=AGAIN)
+    for name, tensor in (("seen_indptr", indptr), ("seen_indices", indices)):
+        if tensor.dim() != 1 or tensor.dtype != torch.int64:
+            raise TowerrecError(f"{path}: {name} must be a 1-D int64 tensor", hint=AGAIN)
+    if indptr.numel() == 0 or int(indptr[0]) != 0 or int(indptr[-1]) != indices.numel():
+        raise TowerrecError(f"{path}: seen_indptr must run from 0 to len(seen_indices) = {indices.numel()}",
+                            hint=AGAIN)
+    if bool((indptr[1:] < indptr[:-1]).any()):
+        raise TowerrecError(f"{path}: seen_indptr decreases", hint=AGAIN)
+    _in_range(path, "seen_indices", indices, 0, num_items)
+    return CSR(indptr, indices)
+
+
+def check_rows(path: Path, name: str, rows: Tensor, num_rows: int, num_items: int) -> None:
+    """A ``[num_rows, L]`` int64 table of catalogue index + 1 (0 = padding)."""
+    if rows.dim() != 2 or rows.dtype != torch.int64 or rows.shape[0] != num_rows:
+        raise TowerrecError(f"{path}: {name} must be int64 [{num_rows}, L], is {rows.dtype} {list(rows.shape)}",
+                            hint=AGAIN)
+    _in_range(path, name, rows, 0, num_items + 1)
+
+
+def _in_range(path: Path, name: str, values: Tensor, low: int, high: int) -> None:
+    if values.numel() == 0:
+        return
+    smallest, largest = int(values.min()), int(values.max())
+    if smallest < low:
+        raise TowerrecError(f"{path}: {name} out of range ({smallest} < {low})", hint=AGAIN)
+    if largest >= high:
+        raise TowerrecError(f"{path}: {name} out of range ({largest} >= {high})", hint=AGAIN)
+
+
+def bundle_files(folder: Path) -> list[str]:
+    """Relative paths of every file of a bundle folder, except its manifest and scratch marks."""
+    folder = Path(folder)
+    return sorted(
+        p.relative_to(folder).as_posix() for p in folder.rglob("*")
+        if p.is_file() and p.name not in (MANIFEST, fsio.STAGING_MARK) and not p.name.startswith(".")
+    )
+
+
 def _tensors(path: Path) -> dict[str, Tensor]:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as error:
-        raise TowerrecError(f"{path}: unreadable ({error})", hint="export the bundle again") from None
+    from towerrec.train.checkpoint import read_tensors
+
+    return read_tensors(path, hint=AGAIN)

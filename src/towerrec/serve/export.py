@@ -8,6 +8,7 @@ leaves half a bundle.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -19,13 +20,13 @@ import polars as pl
 import torch
 from safetensors.torch import save_file
 
-from towerrec import __version__
+from towerrec import __version__, fsio
 from towerrec.errors import TowerrecError
 from towerrec.index import BruteForceIndex, FaissIndex, Index
 from towerrec.models.two_tower import TwoTowerModel
 from towerrec.runs import LoadedRun, load_run
-from towerrec.serve.bundle import BUNDLE_FORMAT_VERSION, MANIFEST, load_bundle
-from towerrec.train.checkpoint import save_json
+from towerrec.serve.bundle import BUNDLE_FORMAT_VERSION, MANIFEST, bundle_files, load_bundle
+from towerrec.train.checkpoint import load_json, save_json
 from towerrec.train.prepared import PreparedData
 
 INDEX_KINDS = ("brute-force", "hnsw", "ivf", "ivfpq")
@@ -85,8 +86,9 @@ def export_bundle(
     """
     run = load_run(run_dir)
     out = Path(out)
-    if out.exists() and not overwrite:
+    if out.exists() and not overwrite and not (out.is_dir() and not any(out.iterdir())):
         raise TowerrecError(f"{out}: already exists", hint="pass --overwrite or choose another --out")
+    fsio.check_replaceable(out, MANIFEST, what="bundle", protect=[run.run_dir])
     if run.config.model.kind == "sequential":
         return _export_sequential(run, out, index, index_params or {}, data)
     embeddings = run_candidate_embeddings(run)
@@ -140,19 +142,53 @@ def export_bundle(
 
 @contextmanager
 def _staged(out: Path) -> Iterator[Path]:
-    """A scratch folder beside ``out``, renamed into place only if the body succeeds and the bundle loads."""
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        yield staging
-        load_bundle(staging)  # refuse to publish a bundle that does not load
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    """A marked scratch folder beside ``out``, swapped in only if the body succeeds and the bundle loads.
+
+    The body writes the bundle's files and ``bundle.json``; this adds the SHA-256 of
+    every file to the manifest, loads the result (refusing to publish a bundle that
+    does not load), then replaces ``out`` by rename (:func:`towerrec.fsio.replace_dir`:
+    only a towerrec bundle is ever replaced, and the old one stays whole until the new
+    one is in place). Two exports to one folder are serialised by a file lock.
+    """
+    with fsio.locked(out, what="bundle"):
+        staging = fsio.staging_dir(out, lock_held=True)
+        try:
+            with fsio.io_errors(staging):
+                yield staging
+            seal_bundle(staging)
+            load_bundle(staging)
+            fsio.replace_dir(staging, out, MANIFEST, what="bundle")
+        except BaseException:
+            fsio.discard(staging)
+            raise
+
+
+def seal_bundle(folder: Path) -> None:
+    """Record the SHA-256 of every file of the bundle in ``folder`` in its ``bundle.json``."""
+    manifest = load_json(folder / MANIFEST)
+    manifest["checksums"] = fsio.checksums(folder, bundle_files(folder))
+    save_json(manifest, folder / MANIFEST)
+
+
+def write_index(index: Index, folder: Path) -> Path:
+    """Save ``index`` to ``folder`` atomically, replacing only an index folder towerrec wrote.
+
+    Raises:
+        TowerrecError: ``folder`` holds anything but a towerrec index, or is not writable.
+    """
+    from towerrec.index.base import MANIFEST as INDEX_MANIFEST
+
+    folder = Path(folder)
+    fsio.check_replaceable(folder, INDEX_MANIFEST, what="index")
+    with fsio.locked(folder, what="index"):
+        staging = fsio.staging_dir(folder, lock_held=True)
+        try:
+            index.save(staging)
+            fsio.replace_dir(staging, folder, INDEX_MANIFEST, what="index")
+        except BaseException:
+            fsio.discard(staging)
+            raise
+    return folder
 
 
 def _manifest(run: LoadedRun, **facts: Any) -> dict[str, Any]:
@@ -207,10 +243,8 @@ def _items_frame(run: LoadedRun, data: PreparedData) -> pl.DataFrame:
 
 
 def _test_metrics(run_dir: Path) -> dict[str, Any]:
-    import json
-
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         return metrics.get("test", {}).get("seen_excluded", {})
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return {}

@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from towerrec import fsio
-from towerrec.config import RunConfig, load_config
+from towerrec.config import RunConfig
 from towerrec.errors import RequestError, TowerrecError, shorten_text
 from towerrec.index import Index, load_index
 from towerrec.metrics.topk import CSR
@@ -186,36 +186,46 @@ def write_sequential_bundle(run, folder: Path, dataset, index_builder) -> dict[s
 
 
 def load_sequential_bundle(folder: Path, manifest: dict[str, Any]) -> SequentialBundle:
-    """Opens a sequential bundle (the manifest is already read and checked)."""
-    from towerrec.serve.bundle import _tensors
-    from towerrec.train.sequential import sequential_model_for
+    """Opens a sequential bundle (the manifest is already read and checked; :func:`load_bundle` verifies
+    the checksums after this returns). Every table the service indexes is range-checked."""
+    from towerrec.runs import load_run_config
+    from towerrec.serve.bundle import AGAIN, EDITED, _tensors, check_candidates, check_rows, check_seen
+    from towerrec.train.sequential import sequential_model_from_shape
 
     for name in FILES:
         if not (folder / name).is_file():
             raise TowerrecError(f"{folder / name}: missing", hint="the bundle is incomplete: export it again")
-    config = load_config(folder / "config.toml")
+    config = load_run_config(folder / "config.toml", manifest.get("config_hash"), hint=EDITED)
+    shape_path = folder / "sequence.json"
     try:
-        shape = json.loads((folder / "sequence.json").read_text())
-        model = sequential_model_for(config, shape["num_items"], shape["num_genres"], shape["num_year_buckets"],
-                                     shape.get("genre_width", 1), shape.get("num_users", 0))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise TowerrecError(f"{folder / 'sequence.json'}: unreadable ({error})", hint="export the bundle again") from None
+        shape = json.loads(fsio.read_text(shape_path, hint=AGAIN))
+    except json.JSONDecodeError as error:
+        raise TowerrecError(f"{shape_path}: not valid JSON ({error})", hint=AGAIN) from None
+    model = sequential_model_from_shape(config, shape, shape_path, hint=AGAIN)
     try:
         model.load_state_dict(_tensors(folder / "model.safetensors"))
     except RuntimeError as error:
         raise TowerrecError(f"{folder / 'model.safetensors'}: weights do not fit the bundle's config "
-                            f"({str(error).splitlines()[0]})", hint="export the bundle again") from None
+                            f"({str(error).splitlines()[0]})", hint=AGAIN) from None
     candidates = _tensors(folder / "candidates.safetensors")
-    users = _tensors(folder / "users.safetensors")
+    users_path = folder / "users.safetensors"
+    users = _tensors(users_path)
     index = load_index(folder / "index")
-    embeddings = candidates["embeddings"]
-    if index.num_candidates != embeddings.shape[0] or embeddings.shape[0] != model.num_items:
-        raise TowerrecError(f"{folder}: index, embeddings and model disagree in size", hint="export the bundle again")
+    items = fsio.read_parquet(folder / "items.parquet", hint=AGAIN)
+    embeddings, item_counts = check_candidates(folder, candidates, index, items, model.num_items)
+    seen = check_seen(users_path, users, model.num_items)
+    user_ids = fsio.read_parquet(folder / "users.parquet", hint=AGAIN)
+    if "user_id" not in user_ids.columns or user_ids.height != seen.num_rows:
+        raise TowerrecError(f"{folder / 'users.parquet'}: needs a user_id column with one row per known user "
+                            f"({seen.num_rows})", hint=AGAIN)
+    history, user_index = users.get("history"), users.get("user_index")
+    if history is None or user_index is None:
+        raise TowerrecError(f"{users_path}: lacks history / user_index", hint=AGAIN)
+    check_rows(users_path, "history", history, seen.num_rows, model.num_items)
+    check_rows(users_path, "user_index", user_index.unsqueeze(1) if user_index.dim() == 1 else user_index,
+               seen.num_rows, int(model.num_users))
     return SequentialBundle(
         folder=folder, manifest=manifest, config=config, model=model.eval(), candidate_embeddings=embeddings,
-        item_counts=candidates["item_counts"], seen=CSR(users["seen_indptr"], users["seen_indices"]),
-        history=users["history"], user_index=users["user_index"],
-        users=fsio.read_parquet(folder / "users.parquet", hint="export the bundle again")["user_id"],
-        items=fsio.read_parquet(folder / "items.parquet", hint="export the bundle again"),
-        index=index,
+        item_counts=item_counts, seen=seen, history=history, user_index=user_index,
+        users=user_ids["user_id"], items=items, index=index,
     )

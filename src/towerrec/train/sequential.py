@@ -26,8 +26,6 @@ popularity-drawn shared negatives and logQ correction.
 from __future__ import annotations
 
 import math
-
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from towerrec import __version__, fsio
+from towerrec import fsio
 from towerrec.config import RunConfig
 from towerrec.data.registry import load_dataset
 from towerrec.data.sequences import build_sequence_examples
@@ -49,7 +47,7 @@ from towerrec.errors import ConfigError, DataError, TowerrecError, shorten
 from towerrec.metrics.topk import CSR, DEFAULT_KS, Ties, rank_targets, summarize
 from towerrec.models.sequential import NUM_RATING_SLOTS, SequentialModel
 from towerrec.tasks.unique_softmax import unique_candidates, unique_in_batch_softmax_loss
-from towerrec.train.checkpoint import load_json, save_json, save_weights
+from towerrec.train.checkpoint import RETRAIN_HINT, load_json, save_json, save_weights
 from towerrec.train.evaluate import PROTOCOLS
 from towerrec.train.trainer import Trainer
 
@@ -516,52 +514,64 @@ class SequentialTrainer(Trainer):
 
 def train_sequential_run(config: RunConfig, *, runs_root: Path, retrain: bool, progress: bool,
                          dataset: Dataset | None, log):
-    """Like :func:`towerrec.runs.train_run`, for ``[model] kind = "sequential"``."""
-    from towerrec.runs import RUN_FORMAT_VERSION, RunResult, open_run_dir
+    """Like :func:`towerrec.runs.train_run`, for ``[model] kind = "sequential"`` (same run bookkeeping)."""
+    from towerrec.runs import train_in_run_dir
 
     data = prepare_sequences(config, dataset, progress=progress)
     require_examples(config, config.data.dataset if dataset is None else dataset.name, data)
-    run_dir, finished = open_run_dir(config, data.dataset.fingerprint, runs_root, retrain=retrain, log=log)
-    if finished is not None:
-        return RunResult(run_dir, finished, True, data, None)
-    save_json({"num_items": data.num_items, "num_genres": data.num_genres,
-               "num_year_buckets": data.num_year_buckets, "genre_width": _genre_width(data),
-               "num_users": len(data.user_vocabulary or [])}, run_dir / "sequence.json")
-    if config.sequence.user_embedding:
-        pl.DataFrame({"user_id": pl.Series(data.user_vocabulary, dtype=data.dataset.interactions.schema["user_id"])}
-                     ).write_parquet(run_dir / USERS_FILE)
-    frame = pl.DataFrame({"item_id": pl.Series(data.item_ids.tolist(),
-                                               dtype=data.dataset.interactions.schema["item_id"]),
-                          "title": data.titles, "train_count": data.item_counts.numpy()})
-    frame.write_parquet(run_dir / "catalogue.parquet")
-    model = build_sequential_model(config, data)
-    trainer = SequentialTrainer(config, data, model, checkpoint_dir=run_dir / "checkpoints",
-                                history_path=run_dir / "history.jsonl", progress=progress)
-    if trainer.checkpointer is not None and trainer.checkpointer.exists():
-        log(f"resuming {run_dir} from its last checkpoint")
-    fit = trainer.fit()
-    save_weights(model, run_dir / "model.safetensors")
-    metrics: dict[str, Any] = {
-        "train_seconds": round(fit.train_seconds, 3),
-        "examples_per_s": round(fit.examples_per_s, 1),
-        "epochs_run": len(fit.history),
-        "stopped_early": fit.stopped_early,
-        "resumed_from_epoch": fit.resumed_from_epoch,
-        "test": evaluate_both(model, data.test, config.eval.ks),
-    }
-    if data.validation is not None:
-        metrics["validation"] = evaluate_both(model, data.validation, config.eval.ks)
-    save_json({"format_version": RUN_FORMAT_VERSION, "towerrec_version": __version__,
-               "data_fingerprint": data.dataset.fingerprint, "config_hash": config.hash()}, run_dir / "meta.json")
-    save_json(metrics, run_dir / "metrics.json")
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    return RunResult(run_dir, metrics, False, data, model)
+
+    def train(run_dir: Path) -> tuple[dict[str, Any], SequentialModel]:
+        save_json({"num_items": data.num_items, "num_genres": data.num_genres,
+                   "num_year_buckets": data.num_year_buckets, "genre_width": _genre_width(data),
+                   "num_users": len(data.user_vocabulary or [])}, run_dir / "sequence.json")
+        with fsio.io_errors(run_dir):
+            if config.sequence.user_embedding:
+                pl.DataFrame({"user_id": pl.Series(data.user_vocabulary,
+                                                   dtype=data.dataset.interactions.schema["user_id"])}
+                             ).write_parquet(run_dir / USERS_FILE)
+            frame = pl.DataFrame({"item_id": pl.Series(data.item_ids.tolist(),
+                                                       dtype=data.dataset.interactions.schema["item_id"]),
+                                  "title": data.titles, "train_count": data.item_counts.numpy()})
+            frame.write_parquet(run_dir / "catalogue.parquet")
+        model = build_sequential_model(config, data)
+        trainer = SequentialTrainer(config, data, model, checkpoint_dir=run_dir / "checkpoints",
+                                    history_path=run_dir / "history.jsonl", progress=progress)
+        if trainer.checkpointer is not None and trainer.checkpointer.exists():
+            log(f"resuming {run_dir} from its last checkpoint")
+        fit = trainer.fit()
+        save_weights(model, run_dir / "model.safetensors")
+        metrics: dict[str, Any] = {
+            "train_seconds": round(fit.train_seconds, 3),
+            "examples_per_s": round(fit.examples_per_s, 1),
+            "epochs_run": len(fit.history),
+            "stopped_early": fit.stopped_early,
+            "resumed_from_epoch": fit.resumed_from_epoch,
+            "test": evaluate_both(model, data.test, config.eval.ks),
+        }
+        if data.validation is not None:
+            metrics["validation"] = evaluate_both(model, data.validation, config.eval.ks)
+        return metrics, model
+
+    return train_in_run_dir(config, data.dataset.fingerprint, runs_root, retrain=retrain, log=log, data=data,
+                            train=train)
 
 
 def load_sequential_model(config: RunConfig, run_dir: Path) -> SequentialModel:
-    shape = load_json(run_dir / "sequence.json")
-    return sequential_model_for(config, shape["num_items"], shape["num_genres"], shape["num_year_buckets"],
-                                shape.get("genre_width", 1), shape.get("num_users", 0))
+    """The untrained model of a sequential run, shaped by its ``sequence.json``."""
+    path = run_dir / "sequence.json"
+    return sequential_model_from_shape(config, load_json(path), path, hint=RETRAIN_HINT)
+
+
+def sequential_model_from_shape(config: RunConfig, shape: Any, path: Path, *, hint: str) -> SequentialModel:
+    """The model ``shape`` (the JSON of ``path``) describes; a foreign shape is one error naming ``path``."""
+    try:
+        sizes = [shape["num_items"], shape["num_genres"], shape["num_year_buckets"], shape.get("genre_width", 1),
+                 shape.get("num_users", 0)]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1 << 40 for v in sizes):
+            raise ValueError("sizes must be non-negative integers")
+        return sequential_model_for(config, *sizes)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        raise TowerrecError(f"{path}: unreadable model shape ({error})", hint=hint) from None
 
 
 def run_user_indices(run, user_ids: list) -> Tensor | None:
