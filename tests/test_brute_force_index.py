@@ -78,7 +78,8 @@ def test_save_load_round_trip_keeps_id_types(tmp_path: Path, ids, metadata) -> N
     before, after = index.search(queries, 3), loaded.search(queries, 3)
     assert before.ids == after.ids and torch.equal(before.scores, after.scores)
     manifest = json.loads((tmp_path / "idx" / "index.json").read_text())
-    assert manifest["format_version"] == 1 and manifest["kind"] == "brute_force"
+    assert manifest["format_version"] == 2 and manifest["kind"] == "brute_force"
+    assert set(manifest["checksums"]) == {"embeddings.safetensors"}
 
 
 def test_index_implements_the_interface() -> None:
@@ -170,12 +171,25 @@ def test_load_rejects_other_format_versions_and_kinds(tmp_path: Path) -> None:
         BruteForceIndex.load(folder)
 
 
+def _rechecksum(folder: Path) -> None:
+    """Record the current bytes in index.json, as if a bug had written them: the content checks still refuse."""
+    from towerrec import fsio
+
+    manifest = json.loads((folder / "index.json").read_text())
+    manifest["checksums"] = fsio.checksums(folder, manifest["checksums"])
+    (folder / "index.json").write_text(json.dumps(manifest))
+
+
 def test_load_rejects_corrupt_or_mismatched_files(tmp_path: Path) -> None:
     folder = _saved(tmp_path)
     (folder / "embeddings.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(TowerrecError, match="embeddings.safetensors: damaged or changed since towerrec wrote it"):
+        BruteForceIndex.load(folder)  # index.json records each data file's SHA-256
+    _rechecksum(folder)
     with pytest.raises(TowerrecError, match="unreadable"):
         BruteForceIndex.load(folder)
     save_file({"embeddings": torch.zeros(4, 6)}, str(folder / "embeddings.safetensors"))
+    _rechecksum(folder)
     with pytest.raises(TowerrecError, match="do not match"):
         BruteForceIndex.load(folder)
     (folder / "index.json").write_text("{not json")

@@ -1,5 +1,6 @@
 """The FAISS index honours the Index interface: exact settings give brute force's answer, exclusions, save/load."""
 
+import hashlib
 import json
 import warnings
 
@@ -102,9 +103,13 @@ def test_load_errors_are_clear(data, tmp_path):
         load_index(tmp_path / "nothing")
     FaissIndex(items, ids, variant="ivf", nlist=4).save(tmp_path / "ix")
     (tmp_path / "ix" / "index.faiss").write_bytes(b"garbage")
-    with pytest.raises(TowerrecError, match="unreadable"):
+    with pytest.raises(TowerrecError, match="index.faiss: damaged or changed since towerrec wrote it"):
         FaissIndex.load(tmp_path / "ix")
     manifest = json.loads((tmp_path / "ix" / "index.json").read_text())
+    manifest["checksums"]["index.faiss"] = hashlib.sha256(b"garbage").hexdigest()  # as if written so
+    (tmp_path / "ix" / "index.json").write_text(json.dumps(manifest))
+    with pytest.raises(TowerrecError, match="unreadable"):
+        FaissIndex.load(tmp_path / "ix")
     (tmp_path / "ix" / "index.json").write_text(json.dumps({**manifest, "kind": "mystery"}))
     with pytest.raises(TowerrecError, match="unknown index kind"):
         load_index(tmp_path / "ix")
