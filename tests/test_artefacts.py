@@ -114,7 +114,8 @@ def test_a_run_dir_of_other_inputs_under_the_same_name_is_never_reused(dataset, 
 
 
 def test_a_config_that_toml_cannot_store_is_refused_before_training(dataset, tmp_path):
-    config = _config(model={"kind": "sequential"}, sequence={"min_rating": None})
+    config = _config(data={"dataset": "movielens-100k"}, model={"kind": "sequential"},
+                     sequence={"min_rating": None})  # the in-memory dataset stands in for the release
     with pytest.raises(ConfigError, match=r"\[sequence\] min_rating cannot be stored"):
         _train(config, dataset, tmp_path)
 

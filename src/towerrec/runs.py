@@ -344,8 +344,11 @@ def load_run_config(path: Path, recorded_hash: Any, *, folder_name: str | None =
     Raises:
         TowerrecError: unreadable file, or ``<path> was changed after training (hash a ≠ b)``.
     """
-    with fsio.io_errors(path, hint=hint):
-        config = load_config(path)
+    try:
+        with fsio.io_errors(path, hint=hint):
+            config = load_config(path)
+    except TowerrecError as exc:  # the file was written by towerrec: the remedy is the artefact's, not the config's
+        raise TowerrecError(exc.message, hint=hint) from None
     actual = config.hash()
     expected = recorded_hash
     if folder_name is not None and expected == actual:
