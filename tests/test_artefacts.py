@@ -113,11 +113,22 @@ def test_a_run_dir_of_other_inputs_under_the_same_name_is_never_reused(dataset, 
     assert third.reused and "reusing" in messages[-1]
 
 
-def test_a_config_that_toml_cannot_store_is_refused_before_training(dataset, tmp_path):
-    config = _config(data={"dataset": "movielens-100k"}, model={"kind": "sequential"},
-                     sequence={"min_rating": None})  # the in-memory dataset stands in for the release
-    with pytest.raises(ConfigError, match=r"\[sequence\] min_rating cannot be stored"):
+def test_a_config_that_toml_cannot_store_is_refused_before_training(dataset, tmp_path, monkeypatch):
+    from towerrec.config import RunConfig
+
+    config = _config(train={"learning_rate": 0.05})
+    faithful = RunConfig.to_toml
+    monkeypatch.setattr(RunConfig, "to_toml", lambda self: faithful(self).replace("learning_rate = 0.05\n", ""))
+    with pytest.raises(ConfigError, match=r"\[train\] learning_rate cannot be stored in the run's config.toml"):
         _train(config, dataset, tmp_path)
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # refused before any run folder exists
+
+
+def test_min_rating_off_round_trips_through_the_run_config(dataset, tmp_path):
+    config = _config(model={"kind": "sequential"}, sequence={"min_rating": None, "protocol": "leave-last-out"},
+                     train={"epochs": 1})
+    result, _ = _train(config, dataset, tmp_path)
+    assert load_run(result.run_dir).config.sequence.min_rating is None
 
 
 # -- rel-09: an edited config.toml is refused --------------------------------------------------------------
