@@ -526,3 +526,37 @@ def test_index_build_replaces_only_an_index_folder(trained, tmp_path, capsys):
 
     with pytest.raises(TowerrecError, match="embeddings.safetensors: damaged or changed"):
         load_index(out)
+
+
+# -- field-16 on MovieLens-100K ---------------------------------------------------------------------------------
+
+REAL_100K = Path(os.environ.get("ML100K") or Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "ml-100k")
+PRICES_V1 = "movie_id,price\n1,9.99\n2,4.5\n4,12\n50,7.25\n100,3\n"
+PRICES_V2 = "movie_id,price\n1,120\n2,0.5\n4,75\n50,1\n100,300\n181,250\n258,0.99\n"
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL_100K.is_dir(), reason="../shared/datasets/ml-100k is absent")
+@pytest.mark.filterwarnings("ignore")
+def test_field16_prices_edited_in_place_train_the_v2_model(tmp_path, monkeypatch):
+    """field-16: same config, prices.csv rewritten in place: the second train is a new run whose item:price
+    normaliser is v2's (mean 75.13, std 7.70 on the case's 1,682-item catalogue)."""
+    monkeypatch.setenv("TOWERREC_HOME", str(tmp_path / "home"))
+    prices = tmp_path / "prices.csv"
+    config = config_from_dict({
+        "name": "price",
+        "data": {"dataset": "movielens-100k", "data_dir": str(REAL_100K), "split": "tfrs-random",
+                 "item_features": str(prices), "item_features_on": "movie_id", "duplicate_titles": "keep"},
+        "model": {"query_features": ["user_id"], "candidate_features": ["item_id", "item:price"],
+                  "embedding_dim": 16, "layer_sizes": [16]},
+        "train": {"epochs": 1, "batch_size": 4096, "optimizer": "adam", "learning_rate": 0.01},
+    })
+    prices.write_text(PRICES_V1)
+    first = train_run(config, runs_root=tmp_path / "runs", progress=False, log=lambda *_: None)
+    assert _normaliser(first.run_dir)["mean"] == pytest.approx(7.25, abs=0.01)
+    prices.write_text(PRICES_V2)
+    messages: list[str] = []
+    second = train_run(config, runs_root=tmp_path / "runs", progress=False, log=messages.append)
+    assert not second.reused and second.run_dir != first.run_dir and not messages
+    normaliser = _normaliser(second.run_dir)
+    assert normaliser["mean"] == pytest.approx(75.13, abs=0.01) and normaliser["std"] == pytest.approx(7.70, abs=0.01)
