@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from towerrec.fsio import atomic_write_text, io_errors
+
 METRIC = "top_100_accuracy"
 
 
@@ -26,7 +28,8 @@ def curve_points(history: list[dict[str, Any]], metric: str = METRIC) -> tuple[l
 def write_curves(config, runs, out_dir: Path, metric: str = METRIC) -> dict[str, Path]:
     """Write ``curves.html`` and ``curves.png`` into ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with io_errors(out_dir, hint="choose a writable folder for --out"):
+        out_dir.mkdir(parents=True, exist_ok=True)
     series = []
     split_used = None
     for run in runs:
@@ -63,7 +66,7 @@ def _plotly(series, title: str, ylabel: str, path: Path) -> None:
                                  hovertemplate="%{fullData.name}<br>epoch %{x}: %{y:.4f}<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=ylabel, template="plotly_white",
                       legend_title="feature set", hovermode="x unified")
-    fig.write_html(path, include_plotlyjs=True, full_html=True)
+    atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
 
 
 def _matplotlib(series, title: str, ylabel: str, path: Path) -> None:
@@ -84,5 +87,8 @@ def _matplotlib(series, title: str, ylabel: str, path: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(title="feature set", fontsize=8, title_fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with io_errors(path):
+            fig.savefig(path)
+    finally:
+        plt.close(fig)

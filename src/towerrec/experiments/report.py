@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from towerrec.fsio import atomic_write_text, io_errors
+
 KS = (1, 5, 10, 50, 100)
 
 
@@ -48,10 +50,11 @@ def results_markdown(config, runs) -> str:
 
 def write_results(config, runs, out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with io_errors(out_dir, hint="choose a writable folder for --out"):
+        out_dir.mkdir(parents=True, exist_ok=True)
     md, js = out_dir / "results.md", out_dir / "results.json"
-    _atomic_write(js, json.dumps(results_payload(config, runs), indent=2, default=str))
-    _atomic_write(md, results_markdown(config, runs))
+    atomic_write_text(js, json.dumps(results_payload(config, runs), indent=2, default=str))
+    atomic_write_text(md, results_markdown(config, runs))
     return {"results_md": md, "results_json": js}
 
 
@@ -68,12 +71,6 @@ def recommendations_markdown(recs: dict[str, Any]) -> str:
 def write_recommendations(recs: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     md, js = out_dir / "recommendations.md", out_dir / "recommendations.json"
-    _atomic_write(md, recommendations_markdown(recs))
-    _atomic_write(js, json.dumps(recs, indent=2, default=str))
+    atomic_write_text(md, recommendations_markdown(recs))
+    atomic_write_text(js, json.dumps(recs, indent=2, default=str))
     return {"recommendations_md": md, "recommendations_json": js}
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

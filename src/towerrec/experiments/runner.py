@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from towerrec import fsio
 from towerrec.config import BOUNDS, MAX_WIDTH, SECTIONS, Bound, RunConfig, config_from_dict, read_toml
 from towerrec.data.tables import Dataset
 from towerrec.errors import ConfigError, TowerrecError, shorten
@@ -271,7 +272,8 @@ def run_experiment(
     if config.recommend_for_user is not None:
         check_user(dataset, config.recommend_for_user)
     out_dir = config.output_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with fsio.io_errors(out_dir, hint="choose a writable folder for --out"):
+        out_dir.mkdir(parents=True, exist_ok=True)
     runs_root = Path(config.runs_dir)
     summaries: list[RunSummary] = []
     trained: dict[str, Any] = {}

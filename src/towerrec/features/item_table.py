@@ -138,11 +138,8 @@ def _middle_value(present: pl.Series) -> float:
 
 
 def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """Hex SHA-256 of the file; an unreadable file is one located error (:func:`towerrec.fsio.sha256_file`)."""
+    return fsio.sha256_file(path)
 
 
 def join_item_features(
