@@ -152,3 +152,23 @@ def test_a_stray_oserror_is_still_one_located_line(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr("towerrec.cli.data_cmd.prepare_dataset", broken)
     code, err = run_cli(capsys, "data", "info", "movielens-100k")
     assert code == 1 and error_line(err) == "error: some/where: is a folder, not a file"
+
+
+@pytest.mark.parametrize("option", ["--runs", "--out"])
+def test_experiment_folder_options_naming_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 option: str) -> None:
+    (tmp_path / "afile").write_text("x\n")
+    code, err = run_cli(capsys, "experiment", "--num-epochs", "1", option, "afile")
+    assert code == 1 and error_line(err) == f"error: {option} afile is a file, not a folder"
+
+
+def test_unwritable_experiment_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from towerrec.experiments.report import write_results
+    from towerrec.errors import TowerrecError
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "out"))
+
+    monkeypatch.setattr(Path, "mkdir", denied)
+    with pytest.raises(TowerrecError, match=r"out: permission denied"):
+        write_results(None, [], tmp_path / "out")
