@@ -427,6 +427,16 @@ def test_a_damaged_bundle_is_refused_naming_the_file(bundle_copy, case):
     assert str(path) in error.message
 
 
+@pytest.mark.parametrize(("key", "value"), [("user_id_type", "float"), ("dim", 7), ("latest_timestamp", None)])
+def test_a_bundle_manifest_with_wrong_facts_refuses_to_start(bundle_copy, key, value):
+    path = bundle_copy / "bundle.json"
+    manifest = json.loads(path.read_text())
+    manifest[key] = value
+    path.write_text(json.dumps(manifest))
+    error = _bundle_error(bundle_copy)
+    assert str(path) in error.message or "embedding sizes disagree (bundle.json 7" in error.message
+
+
 def _set_users(folder: Path, change) -> None:
     path = folder / "users.safetensors"
     tensors = load_file(str(path))

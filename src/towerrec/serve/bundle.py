@@ -293,6 +293,7 @@ def load_bundle(folder: str | Path) -> Bundle | SequentialBundle:
         )
     if not isinstance(manifest.get("checksums"), dict):
         raise TowerrecError(f"{path}: lists no file checksums", hint=AGAIN)
+    _check_manifest_facts(path, manifest)
     if manifest.get("model_kind") == "sequential":
         from towerrec.serve.sequential import load_sequential_bundle
 
@@ -330,7 +331,8 @@ def _load_two_tower_bundle(folder: Path, manifest: dict[str, Any]) -> Bundle:
     users = _tensors(folder / "users.safetensors")
     index = load_index(folder / "index")
     items = fsio.read_parquet(folder / "items.parquet", hint=AGAIN)
-    embeddings, item_counts = check_candidates(folder, candidates, index, items, len(features.catalogue_ids))
+    embeddings, item_counts = check_candidates(folder, candidates, index, items, len(features.catalogue_ids),
+                                               manifest["dim"])
     num_items = int(embeddings.shape[0])
     seen = check_seen(folder / "users.safetensors", users, num_items)
     if seen.num_rows != len(features.user_ids):
@@ -358,14 +360,34 @@ AGAIN = "export the bundle again"
 EDITED = "export the bundle again, or restore the file"
 
 
+def _check_manifest_facts(path: Path, manifest: dict[str, Any]) -> None:
+    """The manifest entries requests read: id types, embedding size, latest timestamp (two-tower)."""
+    for key in ("user_id_type", "item_id_type"):
+        if manifest.get(key) not in ("int", "str"):
+            raise TowerrecError(f"{path}: {key} must be \"int\" or \"str\"", hint=AGAIN)
+    needed = ["dim"] + ([] if manifest.get("model_kind") == "sequential" else ["latest_timestamp"])
+    for key in needed:
+        value = manifest.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise TowerrecError(f"{path}: {key} must be a non-negative integer", hint=AGAIN)
+
+
 def check_candidates(folder: Path, candidates: dict[str, Tensor], index: Index, items: pl.DataFrame,
-                     num_items: int) -> tuple[Tensor, Tensor]:
-    """``embeddings [N, d]`` and ``item_counts [N]`` of ``candidates.safetensors``, all sizes agreeing on N."""
+                     num_items: int, dim: int) -> tuple[Tensor, Tensor]:
+    """``embeddings [N, d]`` and ``item_counts [N]`` of ``candidates.safetensors``; the index, catalogue and
+    item table agree on N, the manifest and index on d."""
     path = folder / "candidates.safetensors"
     embeddings, counts = candidates.get("embeddings"), candidates.get("item_counts")
     if embeddings is None or counts is None or embeddings.dim() != 2 or counts.shape != (embeddings.shape[0],):
         raise TowerrecError(f"{path}: needs embeddings [N, d] and item_counts [N]", hint=AGAIN)
     n = int(embeddings.shape[0])
+    index_dim = getattr(index, "dim", None)
+    if index_dim is None and hasattr(index, "embeddings"):
+        index_dim = int(index.embeddings.shape[1])
+    dims = {"bundle.json": dim, "embeddings": int(embeddings.shape[1]), "index": index_dim}
+    if len({d for d in dims.values() if d is not None}) != 1:
+        raise TowerrecError(f"{folder}: embedding sizes disagree ({', '.join(f'{k} {v}' for k, v in dims.items())})",
+                            hint=AGAIN)
     if not (index.num_candidates == n == num_items == items.height):
         raise TowerrecError(
             f"{folder}: index ({index.num_candidates}), embeddings ({n}), catalogue ({num_items}) and "

@@ -212,7 +212,8 @@ def load_sequential_bundle(folder: Path, manifest: dict[str, Any]) -> Sequential
     users = _tensors(users_path)
     index = load_index(folder / "index")
     items = fsio.read_parquet(folder / "items.parquet", hint=AGAIN)
-    embeddings, item_counts = check_candidates(folder, candidates, index, items, model.num_items)
+    embeddings, item_counts = check_candidates(folder, candidates, index, items, model.num_items,
+                                               manifest["dim"])
     seen = check_seen(users_path, users, model.num_items)
     user_ids = fsio.read_parquet(folder / "users.parquet", hint=AGAIN)
     if "user_id" not in user_ids.columns or user_ids.height != seen.num_rows:
