@@ -219,3 +219,30 @@ def test_ml100k_top_100_lists_never_repeat_a_title_nor_show_a_rated_twin(tmp_pat
     twice = sum(len({title_of[r.item_id] for r in lst}) < len(lst) for lst in recs.values())
     rated_again = sum(any(title_of[r.item_id] in rated[u] for r in lst) for u, lst in recs.items())
     assert (twice, rated_again) == (0, 0)
+
+
+def test_a_served_bundle_answers_the_merged_twin_ids(tmp_path):
+    """Clients keep the ids they know: MovieLens 268 (merged into 246) still names that movie over HTTP."""
+    from fastapi.testclient import TestClient
+
+    from towerrec.runs import train_run
+    from towerrec.serve import export_bundle
+    from towerrec.serve.app import create_app
+
+    folder = _tiny_100k(tmp_path / "ml-100k")
+    ratings = [(u, i, 1 + (u * i) % 5, 100 + 10 * u + i) for u in range(1, 4) for i in (1, 2, 3, 4) if (u + i) % 4]
+    (folder / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ratings))
+    config = config_from_dict({"name": "twins", "data": {"dataset": "ml-100k", "data_dir": str(folder), "test_fraction": 0.2},
+                               "model": {"embedding_dim": 4}, "train": {"epochs": 1, "batch_size": 4}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DuplicateTitlesWarning)
+        run = train_run(config, runs_root=tmp_path / "runs", log=lambda *a: None)
+    bundle = export_bundle(run.run_dir, tmp_path / "bundle")
+    with TestClient(create_app(bundle)) as client:
+        canonical = client.get("/similar?item_id=1&k=5").json()["items"]
+        assert sorted(i["item_id"] for i in canonical) == [2, 4]
+        twin = client.get("/similar?item_id=3&k=5")  # 3 is "Chasing Amy (1997)" again: merged into 1
+        assert twin.status_code == 200 and twin.json()["items"] == canonical
+        new = client.post("/recommend", json={"history": [3], "k": 5})
+        assert new.status_code == 200 and 1 not in {i["item_id"] for i in new.json()["items"]}
+        assert client.get("/similar?item_id=5").status_code == 404

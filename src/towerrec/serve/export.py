@@ -134,6 +134,7 @@ def export_bundle(
                 user_id_type="int" if run.features._user_ids.dtype.is_integer() else "str",
                 item_id_type="int" if run.catalogue.schema["item_id"].is_integer() else "str",
                 index={"kind": built.kind, "variant": getattr(built, "variant", None), "build_seconds": round(index_seconds, 3)},
+                item_aliases=item_aliases(data.dataset),
             ),
             staging / MANIFEST,
         )
@@ -228,8 +229,19 @@ def _export_sequential(run: LoadedRun, out: Path, index: str, index_params: dict
 
         facts = write_sequential_bundle(run, staging, dataset, index_builder)
         facts["index"]["build_seconds"] = round(seconds[0], 3)
-        save_json(_manifest(run, similarity="dot", **facts), staging / MANIFEST)
+        save_json(_manifest(run, similarity="dot", item_aliases=item_aliases(dataset), **facts), staging / MANIFEST)
     return out
+
+
+def item_aliases(dataset) -> dict[str, Any]:
+    """{merged twin id (as text): the id it was merged into}, from a MovieLens dataset's duplicate titles.
+
+    Served bundles accept the twin ids clients already know (MovieLens 268 = 246).
+    """
+    info = dataset.meta.get("duplicate_titles") or {}
+    if info.get("mode") != "merge":
+        return {}
+    return {str(twin): ids[0] for ids in (info.get("ids") or {}).values() for twin in ids[1:]}
 
 
 def _items_frame(run: LoadedRun, data: PreparedData) -> pl.DataFrame:

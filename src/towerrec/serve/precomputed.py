@@ -38,6 +38,9 @@ class Catalogue:
     def __init__(self, bundle: AnyBundle) -> None:
         self.bundle = bundle
         self._item_positions = {str(i): p for p, i in enumerate(bundle.items["item_id"].to_list())}
+        for twin, canonical in (bundle.manifest.get("item_aliases") or {}).items():  # merged duplicate titles
+            if str(canonical) in self._item_positions:
+                self._item_positions.setdefault(str(twin), self._item_positions[str(canonical)])
         self.exact = isinstance(bundle.index, BruteForceIndex)
         source = bundle.index.embeddings if self.exact else bundle.candidate_embeddings
         self.candidates = np.ascontiguousarray(source.detach().cpu().float().numpy())
