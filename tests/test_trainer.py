@@ -147,3 +147,66 @@ def test_a_non_finite_loss_stops_training_before_the_step(dataset, monkeypatch):
         trainer.fit()
     assert "learning_rate" in info.value.hint
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+class _Scripted(Trainer):
+    """A trainer whose validation metric follows a script; it records the weights at each evaluation."""
+
+    def __init__(self, *args, script, crash_at=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.script, self.crash_at, self.seen = script, crash_at, {}
+
+    def evaluate(self, examples):
+        epoch = len(self.seen) + 1 + getattr(self, "offset", 0)
+        if epoch == self.crash_at:
+            raise KeyboardInterrupt
+        self.seen[epoch] = _weights(self.model)
+        return {"top_10_accuracy": self.script[epoch - 1], "top_1_accuracy": 0.0}
+
+
+def _scripted_config(epochs, patience=2):
+    return _config(data={"validation_fraction": 0.1},
+                   train={"epochs": epochs, "eval_every": 1, "early_stopping_patience": patience,
+                          "early_stopping_metric": "top_10_accuracy"})
+
+
+def test_early_stopping_restores_the_best_epoch_and_stops_early(dataset):
+    config = _scripted_config(epochs=10)
+    data = prepare(config, dataset, progress=False)
+    trainer = _Scripted(config, data, build_model(config, data), progress=False, script=[0.1, 0.5, 0.3, 0.2] + [0.0] * 6)
+    result = trainer.fit()
+    assert len(result.history) == 4 and result.stopped_early and result.best_epoch == 2
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, trainer.seen[2][name]), name  # epoch 2's weights, not epoch 4's
+    assert any(not torch.equal(trainer.seen[2][n], trainer.seen[4][n]) for n in trainer.seen[2])
+
+
+def test_patience_running_out_on_the_last_epoch_is_not_stopping_early(dataset):
+    config = _scripted_config(epochs=4)
+    data = prepare(config, dataset, progress=False)
+    trainer = _Scripted(config, data, build_model(config, data), progress=False, script=[0.1, 0.5, 0.3, 0.2])
+    result = trainer.fit()
+    assert len(result.history) == 4 and not result.stopped_early and result.best_epoch == 2
+    assert all(torch.equal(v, trainer.seen[2][k]) for k, v in trainer.model.state_dict().items())
+    # without early stopping the last epoch's weights stay
+    plain = _config(data={"validation_fraction": 0.1}, train={"epochs": 2, "eval_every": 1})
+    plain_trainer = _Scripted(plain, data, build_model(plain, data), progress=False, script=[0.5, 0.1])
+    assert plain_trainer.fit().best_epoch is None
+    assert all(torch.equal(v, plain_trainer.seen[2][k]) for k, v in plain_trainer.model.state_dict().items())
+
+
+def test_resumed_run_still_restores_the_best_epoch(dataset, tmp_path):
+    config = _scripted_config(epochs=10)
+    data = prepare(config, dataset, progress=False)
+    script = [0.1, 0.5, 0.3, 0.2] + [0.0] * 6
+    first = _Scripted(config, data, build_model(config, data), progress=False, script=script, crash_at=4,
+                      checkpoint_dir=tmp_path / "ckpt")
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    second = _Scripted(config, data, build_model(config, data), progress=False, script=script,
+                       checkpoint_dir=tmp_path / "ckpt")
+    second.offset = 3  # resumes after epoch 3
+    result = second.fit()
+    assert result.resumed_from_epoch == 3 and result.best_epoch == 2 and result.stopped_early
+    assert all(torch.equal(v, first.seen[2][k]) for k, v in second.model.state_dict().items())
+    assert [p.name for p in (tmp_path / "ckpt").glob("best-epoch-*")] == ["best-epoch-0002.safetensors"]

@@ -95,8 +95,12 @@ def recommend(
     k: int = 10,
     exclude_seen: bool = True,
     fallback: str | None = None,
+    at: int | None = None,
 ) -> dict[Any, list[Recommendation]]:
     """Top ``k`` items for each user, best first, all users in one batched pass.
+
+    A model with a timestamp query feature is asked at time ``at`` (Unix seconds);
+    by default at the dataset's latest timestamp (:func:`query_time`).
 
     A user with fewer than ``k`` unseen items left gets the items left (a shorter
     list, possibly empty), never an error for the others. Unknown users (not in
@@ -105,10 +109,12 @@ def recommend(
     ``fallback='popular'``. Keys of the result are the ``users`` as given.
 
     Raises:
-        TowerrecError: ``k`` < 1; unknown users without a fallback.
+        TowerrecError: ``k`` < 1; ``at`` not an integer; unknown users without a fallback.
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise TowerrecError(f"k must be ≥ 1, got {k}")
+    if at is not None and (isinstance(at, bool) or not isinstance(at, (int, np.integer))):
+        raise TowerrecError(f"at must be a Unix timestamp in seconds (an integer), got {at!r}")
     rows = known_user_rows(data, users)
     titles = run.catalogue["title"].to_list()
     ids = run.catalogue["item_id"].to_list()
@@ -123,7 +129,7 @@ def recommend(
     known = np.flatnonzero(rows >= 0)
     if known.size:
         known_rows = torch.from_numpy(rows[known])
-        frame = _query_frame(data, data.features.user_ids[rows[known]].tolist())
+        frame = _query_frame(data, data.features.user_ids[rows[known]].tolist(), at)
         examples = EncodedExamples(
             queries=data.features.encode_queries(frame, data.dataset.users),
             targets=torch.zeros(known.size, dtype=torch.int64),
@@ -150,13 +156,25 @@ def _id_array(values: list[Any]):
     return np.asarray(values, dtype=object if any(isinstance(v, str) for v in values) else np.int64)
 
 
-def _query_frame(data: PreparedData, users: list[Any]) -> pl.DataFrame:
-    """Query rows for recommendation time: each user at the latest timestamp in the data."""
+def uses_query_time(data: PreparedData) -> bool:
+    """Whether the model has a query feature read from the timestamp (W2's ``timestamp``)."""
+    return any(spec.side == "query" and spec.column == "timestamp" for spec in data.features.specs)
+
+
+def query_time(data: PreparedData, at: int | None = None) -> int:
+    """The time recommendations are asked at: ``at``, else the dataset's latest timestamp (Unix seconds)."""
+    if at is not None:
+        return int(at)
     latest = data.dataset.interactions["timestamp"].max()
+    return int(latest) if latest is not None else 0
+
+
+def _query_frame(data: PreparedData, users: list[Any], at: int | None = None) -> pl.DataFrame:
+    """Query rows for recommendation time: each user at :func:`query_time`."""
     return pl.DataFrame(
         {
             "user_id": pl.Series(users, dtype=data.dataset.interactions.schema["user_id"]),
-            "timestamp": pl.Series([latest] * len(users), dtype=pl.Int64),
+            "timestamp": pl.Series([query_time(data, at)] * len(users), dtype=pl.Int64),
         }
     )
 

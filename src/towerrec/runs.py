@@ -258,6 +258,7 @@ def train_run(
                 "examples_per_s": round(result.examples_per_s, 1),
                 "epochs_run": len(result.history),
                 "stopped_early": result.stopped_early,
+                "best_epoch": result.best_epoch,
                 "resumed_from_epoch": result.resumed_from_epoch,
             }
         else:

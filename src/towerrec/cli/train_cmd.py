@@ -156,6 +156,11 @@ def recommend(
                           "(unknown ids: [sequence] unknown_items; longer than max_length: most recent kept)."),
     ] = None,
     data_dir: RunDataDirOption = None,
+    at: Annotated[
+        Optional[int],
+        typer.Option("--at", help="Query time (Unix seconds) for models with a timestamp feature; "
+                                  "default: the dataset's latest timestamp."),
+    ] = None,
 ) -> None:
     """Print the top-k items for one or more users, or (sequential runs) for an item history.
 
@@ -170,6 +175,8 @@ def recommend(
 
       towerrec recommend runs/default-... --user 99999 --fallback popular
 
+      towerrec recommend runs/w2-timestamp-... --user 42 --at 893286638
+
       towerrec recommend runs/w3-sasrec-... --history 50,181,172 -k 10
     """
     from towerrec.config import load_config
@@ -182,6 +189,8 @@ def recommend(
         raise TowerrecError("say whose recommendations: --user ID, --all-users (or, for sequential runs, --history 1,2,3)")
     config_path = Path(run_dir) / "config.toml"
     if config_path.is_file() and load_config(config_path).model.kind == "sequential":
+        if at is not None:
+            console.print("note: --at has no effect: sequential runs have no timestamp feature", highlight=False)
         _recommend_sequential(run_dir, user or [], history, k, exclude_seen, fallback, data_dir, all_users)
         return
     if history is not None:
@@ -191,7 +200,14 @@ def recommend(
     users = list(user or [])
     if all_users:
         users += [str(u) for u in data.features.user_ids.tolist()]
-    results = _recommend(run, data, users, k=k, exclude_seen=exclude_seen, fallback=fallback)
+    from towerrec.recommend import query_time, uses_query_time
+
+    if uses_query_time(data):
+        when = "given by --at" if at is not None else "the dataset's latest timestamp; --at TIMESTAMP to change"
+        console.print(f"query time: {query_time(data, at)} ({when})", highlight=False, soft_wrap=True)
+    elif at is not None:
+        console.print("note: --at has no effect: this model has no timestamp feature", highlight=False)
+    results = _recommend(run, data, users, k=k, exclude_seen=exclude_seen, fallback=fallback, at=at)
     print_recommendations({f"user {u}": recs for u, recs in results.items()}, k, exclude_seen)
 
 

@@ -64,6 +64,9 @@ def recommendations_markdown(recs: dict[str, Any]) -> str:
     lines += [f"{i}. {r['title']} ({r['rating']:g})" for i, r in enumerate(recs["rated"], 1)] or ["(none)"]
     for label, items in recs["models"].items():
         lines += ["", f"## {label}: top {recs['k']} (movies rated in train {seen})", ""]
+        if label in recs.get("query_time", {}):
+            lines += [f"Asked at the dataset's latest timestamp, {recs['query_time'][label]} (the model has a "
+                      "timestamp feature; `towerrec recommend RUN --user U --at TIMESTAMP` asks at another time).", ""]
         lines += [f"{i}. {r['title']}" for i, r in enumerate(items, 1)]
     return "\n".join(lines) + "\n"
 

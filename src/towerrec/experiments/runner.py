@@ -333,7 +333,7 @@ def recommendations(
     config: ExperimentConfig, runs: list[RunSummary], dataset: Dataset, trained: dict[str, Any]
 ) -> dict[str, Any]:
     """The user's highest-rated train movies, then each model's top ``top_k`` titles."""
-    from towerrec.recommend import recommend, seen_titles
+    from towerrec.recommend import query_time, recommend, seen_titles, uses_query_time
     from towerrec.runs import load_run
     from towerrec.train.prepared import prepare
 
@@ -347,6 +347,8 @@ def recommendations(
             out["rated"] = [{"title": t, "rating": r} for t, r in seen_titles(run, data, user, limit=config.top_k)]
         recs = recommend(run, data, [user], k=config.top_k, exclude_seen=not config.include_seen)[user]
         out["models"][summary.label] = [{"title": r.title, "item_id": r.item_id, "score": r.score} for r in recs]
+        if uses_query_time(data):  # timestamp features: the query is asked at the data's latest time
+            out.setdefault("query_time", {})[summary.label] = query_time(data)
     return out
 
 

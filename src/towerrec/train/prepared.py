@@ -36,7 +36,10 @@ class EncodedExamples:
 
     ``history`` ([num_users, L], catalogue index + 1, 0 = padding) adds the
     ``user_history`` query feature; with ``mask_targets`` (training) each
-    example's own target is removed from its history.
+    example's own target is removed from its history. ``known`` (rows = user
+    vocabulary rows) lists the items known about each user when these examples
+    are queried: evaluation excludes them and EASE uses them as the query; None
+    means the train items (:attr:`PreparedData.seen`).
     """
 
     queries: dict[str, Tensor]
@@ -44,6 +47,7 @@ class EncodedExamples:
     user_rows: Tensor  # [n] int64 index into the train-user vocabulary, -1 unknown
     history: Tensor | None = None
     mask_targets: bool = False
+    known: CSR | None = None
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
@@ -91,7 +95,8 @@ class PreparedData:
         Built per chunk of queries (never for a whole split at once): evaluation
         excludes these items and EASE uses them as the query's history.
         """
-        return lambda start, stop: gather_rows(self.seen, examples.user_rows[start:stop])
+        known = self.seen if examples.known is None else examples.known
+        return lambda start, stop: gather_rows(known, examples.user_rows[start:stop])
 
 
 def merge_items_by_title(dataset: Dataset) -> Dataset:
@@ -208,9 +213,18 @@ def prepare(config: RunConfig, dataset: Dataset | None = None, *, progress: bool
         train.history, train.mask_targets = history, True
     validation = None if split.validation is None else _encode(features, split.validation, dataset.users)
     test = _encode(features, split.test, dataset.users)
-    for examples in (validation, test):
-        if examples is not None:
-            examples.history = history
+    if validation is not None:
+        validation.history = history
+    test.history, test.known = history, None
+    if validation is not None:
+        # At test time the validation interactions are known, as on the sequential path: they are
+        # fed as history and excluded from the ranking (users first seen in validation stay unknown).
+        rows, items = _known_at_test(train, validation)
+        test.known = CSR.from_pairs(rows, items, num_rows=num_users)
+        if history is not None:
+            stamps = np.concatenate([split.train["timestamp"].fill_null(0).to_numpy(),
+                                     split.validation["timestamp"].fill_null(0).to_numpy()[validation.user_rows.numpy() >= 0]])
+            test.history = recent_history(rows, items, stamps, num_users, config.model.history_length)
     return PreparedData(
         dataset=dataset,
         split=split,
@@ -248,6 +262,14 @@ def apply_filters(config: RunConfig, dataset: Dataset, warn=None) -> Dataset:
     if report is not None and report.interactions[0] != report.interactions[1]:
         (warn or _warn)(f"the [data] interaction filters kept {report.describe()}")
     return dataset
+
+
+def _known_at_test(train: EncodedExamples, validation: EncodedExamples) -> tuple[np.ndarray, np.ndarray]:
+    """(user row, item) of every train interaction, then every validation one of a train user."""
+    keep = validation.user_rows >= 0
+    rows = np.concatenate([train.user_rows.numpy(), validation.user_rows[keep].numpy()])
+    items = np.concatenate([train.targets.numpy(), validation.targets[keep].numpy()])
+    return rows, items
 
 
 def _warn(message: str) -> None:

@@ -81,12 +81,13 @@ class SequenceData:
     train: SequenceExamples
     validation: SequenceExamples | None
     test: SequenceExamples
-    item_counts: Tensor  # [N] training targets per item
+    item_counts: Tensor  # [N] popularity: training events per item (see prepare_sequences)
     genres: Tensor | None  # [N + 1, G] genre indices + 1 (row 0 = padding)
     years: Tensor | None  # [N + 1] year bucket + 1
     num_genres: int = 0
     num_year_buckets: int = 0
     user_vocabulary: list | None = None  # training users; user index i + 1 = user_vocabulary[i]
+    target_counts: Tensor | None = None  # [N] training targets per item: the in-batch/sampled negatives' logQ
 
     @property
     def num_items(self) -> int:
@@ -183,7 +184,15 @@ def _item_side(dataset: Dataset, item_ids: np.ndarray, step_features: tuple[str,
 
 
 def prepare_sequences(config: RunConfig, dataset: Dataset | None = None, *, progress: bool = True) -> SequenceData:
-    """Load (or take) the dataset and build the configured protocol's padded tensors."""
+    """Load (or take) the dataset and build the configured protocol's padded tensors.
+
+    Popularity (``item_counts``: the popularity baseline, the ``--fallback popular``
+    list, a run's ``train_count``) counts each item's training events, as on the
+    two-tower path: under ``leave-last-out`` every event before a user's validation
+    item, under ``tfrs-sequences`` the label event of every training example.
+    ``target_counts`` (what training predicts, inner positions included) sets logQ
+    and sampled negatives.
+    """
     s = config.sequence
     _check_sequence_config(config)
     label = config.data.dataset if dataset is None else dataset.name  # as the user named it
@@ -200,17 +209,19 @@ def prepare_sequences(config: RunConfig, dataset: Dataset | None = None, *, prog
     if s.protocol == "tfrs-sequences":
         train, test = _tfrs_sequences(config, events, use_ratings)
         validation = None
+        train_events = train.targets[:, -1] - 1  # one training example per label event
     else:
-        train, validation, test = _leave_last_out(config, events, use_ratings)
+        train, validation, test, train_events = _leave_last_out(config, events, use_ratings)
+    counts = torch.bincount(train_events, minlength=len(item_ids)).float()
     flat_targets = train.targets[train.targets > 0] - 1
-    counts = torch.bincount(flat_targets, minlength=len(item_ids)).float()
+    target_counts = torch.bincount(flat_targets, minlength=len(item_ids)).float()
     genres, years, num_genres, num_years = _item_side(dataset, item_ids, s.step_features)
     vocabulary = sorted(set(train.user_ids or []))
     for examples in (train, validation, test):
         if examples is not None:
             examples.users = user_indices(examples.user_ids or [], vocabulary)
     return SequenceData(dataset, item_ids, titles, train, validation, test, counts, genres, years, num_genres,
-                        num_years, vocabulary)
+                        num_years, vocabulary, target_counts)
 
 
 def require_examples(config: RunConfig, dataset: str, data: SequenceData) -> None:
@@ -344,7 +355,8 @@ def _leave_last_out(config: RunConfig, events: pl.DataFrame, use_ratings: bool):
             sel_users,
         )
 
-    return train, held_out(2), held_out(1)
+    train_rows = np.repeat(starts, train_len) + np.arange(train_len.sum()) - np.repeat(np.cumsum(train_len) - train_len, train_len)
+    return train, held_out(2), held_out(1), torch.from_numpy(items[train_rows])
 
 
 def _check_sequence_config(config: RunConfig) -> None:
@@ -466,7 +478,8 @@ class SequentialTrainer(Trainer):
                  checkpoint_dir: Path | None = None, history_path: Path | None = None, progress: bool = True) -> None:
         super().__init__(config, data, model, checkpoint_dir=checkpoint_dir, history_path=history_path,  # type: ignore[arg-type]
                          progress=progress)
-        counts = data.item_counts
+        counts = data.target_counts if data.target_counts is not None else data.item_counts
+        self.log_q = torch.log(counts.clamp(min=1.0) / counts.sum().clamp(min=1.0))
         self.sample_probs = counts.clamp(min=1.0) / counts.clamp(min=1.0).sum()
         self.all_positions = config.sequence.all_positions or config.sequence.protocol == "leave-last-out"
 
@@ -545,6 +558,7 @@ def train_sequential_run(config: RunConfig, *, runs_root: Path, retrain: bool, p
             "examples_per_s": round(fit.examples_per_s, 1),
             "epochs_run": len(fit.history),
             "stopped_early": fit.stopped_early,
+            "best_epoch": fit.best_epoch,
             "resumed_from_epoch": fit.resumed_from_epoch,
             "test": evaluate_both(model, data.test, config.eval.ks),
         }

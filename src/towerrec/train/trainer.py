@@ -18,13 +18,14 @@ from typing import Any
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from towerrec.config import RunConfig
 from towerrec.errors import ConfigError, TowerrecError
 from towerrec.tasks.retrieval import RetrievalTask
 from towerrec.tasks.unique_softmax import unique_candidates, unique_in_batch_softmax_loss
-from towerrec.train.checkpoint import Checkpointer
+from towerrec.train.checkpoint import Checkpointer, save_weights
 from towerrec.train.evaluate import evaluate_examples
 from towerrec.train.prepared import PreparedData
 
@@ -48,11 +49,16 @@ class FitResult:
     train_seconds: float = 0.0
     examples_per_s: float = 0.0
     resumed_from_epoch: int = 0
-    stopped_early: bool = False
+    stopped_early: bool = False  # True only when training ended before the scheduled epochs
+    best_epoch: int | None = None  # with early stopping: the epoch whose weights the model holds at the end
 
 
 class Trainer:
     """Trains a two-tower model with the configured retrieval loss.
+
+    With ``[train] early_stopping_patience`` the model ends holding the weights of
+    its best validation epoch (by ``early_stopping_metric``), not the last one's;
+    ``stopped_early`` says whether training ended before ``[train] epochs``.
 
     Subclasses (the sequential trainer) override :meth:`batch_loss` and
     :meth:`evaluate`; epochs, history, checkpoints, resume and early stopping
@@ -62,7 +68,8 @@ class Trainer:
         config: the run configuration.
         data: prepared tensors (see :func:`towerrec.train.prepared.prepare`).
         model: a :class:`~towerrec.models.two_tower.TwoTowerModel`.
-        checkpoint_dir: where to keep the last epoch's state (None: no checkpoints).
+        checkpoint_dir: where to keep the last epoch's state and, with early stopping, the best
+            epoch's weights (None: no checkpoints).
         history_path: JSONL file that gets one line per epoch (None: kept in memory only).
         progress: show a progress bar with examples/s.
     """
@@ -151,12 +158,16 @@ class Trainer:
             best = state["best"]
             result.resumed_from_epoch = start_epoch
             result.train_seconds = state.get("train_seconds", 0.0)
+        best_state = self._load_best(best["epoch"])
         self._rewrite_history(result.history)  # drops any line written after the checkpoint
         n = len(self.data.train)
         examples_seen = 0
+        epoch = start_epoch
+        patience = t.early_stopping_patience
+        last_epoch = start_epoch if patience is not None and best["bad_epochs"] >= patience else t.epochs
         with self._progress_bar() as bar:
-            task_id = bar.add_task("training", total=(t.epochs - start_epoch) * math.ceil(n / t.batch_size))
-            for epoch in range(start_epoch + 1, t.epochs + 1):
+            task_id = bar.add_task("training", total=(last_epoch - start_epoch) * math.ceil(n / t.batch_size))
+            for epoch in range(start_epoch + 1, last_epoch + 1):
                 started = time.perf_counter()
                 loss = self._train_epoch(epoch, bar, task_id)
                 seconds = time.perf_counter() - started
@@ -168,13 +179,14 @@ class Trainer:
                     "seconds": round(seconds, 4),
                     "examples_per_s": round(n / seconds, 1),
                 }
+                stop = False
                 if epoch % t.eval_every == 0 or epoch == t.epochs:
                     split_name, examples = self._eval_split()
                     metrics = self.evaluate(examples)
                     record.update({f"{split_name}/{k}": v for k, v in metrics.items()})
                     stop = self._early_stopping(best, epoch, metrics)
-                else:
-                    stop = False
+                    if best["epoch"] == epoch:
+                        best_state = self._keep_best(epoch)
                 result.history.append(record)
                 self._append_history(record)
                 if self.checkpointer is not None:
@@ -183,14 +195,49 @@ class Trainer:
                         self.optimizer,
                         {"epoch": epoch, "history": result.history, "best": best, "train_seconds": result.train_seconds},
                     )
+                    self._drop_other_best(best["epoch"])
                 if stop:
-                    result.stopped_early = True
                     break
+        result.stopped_early = epoch < t.epochs
+        if patience is not None and best_state is not None:
+            self.model.load_state_dict(best_state)
+            result.best_epoch = best["epoch"]
         trained_epochs = [r for r in result.history if r["epoch"] > start_epoch]
         if trained_epochs:
             total = sum(r["seconds"] for r in trained_epochs)
             result.examples_per_s = n * len(trained_epochs) / total if total else 0.0
         return result
+
+    # -- the best epoch's weights (early stopping) ------------------------------
+    def _best_path(self, epoch: int) -> Path | None:
+        if self.checkpointer is None:
+            return None
+        return self.checkpointer.folder / f"best-epoch-{epoch:04d}.safetensors"
+
+    def _keep_best(self, epoch: int) -> dict[str, Tensor] | None:
+        """A copy of the current weights, the best so far (also on disk, so a resumed run restores it)."""
+        if self.config.train.early_stopping_patience is None:
+            return None
+        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        path = self._best_path(epoch)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_weights(self.model, path)
+        return state
+
+    def _load_best(self, epoch: int) -> dict[str, Tensor] | None:
+        path = self._best_path(epoch)
+        if self.config.train.early_stopping_patience is None or not epoch or path is None or not path.is_file():
+            return None
+        return load_file(str(path))
+
+    def _drop_other_best(self, epoch: int) -> None:
+        """After the checkpoint names the best epoch, older best-epoch files are not needed."""
+        keep = self._best_path(epoch)
+        if keep is not None:
+            for old in keep.parent.glob("best-epoch-*.safetensors"):
+                if old != keep:
+                    old.unlink(missing_ok=True)
 
     def _train_epoch(self, epoch: int, bar: Progress, task_id: Any) -> float:
         t = self.config.train
