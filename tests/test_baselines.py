@@ -41,3 +41,18 @@ def test_ease_recommends_co_occurring_items():
     model = EASEModel(31, 3, l2=1.0).fit(np.r_[users, extra_u, 30], np.r_[items, extra_i, 0])
     scores = model.query_embeddings(torch.tensor([30])) @ model.candidate_embeddings().T
     assert scores[0, 1] > scores[0, 2]
+
+
+def test_ease_scores_sparse_histories_like_dense_rows(monkeypatch):
+    from towerrec.metrics.topk import CSR
+    from towerrec.models import baselines
+
+    rng = np.random.default_rng(1)
+    users, items = rng.integers(0, 25, 150), rng.integers(0, 15, 150)
+    model = EASEModel(25, 15, l2=2.0).fit(users, items)
+    rows = torch.tensor([3, 7, -1, 3])
+    histories = CSR.from_lists([[items[j] for j in np.flatnonzero(users == r)] * 2 if r >= 0 else [] for r in rows.tolist()])
+    expected = model.query_embeddings(rows) @ model.candidate_embeddings().T
+    for ratio in (1, 10**9):  # sparse product, then dense rows
+        monkeypatch.setattr(baselines, "SPARSE_SPEED_RATIO", ratio)
+        torch.testing.assert_close(model.score_histories(histories), expected, atol=1e-5, rtol=1e-5)

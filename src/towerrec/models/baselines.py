@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from towerrec.metrics.topk import CSR
@@ -46,6 +45,9 @@ class PopularityModel(nn.Module):
         return self.counts.unsqueeze(1)
 
 
+SPARSE_SPEED_RATIO = 50  # measured: a CPU sparse x dense product runs 10-50x fewer FLOP/s than BLAS
+
+
 class EASEModel(nn.Module):
     """Embarrassingly shallow autoencoder: a strong linear item-item baseline."""
 
@@ -74,18 +76,27 @@ class EASEModel(nn.Module):
         return rows
 
     def score_histories(self, histories: CSR) -> Tensor:
-        """[Q, N] scores x_u B of Q histories given as item lists (a sparse product: no dense [Q, N] x_u).
+        """[Q, N] scores x_u B of Q histories given as item lists.
+
+        A sparse product while the histories fill under 1/SPARSE_SPEED_RATIO of
+        the [Q, N] matrix (e.g. a 9,742-item catalogue with ~165 items per user: ~60x fewer operations than
+        a dense one), a dense matmul otherwise (small catalogues, long histories).
 
         Args:
             histories: CSR with one row per query, its known items (duplicates count once).
         """
         num_items = self.weights.shape[0]
         owner = torch.repeat_interleave(torch.arange(histories.num_rows), torch.diff(histories.indptr))
-        keys = torch.unique(owner * num_items + histories.indices)  # sorted, one per (query, item)
-        counts = torch.bincount(keys // num_items, minlength=histories.num_rows)
-        offsets = torch.zeros(histories.num_rows, dtype=torch.int64)
-        torch.cumsum(counts[:-1], 0, out=offsets[1:])
-        return F.embedding_bag(keys % num_items, self.weights, offsets, mode="sum")
+        keys = torch.unique(owner * num_items + histories.indices)  # one per (query, item)
+        index = torch.stack([keys // num_items, keys % num_items])
+        if keys.numel() * SPARSE_SPEED_RATIO < histories.num_rows * num_items:
+            rows = torch.sparse_coo_tensor(index, torch.ones(keys.numel(), dtype=self.weights.dtype),
+                                           (histories.num_rows, num_items), is_coalesced=True,
+                                           check_invariants=False)
+            return torch.sparse.mm(rows, self.weights)
+        dense = torch.zeros(histories.num_rows, num_items, dtype=self.weights.dtype)  # dense rows: BLAS is faster
+        dense[index[0], index[1]] = 1.0
+        return dense @ self.weights
 
     def candidate_embeddings(self) -> Tensor:
         """[N, N]: row i holds column i of B, so q·c_i = (x_u B)_i."""
