@@ -76,3 +76,25 @@ def write_results(name: str, payload: dict[str, Any], markdown: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
     (RESULTS / f"{name}.md").write_text(markdown)
     print(markdown)
+
+
+def earlier_results(name: str) -> dict[str, Any]:
+    """The committed results of ``name`` (for ``--metrics-only`` reruns that keep the peer and speed figures)."""
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        raise SystemExit(f"--metrics-only needs the earlier full run's {path}")
+    return json.loads(path.read_text())
+
+
+def git_commit_of(path: Path) -> str:
+    """Short hash and date of the last commit that changed ``path`` (where earlier figures come from)."""
+    proc = subprocess.run(["git", "log", "-1", "--format=%h, %ad", "--date=short", "--", str(path)],
+                          cwd=REPO, capture_output=True, text=True)
+    return proc.stdout.strip() or "unknown commit"
+
+
+def metrics_only_note(kept: str, earlier: str) -> str:
+    """The provenance line of a ``--metrics-only`` rerun."""
+    return (f"Quality figures of towerrec's rows regenerated with `--metrics-only` (tie-aware evaluation: ties "
+            f"never count for the target); {kept} are kept from the earlier full run ({earlier}) and were not "
+            "re-measured.")

@@ -19,7 +19,18 @@ from pathlib import Path
 
 import torch
 
-from _common import DEFAULT_DATA, machine, matmul_peak_gflops, median, run_tfrs, write_results
+from _common import (
+    DEFAULT_DATA,
+    RESULTS,
+    earlier_results,
+    git_commit_of,
+    machine,
+    matmul_peak_gflops,
+    median,
+    metrics_only_note,
+    run_tfrs,
+    write_results,
+)
 from towerrec.data.registry import load_dataset
 from towerrec.presets import preset
 from towerrec.runs import train_run
@@ -51,9 +62,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tfrs-python", default="/tmp/tfrs/bin/python", help="python with TFRS 0.7.7 (see ../shared/peer/README.md)")
     parser.add_argument("--skip-tfrs", action="store_true")
+    parser.add_argument("--metrics-only", action="store_true",
+                        help="retrain towerrec's models for their quality figures only; keep the committed TFRS and "
+                             "speed figures (labelled as from the earlier run)")
     args = parser.parse_args()
 
     dataset = load_dataset("movielens-100k", args.data_dir, progress=False)
+    if args.metrics_only:
+        rerun_metrics(dataset, args.data_dir)
+        return
     use_tfrs = not args.skip_tfrs and Path(args.tfrs_python).exists()
 
     tfrs_runs, tutorial_runs = [], []
@@ -118,6 +135,19 @@ def main() -> None:
     write_results("w1_basic", payload, render(payload))
 
 
+def rerun_metrics(dataset, data_dir: Path) -> None:
+    """Quality figures of every towerrec row (deterministic per seed); the rest from the committed results."""
+    payload = earlier_results("w1_basic")
+    earlier = payload.get("metrics_only", {}).get("earlier_run") or git_commit_of(RESULTS / "w1_basic.json")
+    tutorial = train_once("w1-tutorial", dataset, data_dir)  # the same seed every repeat: one run gives the median
+    payload["towerrec_tutorial"]["metrics_tfrs_protocol_median"] = tutorial.metrics["test"]["tfrs"]
+    for name in payload["models"]:
+        test = train_once(name, dataset, data_dir).metrics["test"]
+        payload["models"][name].update(seen_excluded=test["seen_excluded"], tfrs=test["tfrs"])
+    payload["metrics_only"] = {"earlier_run": earlier, "kept": "TFRS's figures and every speed figure"}
+    write_results("w1_basic", payload, render(payload))
+
+
 def render(p: dict) -> str:
     def row(name, m):
         return f"| {name} | " + " | ".join(f"{m.get(f'top_{k}_accuracy', float('nan')):.4f}" for k in KS) + " |"
@@ -130,6 +160,8 @@ def render(p: dict) -> str:
         f"Machine: {p['machine']['cores']} cores, torch {p['machine']['torch']}. "
         "Regenerate: `.venv/bin/python benchmarks/w1_basic.py`.",
         "",
+        *([metrics_only_note(p["metrics_only"]["kept"], p["metrics_only"]["earlier_run"]), ""]
+          if p.get("metrics_only") else []),
         "## TFRS protocol (items rated in train are NOT excluded)",
         head,
         row("TFRS 0.7.7 (measured, median)" if p["tfrs"]["measured"] else "TFRS 0.7.7 (published)", p["tfrs"]["metrics_tfrs_protocol"]),

@@ -29,7 +29,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import DEFAULT_DATA, REPO, machine, machine_line, median, run_tfrs, write_results
+from _common import (
+    DEFAULT_DATA,
+    REPO,
+    RESULTS,
+    earlier_results,
+    git_commit_of,
+    machine,
+    machine_line,
+    median,
+    metrics_only_note,
+    run_tfrs,
+    write_results,
+)
 from towerrec.data.registry import load_dataset
 from towerrec.experiments.runner import ExperimentConfig, run_configs
 from towerrec.presets import preset
@@ -46,7 +58,6 @@ TFRS_REFERENCE = {
     "timestamp+movie_title_text": (0.0159, 0.2604),
     "timestamp+movie_title_text+movie_genres": (0.0182, 0.2486),
 }
-EASE_REFERENCE = (0.1732, 0.6227)  # seen excluded, benchmarks/results/w1_basic.md
 # Nested chains for the article's claim "more context features -> higher accuracy".
 CHAINS = [
     ["none", "timestamp", "timestamp+movie_title_text", "timestamp+movie_title_text+movie_genres"],
@@ -85,9 +96,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved speed runs per feature set (median)")
     parser.add_argument("--faithful", action="store_true", help="also train the TFRS-faithful recipe (w2-tfrs)")
     parser.add_argument("--skip-cli", action="store_true", help="skip the cached-second-invocation timing")
+    parser.add_argument("--metrics-only", action="store_true",
+                        help="retrain towerrec's models for their quality figures only; keep the committed TFRS, "
+                             "speed and CLI-cache figures (labelled as from the earlier run)")
     args = parser.parse_args()
 
     dataset = load_dataset("movielens-100k", args.data_dir, progress=False)
+    if args.metrics_only:
+        rerun_metrics(dataset, args)
+        return
     use_tfrs = not args.skip_tfrs and Path(args.tfrs_python).exists()
     exp = ExperimentConfig(name="w2-bench", feature_sets=tuple(FEATURE_SETS), num_epochs=args.epochs,
                            overrides={"data": {"data_dir": str(args.data_dir)}})
@@ -143,6 +160,31 @@ def main() -> None:
     write_results("w2_features", payload, render(payload))
 
 
+def rerun_metrics(dataset, args) -> None:
+    """Quality figures of every towerrec row (deterministic per seed); the rest from the committed results."""
+    payload = earlier_results("w2_features")
+    earlier = payload.get("metrics_only", {}).get("earlier_run") or git_commit_of(RESULTS / "w2_features.json")
+    exp = ExperimentConfig(name="w2-bench", feature_sets=tuple(FEATURE_SETS), num_epochs=args.epochs,
+                           overrides={"data": {"data_dir": str(args.data_dir)}})
+    faithful = dict(run_configs(exp.with_changes(recipe="tfrs")))
+    with tempfile.TemporaryDirectory() as tmp:
+        runs_root = Path(tmp)
+        for label, cfg in run_configs(exp):
+            row = next(r for r in payload["rows"] if r["feature_set"] == label)
+            fresh = towerrec_run((label, cfg), dataset, runs_root)
+            row["towerrec"].update(tfrs=fresh["tfrs"], seen_excluded=fresh["seen_excluded"])
+            if "towerrec_faithful" in row:
+                fresh = towerrec_run((label, faithful[label]), dataset, runs_root)
+                row["towerrec_faithful"].update(tfrs=fresh["tfrs"], seen_excluded=fresh["seen_excluded"])
+            print(label, row["towerrec"]["tfrs"]["top_10_accuracy"], flush=True)
+        payload["ease"] = train_run(preset("ease").replace(data={"data_dir": str(args.data_dir)}), runs_root=runs_root,
+                                    progress=False, dataset=dataset, log=lambda *_: None).metrics["test"]
+    payload["metrics_only"] = {"earlier_run": earlier,
+                               "kept": "TFRS's figures, every examples/s figure and the CLI cache timing"}
+    payload["goals"] = goals(payload)
+    write_results("w2_features", payload, render(payload))
+
+
 def goals(p: dict) -> dict:
     out: dict = {"quality_1_25x": {}, "speed_3x": {}}
     for row in p["rows"]:
@@ -190,6 +232,8 @@ def render(p: dict) -> str:
              f"{p['workload']}. {machine_line(p['machine'])} "
              f"examples/s: median of {p.get('speed_repeats', 1)} interleaved runs (TFRS, towerrec, TFRS, ...). "
              "Regenerate: `.venv/bin/python benchmarks/w2_features.py --faithful --tfrs-python PATH`.", "",
+             *([metrics_only_note(p["metrics_only"]["kept"], p["metrics_only"]["earlier_run"]), ""]
+               if p.get("metrics_only") else []),
              "## TFRS protocol (items rated in train are NOT excluded)", "", head]
     for row in p["rows"]:
         label = row["feature_set"]
