@@ -44,7 +44,7 @@ from towerrec.data.sequences import build_sequence_examples
 from towerrec.data.splits import require_rows
 from towerrec.data.tables import Dataset
 from towerrec.errors import ConfigError, DataError, TowerrecError, shorten
-from towerrec.metrics.topk import CSR, DEFAULT_KS, Ties, rank_targets, summarize
+from towerrec.metrics.topk import CSR, DEFAULT_KS, SCORE_BUDGET, Ties, rank_targets, summarize
 from towerrec.models.sequential import NUM_RATING_SLOTS, SequentialModel
 from towerrec.tasks.unique_softmax import unique_candidates, unique_in_batch_softmax_loss
 from towerrec.train.checkpoint import RETRAIN_HINT, load_json, save_json, save_weights
@@ -417,7 +417,8 @@ def encode_histories(model: SequentialModel, inputs: Tensor, ratings: Tensor | N
 
 @torch.no_grad()
 def evaluate_sequence_protocols(model: SequentialModel, examples: SequenceExamples, *, ks=DEFAULT_KS,
-                                protocols=PROTOCOLS, ties: Ties = "random") -> dict[str, dict[str, float]]:
+                                protocols=PROTOCOLS, ties: Ties = "random",
+                                score_budget: int = SCORE_BUDGET) -> dict[str, dict[str, float]]:
     """Full-catalogue metrics of the last-step queries under each protocol, from one scoring pass.
 
     ``seen_excluded`` removes each row's known items (its whole earlier timeline);
@@ -431,17 +432,19 @@ def evaluate_sequence_protocols(model: SequentialModel, examples: SequenceExampl
         ratings = None if examples.ratings is None else examples.ratings[start:stop]
         return encode_histories(model, examples.inputs[start:stop], ratings, users) @ candidates_t
 
-    return _rank_protocols(scores, examples, candidates_t.shape[1], ks, protocols, ties)
+    return _rank_protocols(scores, examples, candidates_t.shape[1], ks, protocols, ties, score_budget)
 
 
-def _rank_protocols(scores, examples: SequenceExamples, num_items: int, ks, protocols, ties: Ties):
+def _rank_protocols(scores, examples: SequenceExamples, num_items: int, ks, protocols, ties: Ties,
+                    score_budget: int = SCORE_BUDGET):
     seen = examples.seen
 
     def known(start: int, stop: int) -> CSR | None:
         return None if seen is None else seen.rows(slice(start, stop))
 
     ranks = rank_targets(scores, examples.targets, num_items,
-                         protocols={name: known if name == "seen_excluded" else None for name in protocols})
+                         protocols={name: known if name == "seen_excluded" else None for name in protocols},
+                         score_budget=score_budget)
     return {name: summarize(ranks[name], ks, ties=ties) for name in protocols}
 
 
