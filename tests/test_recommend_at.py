@@ -32,7 +32,7 @@ def run_dir(tmp_path_factory):
     )
     with pytest.raises(SystemExit):
         main(["train", str(config), "--runs", str(root / "runs")])
-    return next((root / "runs").iterdir())
+    return next(p for p in (root / "runs").iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def test_query_time_defaults_to_the_latest_timestamp_and_at_changes_the_scores(run_dir):
