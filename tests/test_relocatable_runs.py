@@ -82,3 +82,19 @@ def test_an_imported_dataset_folder_run_follows_its_folder(tmp_path: Path, monke
     assert code == 1 and "no such dataset folder" in err and "--data-dir" in err
     code, _, err = run_cli(capsys, "evaluate", str(run_dir), "--data-dir", "ds-moved")
     assert code == 0, err
+
+
+def test_export_follows_moved_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    project = tmp_path / "project"
+    write(project / "data" / "ml", ML100K)
+    monkeypatch.chdir(project)
+    code, _, err = run_cli(capsys, "train", "default", "--epochs", "1", "--data-dir", "data/ml", "--runs", "runs")
+    assert code == 0, err
+    (run_dir,) = (project / "runs").glob("default-*")
+    shutil.move(project / "data" / "ml", tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "export", str(run_dir), "--out", "bundle")
+    assert code == 1 and "--data-dir" in err
+    code, out, err = run_cli(capsys, "export", str(run_dir), "--out", "bundle", "--data-dir", "moved")
+    assert code == 0, err
+    assert (tmp_path / "bundle" / "bundle.json").is_file()
