@@ -93,8 +93,8 @@ def git_commit_of(path: Path) -> str:
     return proc.stdout.strip() or "unknown commit"
 
 
-def metrics_only_note(kept: str, earlier: str) -> str:
-    """The provenance line of a ``--metrics-only`` rerun."""
-    return (f"Quality figures of towerrec's rows regenerated with `--metrics-only` (tie-aware evaluation: ties "
-            f"never count for the target); {kept} are kept from the earlier full run ({earlier}) and were not "
-            "re-measured.")
+def metrics_only_note(kept: str, earlier: str, regenerated: str = "Quality figures of towerrec's rows",
+                      flag: str = "--metrics-only") -> str:
+    """The provenance line of a partial rerun (``--metrics-only``, ``--baselines-only``)."""
+    return (f"{regenerated} were regenerated with `{flag}` (tie-aware evaluation: ties never count for the target); "
+            f"{kept} are kept from the earlier full run ({earlier}) and were not re-measured.")
