@@ -103,19 +103,12 @@ def read_text(path: str | Path, *, hint: str | None = None) -> str:
 
 
 def read_parquet(path: str | Path, *, hint: str | None = None, **options) -> pl.DataFrame:
-    """Read exactly the Parquet file ``path`` (no glob expansion).
+    """Read exactly the Parquet file ``path`` (no glob expansion); Polars options pass through.
 
     Raises:
         DataError: the file is missing, unreadable or not valid Parquet; names the file.
     """
-    path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            return pl.read_parquet(handle, **options)
-    except OSError as exc:
-        raise io_error(exc, path, hint) from exc
-    except pl.exceptions.PolarsError as exc:
-        raise DataError(f"unreadable Parquet ({_first_line(exc)})", file=path, hint=hint) from exc
+    return _read(pl.read_parquet, "unreadable Parquet ({})", path, hint, options)
 
 
 def read_csv(path: str | Path, *, hint: str | None = None, **options) -> pl.DataFrame:
@@ -124,14 +117,19 @@ def read_csv(path: str | Path, *, hint: str | None = None, **options) -> pl.Data
     Raises:
         DataError: the file is missing, unreadable or malformed; names the file.
     """
+    return _read(pl.read_csv, "cannot read: {}", path, hint, options)
+
+
+def _read(reader, message: str, path: str | Path, hint: str | None, options: dict) -> pl.DataFrame:
+    """``reader`` on an open handle of exactly ``path``: Polars never sees a path it could glob."""
     path = Path(path)
     try:
         with open(path, "rb") as handle:
-            return pl.read_csv(handle, **options)
+            return reader(handle, **options)
     except OSError as exc:
         raise io_error(exc, path, hint) from exc
     except pl.exceptions.PolarsError as exc:
-        raise DataError(f"cannot read: {_first_line(exc)}", file=path, hint=hint) from exc
+        raise DataError(message.format(_first_line(exc)), file=path, hint=hint) from exc
 
 
 def _first_line(exc: BaseException, limit: int = 200) -> str:
