@@ -210,3 +210,18 @@ def test_resumed_run_still_restores_the_best_epoch(dataset, tmp_path):
     assert result.resumed_from_epoch == 3 and result.best_epoch == 2 and result.stopped_early
     assert all(torch.equal(v, first.seen[2][k]) for k, v in second.model.state_dict().items())
     assert [p.name for p in (tmp_path / "ckpt").glob("best-epoch-*")] == ["best-epoch-0002.safetensors"]
+
+
+def test_a_damaged_best_epoch_file_is_one_clear_error(dataset, tmp_path):
+    config = _scripted_config(epochs=10)
+    data = prepare(config, dataset, progress=False)
+    script = [0.1, 0.5, 0.3, 0.2] + [0.0] * 6
+    first = _Scripted(config, data, build_model(config, data), progress=False, script=script, crash_at=4,
+                      checkpoint_dir=tmp_path / "ckpt")
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    (tmp_path / "ckpt" / "best-epoch-0002.safetensors").write_bytes(b"not a safetensors file")
+    second = _Scripted(config, data, build_model(config, data), progress=False, script=script,
+                       checkpoint_dir=tmp_path / "ckpt")
+    with pytest.raises(TowerrecError, match="best-epoch-0002.safetensors: the best epoch's weights are damaged"):
+        second.fit()

@@ -229,7 +229,11 @@ class Trainer:
         path = self._best_path(epoch)
         if self.config.train.early_stopping_patience is None or not epoch or path is None or not path.is_file():
             return None
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types for damaged files
+            raise TowerrecError(f"{path}: the best epoch's weights are damaged ({type(exc).__name__})",
+                                hint="train again with --retrain") from exc
 
     def _drop_other_best(self, epoch: int) -> None:
         """After the checkpoint names the best epoch, older best-epoch files are not needed."""
