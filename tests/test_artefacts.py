@@ -503,6 +503,14 @@ def test_export_overwrite_keeps_the_old_bundle_until_the_new_one_is_complete(tra
     load_bundle(bundle_copy)
 
 
+def test_export_overwrite_keeps_a_file_the_user_put_into_the_bundle(trained, bundle_copy):
+    (bundle_copy / "README.txt").write_text("deployment notes")
+    with pytest.raises(TowerrecError, match=r"holds files towerrec did not write \(README\.txt\)"):
+        export_bundle(trained.run_dir, bundle_copy, data=trained.data, overwrite=True)
+    assert (bundle_copy / "README.txt").read_text() == "deployment notes"
+    load_bundle(bundle_copy)
+
+
 def test_export_never_writes_over_the_run_or_the_current_folder(trained, tmp_path, monkeypatch):
     with pytest.raises(TowerrecError, match="holds the input"):
         export_bundle(trained.run_dir, trained.run_dir.parent, data=trained.data, overwrite=True)
@@ -570,3 +578,26 @@ def test_field16_prices_edited_in_place_train_the_v2_model(tmp_path, monkeypatch
     assert not second.reused and second.run_dir != first.run_dir and not messages
     normaliser = _normaliser(second.run_dir)
     assert normaliser["mean"] == pytest.approx(75.13, abs=0.01) and normaliser["std"] == pytest.approx(7.70, abs=0.01)
+
+
+def test_a_run_whose_training_fails_before_a_checkpoint_leaves_no_folder(tmp_path):
+    from towerrec.config import RunConfig
+    from towerrec.runs import run_dir_for, train_in_run_dir
+
+    config = RunConfig()
+
+    def fails(run_dir):
+        raise TowerrecError("query tower outputs 50 dims but candidate tower outputs 16")
+
+    with pytest.raises(TowerrecError, match="50 dims"):
+        train_in_run_dir(config, "f" * 64, tmp_path, retrain=False, log=lambda m: None, data=None, train=fails)
+    assert not run_dir_for(config, "f" * 64, tmp_path).exists()
+
+    def fails_after_a_checkpoint(run_dir):
+        (run_dir / "checkpoints" / "epoch-0001").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_in_run_dir(config, "f" * 64, tmp_path, retrain=False, log=lambda m: None, data=None,
+                         train=fails_after_a_checkpoint)
+    assert (run_dir_for(config, "f" * 64, tmp_path) / "checkpoints" / "epoch-0001").is_dir()

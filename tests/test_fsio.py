@@ -140,7 +140,8 @@ def test_a_damaged_cache_is_rebuilt_not_reused(tmp_path: Path, monkeypatch) -> N
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0x01
     path.write_bytes(bytes(raw))
-    rebuilt = cache.prepare("tiny", key, lambda: good)
+    with pytest.warns(UserWarning, match=r"cache cannot be reused, rebuilding it: .*interactions\.parquet"):
+        rebuilt = cache.prepare("tiny", key, lambda: good)
     assert not rebuilt.hit
     assert rebuilt.dataset.interactions["user_id"].to_list() == [1, 2, 3]
 
@@ -211,3 +212,18 @@ def test_a_crash_between_aside_and_swap_in_is_recovered_by_the_next_writer(tmp_p
     fsio.remove_leftovers(folder, older_than_s=0)
     assert store.load_dataset_dir(folder).interactions["user_id"].to_list() == [1, 2, 3]
     assert not aside.exists()
+
+
+def test_replacing_a_dataset_never_deletes_a_file_towerrec_did_not_write(tmp_path: Path, capsys) -> None:
+    folder = store.save_dataset(_dataset((1, 2, 3)), tmp_path / "ds")
+    (folder / "mine.txt").write_text("my notes")
+    with pytest.raises(TowerrecError, match=r"holds files towerrec did not write \(mine\.txt\)"):
+        store.save_dataset(_dataset((4, 5)), folder)
+    assert (folder / "mine.txt").read_text() == "my notes"
+    assert store.load_dataset_dir(folder).interactions["user_id"].to_list() == [1, 2, 3]
+    code, _, err = run_cli(capsys, "data", "synth", "--users", "5", "--items", "5", "--interactions", "20",
+                           "--out", str(folder))
+    assert code == 1 and "mine.txt" in err and (folder / "mine.txt").is_file()
+    (folder / "mine.txt").unlink()
+    store.save_dataset(_dataset((4, 5)), folder)
+    assert store.load_dataset_dir(folder).interactions["user_id"].to_list() == [4, 5]

@@ -162,6 +162,14 @@ def test_millisecond_timestamps_are_caught_at_import(tmp_path: Path) -> None:
     assert "look like epoch milliseconds" in str(err.value) and err.value.hint == "pass --timestamp-unit ms"
 
 
+def test_a_far_negative_timestamp_is_described_as_before_1970(tmp_path: Path) -> None:
+    path = write(tmp_path / "neg.csv", "u,i,t\n1,2,-99999999999999\n")
+    with pytest.raises(DataError) as err:
+        import_interactions(path, user_col="u", item_col="i", timestamp_col="t")
+    assert "more than 3,000 years before 1970 as epoch seconds" in str(err.value)
+    assert "after" not in str(err.value)
+
+
 def test_timestamp_unit_converts_to_seconds(tmp_path: Path) -> None:
     path = write(tmp_path / "ratings_ms.csv", MS)
     ds = import_interactions(path, user_col="user", item_col="item", timestamp_col="ts", timestamp_unit="ms")

@@ -221,13 +221,15 @@ def check_replaceable(
     what: str,
     option: str = "--out",
     protect: Iterable[str | Path] = (),
+    known: Iterable[str] = (),
 ) -> None:
     """Refuse, before any work, to write ``target`` where that would destroy foreign data.
 
-    ``target`` may be absent, an empty folder, or a folder towerrec wrote (it holds
-    ``marker``, e.g. ``dataset.json``). Anything else raises, as does a target that is
-    the current folder or one of its parents, or one that contains a ``protect``ed path
-    (the input being read).
+    ``target`` may be absent, an empty folder, or a folder towerrec wrote: it holds
+    ``marker`` (e.g. ``dataset.json``) and nothing but the files that manifest's
+    ``checksums`` list (or the ``known`` names towerrec writes there). Anything else
+    raises, as does a target that is the current folder or one of its parents, or one
+    that contains a ``protect``ed path (the input being read).
 
     Raises:
         TowerrecError: naming the folder and what it holds.
@@ -253,11 +255,35 @@ def check_replaceable(
     with io_errors(target):
         entries = sorted(entry.name for entry in target.iterdir())
     if entries and marker not in entries:
-        shown = ", ".join(entries[:5]) + (f", … ({len(entries)} entries)" if len(entries) > 5 else "")
         raise TowerrecError(
-            f"{option} {target}: exists and is not a towerrec {what} folder (holds {shown})",
+            f"{option} {target}: exists and is not a towerrec {what} folder (holds {_listing(entries)})",
             hint=f"choose another {option}, or empty that folder first",
         )
+    foreign = [name for name in entries if name not in _owned_names(target / marker, known)] if entries else []
+    if foreign:
+        raise TowerrecError(
+            f"{option} {target}: holds files towerrec did not write ({_listing(foreign)}); replacing the "
+            f"{what} would delete them",
+            hint=f"move those files out of {target}, or choose another {option}",
+        )
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f", … ({len(names)} entries)" if len(names) > 5 else "")
+
+
+def _owned_names(manifest: Path, known: Iterable[str]) -> set[str]:
+    """Names in a towerrec folder that towerrec wrote: the manifest, what its ``checksums`` list, ``known``."""
+    import json
+
+    owned = {manifest.name, STAGING_MARK, *known}
+    try:
+        recorded = json.loads(manifest.read_text(encoding="utf-8")).get("checksums")
+    except (OSError, ValueError, AttributeError):
+        return owned
+    if isinstance(recorded, dict):
+        owned.update(str(name).split("/", 1)[0] for name in recorded)
+    return owned
 
 
 def staging_dir(target: str | Path, *, lock_held: bool = False) -> Path:
@@ -305,7 +331,8 @@ def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "[]*?" else c for c in name)
 
 
-def replace_dir(staging: str | Path, target: str | Path, marker: str, *, what: str, option: str = "--out") -> Path:
+def replace_dir(staging: str | Path, target: str | Path, marker: str, *, what: str, option: str = "--out",
+                known: Iterable[str] = ()) -> Path:
     """Put the finished folder ``staging`` in place of ``target``, never losing the old one.
 
     The old ``target`` (which must be absent, empty, or hold ``marker``) is renamed aside,
@@ -317,7 +344,7 @@ def replace_dir(staging: str | Path, target: str | Path, marker: str, *, what: s
         TowerrecError: ``target`` holds data towerrec did not write (see :func:`check_replaceable`).
     """
     staging, target = Path(staging), Path(target)
-    check_replaceable(target, marker, what=what, option=option)
+    check_replaceable(target, marker, what=what, option=option, known=known)
     aside = None
     with io_errors(target):
         try:

@@ -194,12 +194,29 @@ def train_in_run_dir(config: RunConfig, fingerprint: str, runs_root: Path, *, re
     """
     run_dir = run_dir_for(config, fingerprint, runs_root)
     with fsio.locked(run_dir, what="run", log=log):
+        existed = run_dir.exists()
         run_dir, finished = open_run_dir(config, fingerprint, runs_root, retrain=retrain, log=log)
         if finished is not None:
             return RunResult(run_dir, finished, True, data, None)
-        metrics, model = train(run_dir)
+        try:
+            metrics, model = train(run_dir)
+        except BaseException:
+            _drop_if_nothing_to_resume(run_dir, existed)
+            raise
         finish_run(run_dir, config, fingerprint, metrics)
     return RunResult(run_dir, metrics, False, data, model)
+
+
+def _drop_if_nothing_to_resume(run_dir: Path, existed: bool) -> None:
+    """A run folder this call created, whose training failed before its first checkpoint, is removed.
+
+    Everything in it was written by this process under the run's lock, so it is provably
+    ours; a folder with a checkpoint is kept so that the next ``train`` resumes from it.
+    """
+    checkpoints = run_dir / "checkpoints"
+    if existed or (checkpoints.is_dir() and any(checkpoints.iterdir())):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @dataclass

@@ -189,10 +189,10 @@ def _join_keys(values: list[str]) -> dict[str, str]:
 
 def _check_out(out: Path, inputs: tuple[Path, ...] = ()) -> None:
     """Refuse a --out that would destroy foreign files, before any work starts."""
-    from towerrec.data.store import MANIFEST
+    from towerrec.data.store import MANIFEST, TABLE_FILES
     from towerrec.fsio import check_replaceable
 
-    check_replaceable(out, MANIFEST, what="dataset", protect=inputs)
+    check_replaceable(out, MANIFEST, what="dataset", protect=inputs, known=TABLE_FILES)
 
 
 def _save(dataset: Dataset, out: Path, inputs: tuple[Path, ...] = ()) -> None:

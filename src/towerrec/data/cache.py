@@ -9,6 +9,7 @@ caches keyed by it go stale exactly when the data does.
 from __future__ import annotations
 
 import hashlib
+import warnings
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ def _load_cached(folder: Path, key: str) -> Dataset | None:
         return None
     try:
         dataset = store.load_dataset_dir(folder)
-    except TowerrecError:  # unreadable or damaged: rebuilt, never trusted
+    except TowerrecError as exc:  # unreadable or damaged: rebuilt, never trusted
+        warnings.warn(f"prepared-data cache cannot be reused, rebuilding it: {exc}", stacklevel=2)
         return None
     return dataset if dataset.fingerprint == key else None

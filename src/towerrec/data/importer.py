@@ -331,8 +331,8 @@ def _to_seconds(table: _Table, column: str, values: pl.Series, unit: str) -> pl.
         guess = _guess_unit(abs(float(value)))
         raise table.fail(
             index, column,
-            f"timestamp {shorten(int(value) if float(value).is_integer() else value)} is after the year 5000 "
-            f"as epoch {_UNIT_WORDS[unit]}" + (f"; the values look like epoch {_UNIT_WORDS[guess]}" if guess else ""),
+            f"timestamp {shorten(int(value) if float(value).is_integer() else value)} is more than 3,000 years "
+            f"{'before' if float(value) < 0 else 'after'} 1970 as epoch {_UNIT_WORDS[unit]}" + (f"; the values look like epoch {_UNIT_WORDS[guess]}" if guess else ""),
             hint=f"pass --timestamp-unit {guess}" if guess else "timestamps are epoch seconds or ISO dates",
         )  # fmt: skip
     return seconds

@@ -617,7 +617,7 @@ def _epoch_seconds(df: pl.DataFrame, raw: bytes, file: str, header: bool = False
     unit = next((u for u, scale in (("milliseconds", 10**3), ("microseconds", 10**6), ("nanoseconds", 10**9))
                  if abs(value) / scale < EPOCH_SECONDS_LIMIT), None)
     raise DataError(
-        f"timestamp {value} is after the year 5000 as epoch seconds" + (f"; it looks like epoch {unit}" if unit else ""),
+        f"timestamp {value} is more than 3,000 years {'before' if value < 0 else 'after'} 1970 as epoch seconds" + (f"; it looks like epoch {unit}" if unit else ""),
         file=file, line=line, field="timestamp",
         hint="MovieLens timestamps are epoch seconds: convert the column, or import the file with "
         "`towerrec data import ... --timestamp-unit ms`",

@@ -14,6 +14,8 @@ from towerrec.data.tables import Dataset
 from towerrec.errors import DataError
 
 MANIFEST = "dataset.json"
+TABLE_FILES = ("interactions.parquet", "items.parquet", "users.parquet")
+"""Every file a dataset folder may hold besides its manifest."""
 FORMAT_VERSION = 2  # 2: per-table SHA-256 checksums in the manifest
 
 
@@ -30,7 +32,7 @@ def save_dataset(dataset: Dataset, folder: str | Path, *, protect: tuple[str | P
             is the current folder, contains a ``protect``ed input file, or is not writable.
     """
     folder = Path(folder)
-    fsio.check_replaceable(folder, MANIFEST, what="dataset", protect=protect)
+    fsio.check_replaceable(folder, MANIFEST, what="dataset", protect=protect, known=TABLE_FILES)
     with fsio.locked(folder, what="dataset"):
         tmp = fsio.staging_dir(folder, lock_held=True)
         try:
@@ -51,7 +53,7 @@ def save_dataset(dataset: Dataset, folder: str | Path, *, protect: tuple[str | P
                 "meta": dataset.meta,
             }
             fsio.atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2))
-            fsio.replace_dir(tmp, folder, MANIFEST, what="dataset")
+            fsio.replace_dir(tmp, folder, MANIFEST, what="dataset", known=TABLE_FILES)
         except BaseException:
             fsio.discard(tmp)
             raise
