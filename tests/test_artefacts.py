@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 from towerrec import fsio
@@ -158,7 +157,7 @@ def test_an_edited_run_config_is_refused(run_copy, old, new):
     path.write_text(path.read_text().replace(old, new))
     with pytest.raises(TowerrecError) as err:
         load_run(run_copy)
-    assert f"config.toml was changed after training (hash " in err.value.message
+    assert "config.toml was changed after training (hash " in err.value.message
     assert f"≠ {recorded})" in err.value.message and "restore the file" in err.value.hint
     _one_line(err.value.message)
 
