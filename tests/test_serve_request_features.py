@@ -84,6 +84,14 @@ def test_invalid_values_are_422_naming_the_field(client, body, field, words):
     assert answer.json()["errors"][0]["loc"] == ["body", *field.split(".")]
 
 
+def test_a_value_of_no_allowed_type_is_one_message_not_one_per_union_member(client):
+    answer = _post(client, '{"features": {"age": [1, 2]}, "k": 3}')
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == (
+        "features.age: expected an integer, a number, a boolean or a string, got a list")
+    assert [e["loc"] for e in answer.json()["errors"]] == [["body", "features", "age"]]
+
+
 def test_an_iso_date_is_the_same_instant_as_its_epoch_seconds(client):
     when = int(datetime(1998, 1, 1, tzinfo=timezone.utc).timestamp())
     by_date = _post(client, '{"features": {"timestamp": "1998-01-01T00:00:00Z"}, "k": 5}').json()["items"]

@@ -45,6 +45,41 @@ Id = Union[int, Annotated[str, Field(max_length=MAX_ID_LENGTH)]]
 FeatureValue = Union[int, float, bool, Annotated[str, Field(max_length=MAX_ID_LENGTH)], None]
 
 
+_UNION_MEMBERS = {"int": "an integer", "float": "a number", "bool": "a boolean", "str": "a string",
+                  "constrained-str": "a string", "none": "null"}
+_JSON_TYPES = {list: "a list", dict: "an object", str: "a string", bool: "a boolean", int: "a number",
+               float: "a number", type(None): "null"}
+
+
+def _merge_union_errors(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pydantic's errors, with the one-per-union-member errors of a field merged into one.
+
+    A value matching no member of ``int | float | str | None`` gets one error per member
+    (``features.age.int: …; features.age.float: …``); the client needs one line:
+    ``features.age: expected an integer, a number or a string, got a list``.
+    """
+    merged: dict[tuple[str, ...], dict[str, Any]] = {}
+    members: dict[tuple[str, ...], list[str]] = {}
+    for e in raw:
+        loc = tuple(str(part) for part in e.get("loc", ()))
+        if loc and loc[-1] in _UNION_MEMBERS:
+            key = loc[:-1]
+            members.setdefault(key, []).append(_UNION_MEMBERS[loc[-1]])
+            merged.setdefault(key, {"loc": list(key), "msg": "", "type": "union_type", "input": e.get("input")})
+        else:
+            merged[loc + (str(len(merged)),)] = {"loc": list(loc), "msg": str(e.get("msg", "")),
+                                                 "type": str(e.get("type", ""))}
+    out = []
+    for key, e in merged.items():
+        if key in members:
+            kinds = list(dict.fromkeys(members[key]))
+            expected = kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " or " + kinds[-1]
+            got = _JSON_TYPES.get(type(e.pop("input")), "another type")
+            e["msg"] = f"expected {expected}, got {got}"
+        out.append(e)
+    return out
+
+
 # ------------------------------------------------------------------ schemas
 class Item(BaseModel):
     item_id: Id
@@ -190,10 +225,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, error: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"loc": [str(part) for part in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-            for e in error.errors()
-        ]
+        errors = _merge_union_errors(error.errors())
         detail = "; ".join(f"{'.'.join(e['loc'][1:] or e['loc'])}: {e['msg']}" for e in errors[:5]) or "invalid request"
         return JSONResponse({"detail": detail, "hint": None, "errors": errors}, status_code=422)
 
