@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from towerrec.cli.app import main
+from cli_helpers import run_cli_text as run_cli
 from towerrec.config import config_from_dict
 from towerrec.data.movielens import DuplicateTitlesWarning, load_movielens, prepare_movielens
 from towerrec.data.tables import Dataset
@@ -31,13 +31,6 @@ EVENTS = "user,item,ts\nalice,A,1\nalice,B,2\nalice,C,3\nbob,A,4\nbob,C,5\nbob,D
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TOWERREC_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
-
-
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out + out.err
 
 
 def _import(capsys, folder: Path, csv: str, *extra) -> Path:

@@ -4,16 +4,9 @@ import re
 
 import pytest
 
-from towerrec.cli.app import main
+from cli_helpers import run_cli_text as run_cli
 from towerrec.data.store import save_dataset
 from towerrec.data.synthetic import make_synthetic
-
-
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out + out.err
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from cli_helpers import run_cli
 from test_movielens import ML100K, REAL_100K, write
-from towerrec.cli.app import main
 from towerrec.data.registry import DATASET_NAMES, load_dataset, prepare_dataset
 from towerrec.data.summary import render_summary, summarize
 from towerrec.errors import DataError
@@ -24,13 +24,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def ml100k(tmp_path: Path) -> Path:
     return write(tmp_path / "ml-100k", ML100K)
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out = capsys.readouterr()
-    return exit_info.value.code or 0, out.out, out.err
 
 
 def test_info_prints_counts_and_the_histogram(capsys: pytest.CaptureFixture[str], ml100k: Path) -> None:

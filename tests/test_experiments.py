@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from towerrec.cli.app import main
+from cli_helpers import run_cli_text as run_cli
 from towerrec.config import config_from_dict
 from towerrec.data.store import save_dataset
 from towerrec.data.synthetic import make_synthetic
@@ -225,13 +225,6 @@ def test_movie_length_and_item_columns_feed_the_candidate_tower(tmp_path, datase
 
 
 # -- the CLI -------------------------------------------------------------------
-
-
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out + out.err
 
 
 def test_cli_experiment_end_to_end(tmp_path, dataset_dir, dataset, capsys):

@@ -10,8 +10,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from cli_helpers import run_cli
 from towerrec import fsio
-from towerrec.cli.app import main
 from towerrec.data import cache, store
 from towerrec.data.tables import Dataset
 from towerrec.errors import DataError, TowerrecError
@@ -23,13 +23,6 @@ def _dataset(users=(1, 2, 3), name="tiny") -> Dataset:
                           "rating": [4.0] * n, "timestamp": list(range(n))},
                          schema_overrides={"rating": pl.Float32})
     return Dataset(name=name, interactions=frame, items=None, users=None, fingerprint="f" * 64, meta={})
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out = capsys.readouterr()
-    return exit_info.value.code or 0, out.out, out.err
 
 
 def test_readers_open_exactly_the_named_file_not_a_glob(tmp_path: Path) -> None:

@@ -8,18 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from towerrec.cli.app import main
+from cli_helpers import run_cli
 from towerrec.data.importer import import_interactions
 from towerrec.data.store import load_dataset_dir
 from towerrec.data.summary import summarize
 from towerrec.errors import DataError
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out = capsys.readouterr()
-    return exit_info.value.code or 0, out.out, out.err
 
 
 def write(path: Path, text: str) -> Path:

@@ -6,18 +6,12 @@ import re
 
 import pytest
 
+from cli_helpers import run_cli_text as run_cli
 from towerrec.cli.app import main
 from towerrec.data.store import save_dataset
 from towerrec.data.synthetic import make_synthetic
 from towerrec.errors import TowerrecError
 from towerrec.recommend import open_run_with_data, query_time, recommend, uses_query_time
-
-
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out + out.err
 
 
 @pytest.fixture(scope="module")

@@ -14,18 +14,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from cli_helpers import run_cli_text as run_cli
 from towerrec.cli.app import main
 from towerrec.data.store import save_dataset
 from towerrec.data.synthetic import make_synthetic
 
 CASE_04 = Path(__file__).parent / "data" / "field04_events.csv"
-
-
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out + out.err
 
 
 def _lists(out: str) -> dict[str, list[int]]:

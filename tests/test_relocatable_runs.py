@@ -7,21 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import run_cli
 from test_movielens import ML100K, write
-from towerrec.cli.app import main
 from towerrec.config import load_config
 
 
 @pytest.fixture(autouse=True)
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOWERREC_HOME", str(tmp_path / "home"))
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out = capsys.readouterr()
-    return exit_info.value.code or 0, out.out, out.err
 
 
 @pytest.fixture

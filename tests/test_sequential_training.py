@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 import torch
 
-from towerrec.cli.app import main
+from cli_helpers import run_cli_text as run_cli
 from towerrec.config import config_from_dict
 from towerrec.data.sequences import build_sequence_examples
 from towerrec.data.store import save_dataset
@@ -161,13 +161,6 @@ def test_history_input_handling():
     with pytest.raises(TowerrecError, match="not in the catalogue"):
         history_to_indices([5, 99], catalogue, unknown="error")
     assert history_to_indices([5, 6, 7, 8], catalogue, max_length=2) == [2, 3]  # most recent kept
-
-
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out + out.err
 
 
 @pytest.mark.parametrize("encoder,user_embedding", [("gru", "false"), ("sasrec", "true")])
