@@ -46,3 +46,11 @@ def test_shorten_text_cuts_echoed_values_in_a_library_message():
                                           ("000000000000000000000001", True), ("9" * 10**6, False)])
 def test_fits_int64(digits, fits):
     assert fits_int64(digits) is fits
+
+
+def test_first_line_of_a_library_message() -> None:
+    from towerrec.errors import first_line
+
+    assert first_line(RuntimeError("")) == "RuntimeError"
+    assert first_line(ValueError("bad header\nsecond line")) == "bad header"
+    assert first_line(ValueError("x" * 500), limit=20) == "x" * 19 + "…"

@@ -220,3 +220,17 @@ def test_replacing_a_dataset_never_deletes_a_file_towerrec_did_not_write(tmp_pat
     (folder / "mine.txt").unlink()
     store.save_dataset(_dataset((4, 5)), folder)
     assert store.load_dataset_dir(folder).interactions["user_id"].to_list() == [4, 5]
+
+
+def test_atomic_write_file_leaves_the_old_file_when_the_writer_fails(tmp_path: Path) -> None:
+    target = tmp_path / "index.bin"
+    fsio.atomic_write_file(target, lambda p: p.write_bytes(b"old"))
+
+    def half_then_crash(path: Path) -> None:
+        path.write_bytes(b"ne")
+        raise RuntimeError("writer crashed")
+
+    with pytest.raises(RuntimeError):
+        fsio.atomic_write_file(target, half_then_crash)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["index.bin"]

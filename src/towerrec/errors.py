@@ -48,6 +48,14 @@ def shorten_text(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (a library's, for ours), cut to ``limit``;
+    its type name when the message is empty."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def fits_int64(digits: str) -> bool:
     """Whether an integer literal (``[+-]?\\d+``) fits a signed 64-bit integer; cheap for any length."""
     body = digits.lstrip("+-").lstrip("0")

@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Iterator
 
 import polars as pl
 
-from towerrec.errors import DataError, TowerrecError
+from towerrec.errors import DataError, TowerrecError, first_line
 
 STAGING_MARK = ".towerrec-staging"
 """File written into every staging folder, so a leftover one can be proven ours and removed."""
@@ -129,27 +129,23 @@ def _read(reader, message: str, path: str | Path, hint: str | None, options: dic
     except OSError as exc:
         raise io_error(exc, path, hint) from exc
     except pl.exceptions.PolarsError as exc:
-        raise DataError(message.format(_first_line(exc)), file=path, hint=hint) from exc
-
-
-def _first_line(exc: BaseException, limit: int = 200) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+        raise DataError(message.format(first_line(exc)), file=path, hint=hint) from exc
 
 
 # --------------------------------------------------------------------------- atomic writes
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary sibling + fsync + ``os.replace``)."""
+def atomic_write_file(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Write ``path`` atomically through ``write(temporary_path)``: a fresh sibling file,
+    fsynced, then ``os.replace``-d over ``path`` (for writers that only take a path)."""
     path = Path(path)
     with io_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
+            write(Path(tmp))
+            with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
         except BaseException:
@@ -157,6 +153,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
                 os.unlink(tmp)
             raise
     return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary sibling + fsync + ``os.replace``)."""
+    return atomic_write_file(path, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -169,11 +170,15 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def sha256_file(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes, streamed in 1 MiB chunks."""
-    digest = hashlib.sha256()
+    return hash_file_into(hashlib.sha256(), path).hexdigest()
+
+
+def hash_file_into(digest, path: str | Path):
+    """Feed a file's bytes to a ``hashlib`` ``digest`` in 1 MiB chunks; returns ``digest``."""
     with io_errors(path), open(path, "rb") as handle:
         for block in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(block)
-    return digest.hexdigest()
+    return digest
 
 
 def checksums(folder: str | Path, names: Iterable[str]) -> dict[str, str]:

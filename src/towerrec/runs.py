@@ -35,7 +35,7 @@ else:  # pragma: no cover
 from towerrec import __version__, fsio
 from towerrec.config import RunConfig, config_from_dict, load_config
 from towerrec.data.tables import Dataset
-from towerrec.errors import ConfigError, TowerrecError
+from towerrec.errors import ConfigError, TowerrecError, first_line
 from towerrec.features import FittedFeatures
 from towerrec.train.checkpoint import RETRAIN_HINT, load_json, load_weights, save_json, save_weights
 from towerrec.train.evaluate import evaluate_both_protocols
@@ -390,7 +390,7 @@ def read_features(path: Path, value: Any, *, hint: str) -> FittedFeatures:
 
 
 def _shape_error(exc: BaseException) -> str:
-    return f"missing {exc}" if isinstance(exc, KeyError) else (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+    return f"missing {exc}" if isinstance(exc, KeyError) else first_line(exc, limit=120)
 
 
 def _empty_model(config: RunConfig, features: FittedFeatures) -> nn.Module:

@@ -444,9 +444,7 @@ def _item_columns(frame: pl.DataFrame) -> pl.DataFrame:
 def _fingerprint(files: list[str | Path], options: dict) -> str:
     digest = hashlib.sha256()
     for file in files:
-        with fsio.io_errors(file), open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        fsio.hash_file_into(digest, file)
         digest.update(b"\0")
     digest.update(json.dumps(options, sort_keys=True).encode())
     return digest.hexdigest()

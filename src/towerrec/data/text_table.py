@@ -19,7 +19,7 @@ from pathlib import Path
 import polars as pl
 
 from towerrec import fsio
-from towerrec.errors import DataError
+from towerrec.errors import DataError, first_line
 
 WHITESPACE = "whitespace"
 """Separator value meaning "one or more spaces or tabs" (``--sep whitespace``)."""
@@ -106,7 +106,7 @@ def read_text_table(
         )  # fmt: skip
     except pl.exceptions.PolarsError as exc:
         raise _locate_width(text, sep, width, path) or DataError(
-            f"cannot read: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=path
+            f"cannot read: {first_line(exc)}", file=path
         ) from None
     if header:
         frame.columns = names

@@ -9,7 +9,6 @@ the on-disk layout: a JSON manifest beside the index's own data files.
 from __future__ import annotations
 
 import json
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -200,10 +199,3 @@ def read_manifest(folder: str | Path, kind: str) -> dict[str, Any]:
 
 
 CORRUPT = "the index folder is corrupt: save (or export) it again"
-
-
-def atomic_write(path: Path, write) -> None:
-    """Writes through a temporary file then renames, so a crash never leaves half a file."""
-    temporary = path.with_name(path.name + ".tmp")
-    write(temporary)
-    os.replace(temporary, path)

@@ -17,13 +17,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from towerrec import fsio
 from towerrec.errors import TowerrecError
 from towerrec.index.base import (
     Exclusions,
     Index,
     SearchResult,
     as_exclusions,
-    atomic_write,
     check_k,
     check_exclusions,
     normalize_ids,
@@ -138,7 +138,7 @@ class BruteForceIndex(Index):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {"embeddings": self.embeddings.cpu().contiguous()}
-        atomic_write(folder / EMBEDDINGS_FILE, lambda path: save_file(tensors, str(path)))
+        fsio.atomic_write_file(folder / EMBEDDINGS_FILE, lambda path: save_file(tensors, str(path)))
         write_manifest(
             folder,
             {

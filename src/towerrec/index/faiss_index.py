@@ -31,13 +31,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from towerrec.errors import TowerrecError
+from towerrec import fsio
+from towerrec.errors import TowerrecError, first_line
 from towerrec.index.base import (
     Exclusions,
     Index,
     SearchResult,
     as_exclusions,
-    atomic_write,
     check_k,
     check_exclusions,
     normalize_ids,
@@ -354,7 +354,7 @@ class FaissIndex(Index):
         faiss = _faiss()
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / INDEX_FILE, lambda path: faiss.write_index(self._index, str(path)))
+        fsio.atomic_write_file(folder / INDEX_FILE, lambda path: faiss.write_index(self._index, str(path)))
         write_manifest(
             folder,
             {
@@ -380,8 +380,7 @@ class FaissIndex(Index):
         try:
             index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if mmap else 0)
         except RuntimeError as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
-            raise TowerrecError(f"{path}: unreadable ({first})", hint="the index folder is corrupt: save it again") from None
+            raise TowerrecError(f"{path}: unreadable ({first_line(error)})", hint="the index folder is corrupt: save it again") from None
         params = manifest.get("params") or {}
         self = cls(variant=manifest.get("variant", "hnsw"), metadata=manifest.get("metadata"),
                    **{k: v for k, v in params.items() if k in DEFAULTS})

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from towerrec import fsio
 from towerrec.config import RunConfig
-from towerrec.errors import RequestError, TowerrecError, shorten, shorten_text
+from towerrec.errors import RequestError, TowerrecError, first_line, shorten, shorten_text
 from towerrec.features import FittedFeatures
 from towerrec.features.fitted import DERIVED
 from towerrec.index import Index, load_index
@@ -323,7 +323,7 @@ def _load_two_tower_bundle(folder: Path, manifest: dict[str, Any]) -> Bundle:
         tower.load_state_dict(weights)
     except RuntimeError as error:
         raise TowerrecError(
-            f"{folder / 'query_tower.safetensors'}: weights do not fit the bundle's config ({str(error).splitlines()[0]})",
+            f"{folder / 'query_tower.safetensors'}: weights do not fit the bundle's config ({first_line(error)})",
             hint=AGAIN,
         ) from None
     encoder = QueryEncoder(tower.eval(), config.model.similarity)

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from towerrec import fsio
 from towerrec.config import RunConfig
-from towerrec.errors import RequestError, TowerrecError, shorten_text
+from towerrec.errors import RequestError, TowerrecError, first_line, shorten_text
 from towerrec.index import Index, load_index
 from towerrec.metrics.topk import CSR
 from towerrec.models.sequential import SequentialModel
@@ -206,7 +206,7 @@ def load_sequential_bundle(folder: Path, manifest: dict[str, Any]) -> Sequential
         model.load_state_dict(_tensors(folder / "model.safetensors"))
     except RuntimeError as error:
         raise TowerrecError(f"{folder / 'model.safetensors'}: weights do not fit the bundle's config "
-                            f"({str(error).splitlines()[0]})", hint=AGAIN) from None
+                            f"({first_line(error)})", hint=AGAIN) from None
     candidates = _tensors(folder / "candidates.safetensors")
     users_path = folder / "users.safetensors"
     users = _tensors(users_path)

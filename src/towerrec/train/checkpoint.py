@@ -26,7 +26,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from towerrec import fsio
-from towerrec.errors import TowerrecError
+from towerrec.errors import TowerrecError, first_line
 
 RETRAIN_HINT = "train it again with `towerrec train CONFIG --retrain`"
 _CHECKPOINT_NAME = re.compile(r"epoch-\d{4,}")
@@ -52,7 +52,7 @@ def load_weights(model: nn.Module, path: Path, *, hint: str = RETRAIN_HINT) -> N
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise TowerrecError(
-            f"{path}: weights do not fit this configuration ({str(exc).splitlines()[0]})",
+            f"{path}: weights do not fit this configuration ({first_line(exc)})",
             hint="the run directory was written by another configuration or version: " + hint,
         ) from None
 
@@ -62,14 +62,9 @@ def read_tensors(path: Path, *, hint: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except SafetensorError as exc:
-        raise TowerrecError(f"{path}: unreadable ({_first_line(exc)})", hint=hint) from None
+        raise TowerrecError(f"{path}: unreadable ({first_line(exc)})", hint=hint) from None
     except OSError as exc:
         raise fsio.io_error(exc, path, hint) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def save_json(obj: Any, path: Path) -> None:
