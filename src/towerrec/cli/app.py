@@ -12,7 +12,6 @@ import warnings
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 from rich.text import Text
 
 from towerrec import __version__
@@ -61,9 +60,16 @@ def _say(label: str, style: str, text: str) -> None:
     err_console.print(Text(label, style=style), Text(text), highlight=False, soft_wrap=True)
 
 
+def _report(error: TowerrecError) -> None:
+    """A user error as its "error:" line plus its "hint:" line."""
+    _say("error:", "bold red", error.message)
+    if error.hint:
+        _say("hint:", "yellow", error.hint)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Python warnings (slow index settings, duplicate titles, ...) as one "warning:" line, verbatim."""
-    err_console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False, soft_wrap=True)
+    _say("warning:", "yellow", str(message))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,19 +84,14 @@ def main(argv: list[str] | None = None) -> None:
     except TowerrecError as exc:
         if debug:
             raise
-        _say("error:", "bold red", exc.message)
-        if exc.hint:
-            _say("hint:", "yellow", exc.hint)
+        _report(exc)
         sys.exit(1)
     except OSError as exc:  # backstop: readers and writers wrap their own, naming the path
         if debug:
             raise
         from towerrec.fsio import io_error
 
-        error = io_error(exc)
-        _say("error:", "bold red", error.message)
-        if error.hint:
-            _say("hint:", "yellow", error.hint)
+        _report(io_error(exc))
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/red]")
