@@ -54,3 +54,11 @@ def test_first_line_of_a_library_message() -> None:
     assert first_line(RuntimeError("")) == "RuntimeError"
     assert first_line(ValueError("bad header\nsecond line")) == "bad header"
     assert first_line(ValueError("x" * 500), limit=20) == "x" * 19 + "…"
+
+
+def test_listing_names_the_first_values_and_counts_the_rest() -> None:
+    from towerrec.errors import listing, shorten
+
+    assert listing(["a.txt"]) == "a.txt"
+    assert listing([f"f{i}" for i in range(8)], 3) == "f0, f1, f2 and 5 more"
+    assert listing(["dd42", 7], show=shorten) == "'dd42', 7"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 SHORT = 30  # characters of a value kept in a message
@@ -46,6 +47,12 @@ def shorten_text(text: str, limit: int = 300) -> str:
     (a value it echoed) cut to ``SHORT`` with its length, and the whole cut to ``limit``."""
     text = re.sub(rf"\S{{{SHORT + 1},}}", lambda m: f"{m.group(0)[:SHORT]}… ({len(m.group(0)):,} characters)", text)
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def listing(values: Sequence[Any], most: int = 5, show: Callable[[Any], str] = str) -> str:
+    """``values`` for a message: the first ``most`` through ``show``, then how many more (``a, b and 3 more``)."""
+    shown = ", ".join(show(v) for v in values[:most])
+    return shown + (f" and {len(values) - most:,} more" if len(values) > most else "")
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:

@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Iterator
 
 import polars as pl
 
-from towerrec.errors import DataError, TowerrecError, first_line
+from towerrec.errors import DataError, TowerrecError, first_line, listing
 
 STAGING_MARK = ".towerrec-staging"
 """File written into every staging folder, so a leftover one can be proven ours and removed."""
@@ -261,20 +261,16 @@ def check_replaceable(
         entries = sorted(entry.name for entry in target.iterdir())
     if entries and marker not in entries:
         raise TowerrecError(
-            f"{option} {target}: exists and is not a towerrec {what} folder (holds {_listing(entries)})",
+            f"{option} {target}: exists and is not a towerrec {what} folder (holds {listing(entries)})",
             hint=f"choose another {option}, or empty that folder first",
         )
     foreign = [name for name in entries if name not in _owned_names(target / marker, known)] if entries else []
     if foreign:
         raise TowerrecError(
-            f"{option} {target}: holds files towerrec did not write ({_listing(foreign)}); replacing the "
+            f"{option} {target}: holds files towerrec did not write ({listing(foreign)}); replacing the "
             f"{what} would delete them",
             hint=f"move those files out of {target}, or choose another {option}",
         )
-
-
-def _listing(names: list[str]) -> str:
-    return ", ".join(names[:5]) + (f", … ({len(names)} entries)" if len(names) > 5 else "")
 
 
 def _owned_names(manifest: Path, known: Iterable[str]) -> set[str]:

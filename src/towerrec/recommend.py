@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from towerrec.errors import TowerrecError
+from towerrec.errors import TowerrecError, listing, shorten
 from towerrec.index.brute_force import BruteForceIndex
 from towerrec.runs import LoadedRun, load_run
 from towerrec.train.models import catalogue_embeddings, query_embeddings
@@ -120,9 +120,8 @@ def recommend(
     ids = run.catalogue["item_id"].to_list()
     unknown = [u for u, r in zip(users, rows.tolist()) if r < 0]
     if unknown and fallback != "popular":
-        shown = ", ".join(repr(u.item() if isinstance(u, np.generic) else u) for u in unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
         raise TowerrecError(
-            f"user(s) {shown} not in the training data",
+            f"user(s) {listing(unknown, 10, shorten)} not in the training data",
             hint="pass --fallback popular to recommend the most popular items to unknown users",
         )
     results: dict[Any, list[Recommendation]] = {}
