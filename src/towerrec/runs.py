@@ -35,7 +35,7 @@ else:  # pragma: no cover
 from towerrec import __version__, fsio
 from towerrec.config import RunConfig, config_from_dict, load_config
 from towerrec.data.tables import Dataset
-from towerrec.errors import ConfigError, TowerrecError, first_line
+from towerrec.errors import ConfigError, TowerrecError, first_line, listing
 from towerrec.features import FittedFeatures
 from towerrec.train.checkpoint import RETRAIN_HINT, load_json, load_weights, save_json, save_weights
 from towerrec.train.evaluate import evaluate_both_protocols
@@ -121,9 +121,9 @@ def is_run_dir(folder: Path) -> bool:
 
 def _remove_run_dir(run_dir: Path) -> None:
     if not is_run_dir(run_dir):
-        entries = sorted(e.name for e in run_dir.iterdir() if e.name not in RUN_FILES)[:5]
+        entries = sorted(e.name for e in run_dir.iterdir() if e.name not in RUN_FILES)
         raise TowerrecError(
-            f"{run_dir}: not removed: it is not a run directory towerrec wrote (holds {', '.join(entries)})",
+            f"{run_dir}: not removed: it is not a run directory towerrec wrote (holds {listing(entries)})",
             hint="move those files away, or choose another --runs folder",
         )
     with fsio.io_errors(run_dir):
@@ -140,16 +140,14 @@ def open_run_dir(config: RunConfig, fingerprint: str, runs_root: Path, *, retrai
     run_dir = run_dir_for(config, fingerprint, runs_root)
     inputs = run_inputs(config, fingerprint)
     if run_dir.exists():
-        meta = _read_meta(run_dir)
-        stale = _stale_reason(meta, inputs)
+        stale = _stale_reason(_read_meta(run_dir), inputs)
         if retrain or stale:
             if stale and not retrain:
                 log(f"{run_dir} holds another run ({stale}); training it again")
             _remove_run_dir(run_dir)
-        elif meta is not None and meta.get("finished"):
-            verify_run_files(run_dir, meta)
+        elif (finished := finished_run(config, fingerprint, runs_root)) is not None:
             log(f"reusing the finished run {run_dir} (same configuration and data; --retrain to train again)")
-            return run_dir, load_json(run_dir / "metrics.json")
+            return finished
     text = _config_toml(config)
     with fsio.io_errors(run_dir, hint="choose a writable folder for the runs (--runs)"):
         run_dir.mkdir(parents=True, exist_ok=True)
