@@ -191,8 +191,8 @@ _EMPTY_HINTS = {
     "temporal": "use more interactions spread over time, or change [data] test_fraction / validation_fraction",
     ("temporal", "train"): "every event is at or after the time cut (do all share one timestamp?): "
                            "use timestamps that vary, or split = \"tfrs-random\"",
-    "leave-last-out": "leave-last-out holds out only users with at least 3 interactions: use more data "
-                      "or another [data] split",
+    "leave-last-out": "leave-last-out holds out only users with at least [data] leave_last_out_min_interactions "
+                      "interactions (default 3): use more data, lower it, or another [data] split",
     ("leave-last-out", "train"): "each user needs more interactions than the held-out ones",
 }
 
