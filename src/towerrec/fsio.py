@@ -11,7 +11,8 @@ One place for the rules the rest of the package relies on:
 - **Deleting only what we wrote.** :func:`replace_dir` swaps a finished staging folder
   in for an existing towerrec folder: the old folder must carry towerrec's marker file
   (its manifest), and it is renamed aside, not deleted, until the new one is in place.
-  :func:`check_replaceable` runs the same checks before any work starts.
+  :func:`check_replaceable` runs the same checks before any work starts, and
+  :func:`replacing` wraps the whole write (lock, staging folder, swap, clean-up).
 - **Checksums.** :func:`checksums` records the SHA-256 of each file a folder holds;
   :func:`verify_checksums` recomputes them on load and raises one clear error naming
   the damaged file.
@@ -366,6 +367,32 @@ def replace_dir(staging: str | Path, target: str | Path, marker: str, *, what: s
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def replacing(target: str | Path, marker: str, *, what: str, option: str = "--out",
+              known: Iterable[str] = ()) -> Iterator[Path]:
+    """Write a new version of the towerrec folder ``target``: the body fills the yielded staging folder.
+
+    Holds ``target``'s lock throughout; when the body returns, :func:`replace_dir` swaps the
+    staging folder in; when it raises, the staging folder is discarded and ``target`` is
+    untouched. Usage::
+
+        with fsio.replacing(out, "bundle.json", what="bundle") as staging:
+            write_files(staging)
+
+    Raises:
+        TowerrecError: ``target`` holds data towerrec did not write, or is not writable.
+    """
+    target = Path(target)
+    with locked(target, what=what):
+        staging = staging_dir(target, lock_held=True)
+        try:
+            yield staging
+            replace_dir(staging, target, marker, what=what, option=option, known=known)
+        except BaseException:
+            discard(staging)
+            raise
 
 
 def discard(staging: str | Path) -> None:

@@ -23,7 +23,7 @@ def save_dataset(dataset: Dataset, folder: str | Path, *, protect: tuple[str | P
     """Write ``dataset`` to ``folder`` atomically, replacing only a towerrec dataset folder.
 
     The tables are written into a marked staging folder beside ``folder``; their SHA-256
-    checksums go into ``dataset.json``; then :func:`towerrec.fsio.replace_dir` swaps the
+    checksums go into ``dataset.json``; then :func:`towerrec.fsio.replacing` swaps the
     new folder in (the old one is renamed aside, never deleted first). Two writers of the
     same folder are serialised by a file lock.
 
@@ -33,30 +33,24 @@ def save_dataset(dataset: Dataset, folder: str | Path, *, protect: tuple[str | P
     """
     folder = Path(folder)
     fsio.check_replaceable(folder, MANIFEST, what="dataset", protect=protect, known=TABLE_FILES)
-    with fsio.locked(folder, what="dataset"):
-        tmp = fsio.staging_dir(folder, lock_held=True)
-        try:
-            with fsio.io_errors(tmp):
-                dataset.interactions.write_parquet(tmp / "interactions.parquet")
-                tables = ["interactions"]
-                for name in ("items", "users"):
-                    frame = getattr(dataset, name)
-                    if frame is not None:
-                        frame.write_parquet(tmp / f"{name}.parquet")
-                        tables.append(name)
-            manifest = {
-                "format_version": FORMAT_VERSION,
-                "name": dataset.name,
-                "fingerprint": dataset.fingerprint,
-                "tables": tables,
-                "checksums": fsio.checksums(tmp, [f"{name}.parquet" for name in tables]),
-                "meta": dataset.meta,
-            }
-            fsio.atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2))
-            fsio.replace_dir(tmp, folder, MANIFEST, what="dataset", known=TABLE_FILES)
-        except BaseException:
-            fsio.discard(tmp)
-            raise
+    with fsio.replacing(folder, MANIFEST, what="dataset", known=TABLE_FILES) as tmp:
+        with fsio.io_errors(tmp):
+            dataset.interactions.write_parquet(tmp / "interactions.parquet")
+            tables = ["interactions"]
+            for name in ("items", "users"):
+                frame = getattr(dataset, name)
+                if frame is not None:
+                    frame.write_parquet(tmp / f"{name}.parquet")
+                    tables.append(name)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "name": dataset.name,
+            "fingerprint": dataset.fingerprint,
+            "tables": tables,
+            "checksums": fsio.checksums(tmp, [f"{name}.parquet" for name in tables]),
+            "meta": dataset.meta,
+        }
+        fsio.atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2))
     return folder
 
 

@@ -151,17 +151,11 @@ def _staged(out: Path) -> Iterator[Path]:
     only a towerrec bundle is ever replaced, and the old one stays whole until the new
     one is in place). Two exports to one folder are serialised by a file lock.
     """
-    with fsio.locked(out, what="bundle"):
-        staging = fsio.staging_dir(out, lock_held=True)
-        try:
-            with fsio.io_errors(staging):
-                yield staging
-            seal_bundle(staging)
-            load_bundle(staging)
-            fsio.replace_dir(staging, out, MANIFEST, what="bundle")
-        except BaseException:
-            fsio.discard(staging)
-            raise
+    with fsio.replacing(out, MANIFEST, what="bundle") as staging:
+        with fsio.io_errors(staging):
+            yield staging
+        seal_bundle(staging)
+        load_bundle(staging)
 
 
 def seal_bundle(folder: Path) -> None:
@@ -181,14 +175,8 @@ def write_index(index: Index, folder: Path) -> Path:
 
     folder = Path(folder)
     fsio.check_replaceable(folder, INDEX_MANIFEST, what="index")
-    with fsio.locked(folder, what="index"):
-        staging = fsio.staging_dir(folder, lock_held=True)
-        try:
-            index.save(staging)
-            fsio.replace_dir(staging, folder, INDEX_MANIFEST, what="index")
-        except BaseException:
-            fsio.discard(staging)
-            raise
+    with fsio.replacing(folder, INDEX_MANIFEST, what="index") as staging:
+        index.save(staging)
     return folder
 
 
