@@ -78,12 +78,17 @@ def write_results(name: str, payload: dict[str, Any], markdown: str) -> None:
     print(markdown)
 
 
-def earlier_results(name: str) -> dict[str, Any]:
-    """The committed results of ``name`` (for ``--metrics-only`` reruns that keep the peer and speed figures)."""
+def earlier_results(name: str) -> tuple[dict[str, Any], str]:
+    """The committed results of ``name`` and the full run they keep figures from ("<commit>, <date>").
+
+    For ``--metrics-only`` style reruns that keep the peer and speed figures: the earlier run
+    is the one a previous partial rerun named, else the commit of the results file.
+    """
     path = RESULTS / f"{name}.json"
     if not path.is_file():
         raise SystemExit(f"--metrics-only needs the earlier full run's {path}")
-    return json.loads(path.read_text())
+    payload = json.loads(path.read_text())
+    return payload, payload.get("metrics_only", {}).get("earlier") or git_commit_of(path)
 
 
 def git_commit_of(path: Path) -> str:

@@ -21,9 +21,7 @@ import torch
 
 from _common import (
     DEFAULT_DATA,
-    RESULTS,
     earlier_results,
-    git_commit_of,
     machine,
     matmul_peak_gflops,
     median,
@@ -141,8 +139,7 @@ def main() -> None:
 
 def rerun_metrics(dataset, data_dir: Path, duplicate_titles: str) -> None:
     """Quality figures of every towerrec row (deterministic per seed); the rest from the committed results."""
-    payload = earlier_results("w1_basic")
-    earlier = payload.get("metrics_only", {}).get("earlier") or git_commit_of(RESULTS / "w1_basic.json")
+    payload, earlier = earlier_results("w1_basic")
     keep = {"duplicate_titles": duplicate_titles}
     tutorial = train_once("w1-tutorial", dataset, data_dir, **keep)  # same seed every repeat: one run = the median
     payload["towerrec_tutorial"]["metrics_tfrs_protocol_median"] = tutorial.metrics["test"]["tfrs"]

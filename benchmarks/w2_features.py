@@ -32,9 +32,7 @@ from pathlib import Path
 from _common import (
     DEFAULT_DATA,
     REPO,
-    RESULTS,
     earlier_results,
-    git_commit_of,
     machine,
     machine_line,
     median,
@@ -168,8 +166,7 @@ def main() -> None:
 
 def rerun_metrics(dataset, args) -> None:
     """Quality figures of every towerrec row (deterministic per seed); the rest from the committed results."""
-    payload = earlier_results("w2_features")
-    earlier = payload.get("metrics_only", {}).get("earlier") or git_commit_of(RESULTS / "w2_features.json")
+    payload, earlier = earlier_results("w2_features")
     exp = ExperimentConfig(name="w2-bench", feature_sets=tuple(FEATURE_SETS), num_epochs=args.epochs,
                            overrides={"data": {"data_dir": str(args.data_dir)}})
     faithful = dict(run_configs(exp.with_changes(recipe="tfrs")))
@@ -195,8 +192,7 @@ def rerun_metrics(dataset, args) -> None:
 
 def rerun_baselines(data_dir: Path) -> None:
     """The EASE row on the earlier run's catalogue (1,682 ids: duplicate titles kept apart), nothing else."""
-    payload = earlier_results("w2_features")
-    earlier = payload.get("metrics_only", {}).get("earlier") or git_commit_of(RESULTS / "w2_features.json")
+    payload, earlier = earlier_results("w2_features")
     dataset = load_dataset("movielens-100k", data_dir, progress=False, duplicate_titles="keep")
     config = preset("ease").replace(data={"data_dir": str(data_dir), "duplicate_titles": "keep"})
     with tempfile.TemporaryDirectory() as runs:

@@ -26,7 +26,6 @@ from _common import (
     REPO,
     RESULTS,
     earlier_results,
-    git_commit_of,
     machine,
     machine_line,
     median,
@@ -159,8 +158,7 @@ def popularity_rows(config_file: str, dataset, data_dir: Path, *, validation: bo
 
 def rerun_metrics(dataset, data_dir: Path) -> None:
     """Quality figures of every towerrec row (deterministic per seed); the rest from the committed results."""
-    payload = earlier_results("w3_sequential")
-    earlier = payload.get("metrics_only", {}).get("earlier") or git_commit_of(RESULTS / "w3_sequential.json")
+    payload, earlier = earlier_results("w3_sequential")
 
     def refresh(old: dict, result) -> None:
         old.update({k: v for k, v in summary(result).items() if k in QUALITY_KEYS})
@@ -191,8 +189,7 @@ def rerun_metrics(dataset, data_dir: Path) -> None:
 
 def rerun_baselines(data_dir: Path) -> None:
     """The popularity rows on the earlier run's catalogue (1,682 ids: duplicate titles kept apart), nothing else."""
-    payload = earlier_results("w3_sequential")
-    earlier = payload.get("metrics_only", {}).get("earlier") or git_commit_of(RESULTS / "w3_sequential.json")
+    payload, earlier = earlier_results("w3_sequential")
     dataset = load_dataset("movielens-100k", data_dir, progress=False, duplicate_titles="keep")
     payload["popularity"] = popularity_rows("w3_tutorial_gru.toml", dataset, data_dir, validation=False,
                                             duplicate_titles="keep")
@@ -209,8 +206,7 @@ def rerun_baselines(data_dir: Path) -> None:
 
 def rerun_leave_last_out(data_dir: Path) -> None:
     """Quality figures of the leave-last-out GRU/SASRec (best validation epoch restored); the rest kept."""
-    payload = earlier_results("w3_sequential")
-    earlier = payload.get("metrics_only", {}).get("earlier") or git_commit_of(RESULTS / "w3_sequential.json")
+    payload, earlier = earlier_results("w3_sequential")
     dataset = load_dataset("movielens-100k", data_dir, progress=False, duplicate_titles="keep")
     llo = payload["leave_last_out"]
     for name, file in (("gru", "w3_gru_leave_last_out.toml"), ("sasrec", "w3_sasrec_leave_last_out.toml")):
