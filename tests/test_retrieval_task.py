@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from towerrec.tasks.retrieval import (
-    RetrievalTask,
+from towerrec.tasks import (
+    Retrieval,
     candidate_sampling_probability,
     hard_negative_mining,
     in_batch_logits,
@@ -17,8 +17,9 @@ from towerrec.tasks.retrieval import (
     remove_accidental_hits,
     sample_negatives,
     sampling_log_q,
+    unique_candidates,
+    unique_in_batch_softmax_loss,
 )
-from towerrec.tasks.unique_softmax import unique_candidates, unique_in_batch_softmax_loss
 
 MIN32 = torch.finfo(torch.float32).min
 
@@ -173,33 +174,33 @@ def test_task_loss_is_mean_in_batch_cross_entropy() -> None:
     candidates = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     # row 0 logits [2, 0]: -log(e²/(e²+1)); row 1 logits [0, 1]: -log(e/(1+e))
     expected = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1))) / 2
-    assert RetrievalTask()(query, candidates).item() == pytest.approx(expected, rel=1e-6)
+    assert Retrieval()(query, candidates).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_sum_reduction_is_batch_size_times_mean() -> None:
     query, candidates = _batch(batch=5)
-    mean = RetrievalTask()(query, candidates)
-    total = RetrievalTask(reduction="sum")(query, candidates)
+    mean = Retrieval()(query, candidates)
+    total = Retrieval(reduction="sum")(query, candidates)
     torch.testing.assert_close(total, mean * 5)
 
 
 def test_task_applies_logq_after_temperature() -> None:
     query, candidates = _batch()
     log_q = torch.log(torch.tensor([0.1, 0.2, 0.05, 0.3, 0.25, 0.1]))
-    loss = RetrievalTask(temperature=0.5)(query, candidates, candidate_log_q=log_q)
+    loss = Retrieval(temperature=0.5)(query, candidates, candidate_log_q=log_q)
     torch.testing.assert_close(loss, _manual_loss(query, candidates, log_q, temperature=0.5))
 
 
 def test_task_ignores_log_q_when_correction_is_off() -> None:
     query, candidates = _batch()
-    log_q = torch.randn(6)
-    off = RetrievalTask(logq_correction=False)(query, candidates, candidate_log_q=log_q)
+    log_q = -torch.rand(6)
+    off = Retrieval(logq_correction=False)(query, candidates, candidate_log_q=log_q)
     torch.testing.assert_close(off, _manual_loss(query, candidates))
 
 
 def test_task_removes_accidental_hits_only_when_ids_repeat() -> None:
     query, candidates = _batch(batch=3)
-    task = RetrievalTask()
+    task = Retrieval()
     distinct = task(query, candidates, candidate_ids=torch.tensor([1, 2, 3]))
     torch.testing.assert_close(distinct, _manual_loss(query, candidates))
     # items 0 and 2 are the same: each row drops the other copy from its negatives
@@ -215,15 +216,15 @@ def test_task_removes_accidental_hits_only_when_ids_repeat() -> None:
 
 def test_task_hard_negatives_with_all_negatives_equals_plain_loss() -> None:
     query, candidates = _batch(batch=4)
-    plain = RetrievalTask()(query, candidates)
-    torch.testing.assert_close(RetrievalTask(num_hard_negatives=3)(query, candidates), plain)
-    assert RetrievalTask(num_hard_negatives=1)(query, candidates) <= plain
+    plain = Retrieval()(query, candidates)
+    torch.testing.assert_close(Retrieval(num_hard_negatives=3)(query, candidates), plain)
+    assert Retrieval(num_hard_negatives=1)(query, candidates) <= plain
 
 
 def test_extra_negatives_enlarge_the_softmax() -> None:
     query, candidates = _batch(batch=4)
     extra = torch.randn(3, 4, generator=torch.Generator().manual_seed(9))
-    task = RetrievalTask()
+    task = Retrieval()
     plain = task(query, candidates)
     enlarged = task(query, candidates, extra_candidate_embeddings=extra)
     logits = query @ torch.cat([candidates, extra]).T
@@ -237,7 +238,7 @@ def test_extra_negatives_get_their_own_log_q_and_hit_removal() -> None:
     extra = candidates[:1].clone()  # the extra negative is row 0's own positive
     ids, extra_ids = torch.tensor([4, 5, 6]), torch.tensor([4])
     log_q, extra_log_q = torch.log(torch.tensor([0.2, 0.3, 0.1])), torch.log(torch.tensor([0.4]))
-    loss = RetrievalTask()(
+    loss = Retrieval()(
         query,
         candidates,
         candidate_ids=ids,
@@ -256,14 +257,14 @@ def test_extra_negatives_need_ids_and_log_q_when_the_batch_has_them() -> None:
     query, candidates = _batch(batch=2)
     extra = torch.randn(2, 4)
     with pytest.raises(ValueError, match="extra_candidate_ids"):
-        RetrievalTask()(query, candidates, candidate_ids=torch.arange(2), extra_candidate_embeddings=extra)
+        Retrieval()(query, candidates, candidate_ids=torch.arange(2), extra_candidate_embeddings=extra)
     with pytest.raises(ValueError, match="extra_candidate_log_q"):
-        RetrievalTask()(query, candidates, candidate_log_q=torch.zeros(2), extra_candidate_embeddings=extra)
+        Retrieval()(query, candidates, candidate_log_q=torch.zeros(2), extra_candidate_embeddings=extra)
 
 
 def test_sample_weight_scales_rows_keras_style() -> None:
     query, candidates = _batch(batch=2)
-    weighted = RetrievalTask()(query, candidates, sample_weight=torch.tensor([1.0, 0.0]))
+    weighted = Retrieval()(query, candidates, sample_weight=torch.tensor([1.0, 0.0]))
     logits = query @ candidates.T
     row0 = torch.logsumexp(logits[0], 0) - logits[0, 0]
     torch.testing.assert_close(weighted, row0 / 2)
@@ -273,7 +274,7 @@ def test_loss_gradient_flows_to_both_towers() -> None:
     query, candidates = _batch()
     query.requires_grad_(True)
     candidates.requires_grad_(True)
-    RetrievalTask(num_hard_negatives=2, temperature=0.2)(
+    Retrieval(num_hard_negatives=2, temperature=0.2)(
         query, candidates, candidate_ids=torch.tensor([0, 1, 0, 2, 3, 4]), candidate_log_q=torch.full((6,), -2.0)
     ).backward()
     for grad in (query.grad, candidates.grad):
@@ -287,7 +288,7 @@ def test_task_agrees_with_the_unique_candidate_softmax() -> None:
     query = torch.randn(7, 5, generator=g)
     log_q = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4]))
     for removal in (True, False):
-        task = RetrievalTask(temperature=0.7, remove_accidental_hits=removal)
+        task = Retrieval(temperature=0.7, remove_accidental_hits=removal)
         ours = task(query, table[targets], candidate_ids=targets, candidate_log_q=log_q[targets])
         unique, labels, counts = unique_candidates(targets)
         theirs = unique_in_batch_softmax_loss(
@@ -298,10 +299,207 @@ def test_task_agrees_with_the_unique_candidate_softmax() -> None:
 
 def test_task_rejects_bad_configuration_and_shapes() -> None:
     with pytest.raises(ValueError, match="temperature"):
-        RetrievalTask(temperature=-1.0)
+        Retrieval(temperature=-1.0)
     with pytest.raises(ValueError, match="num_hard_negatives"):
-        RetrievalTask(num_hard_negatives=0)
+        Retrieval(num_hard_negatives=0)
     with pytest.raises(ValueError, match="reduction"):
-        RetrievalTask(reduction="avg")  # type: ignore[arg-type]
+        Retrieval(reduction="avg")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="same batch size"):
-        RetrievalTask()(torch.zeros(2, 3), torch.zeros(3, 3))
+        Retrieval()(torch.zeros(2, 3), torch.zeros(3, 3))
+
+
+# -- the fast path: same loss and parameter gradients as B x B --------------------------
+class _Towers(torch.nn.Module):
+    """Tiny query/candidate towers: embeddings, the candidate one with a dense layer."""
+
+    def __init__(self, num_users: int = 5, num_items: int = 6, dim: int = 4) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.users = torch.nn.Parameter(torch.randn(num_users, dim, generator=g))
+        self.items = torch.nn.Parameter(torch.randn(num_items, dim, generator=g))
+        self.dense = torch.nn.Linear(dim, dim)
+        with torch.no_grad():
+            self.dense.weight.copy_(torch.randn(dim, dim, generator=g))
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.users[users], self.dense(self.items[items])
+
+
+USERS = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 3])
+ITEMS = torch.tensor([2, 5, 2, 0, 2, 5, 1, 3, 0])  # item 2 three times, items 5 and 0 twice
+PROBABILITY = torch.tensor([0.3, 0.05, 0.4, 0.1, 0.0, 0.15])  # per item; item 4 never sampled
+
+
+def _bxb_reference(query, candidates, *, log_q, removal, temperature, reduction, weight) -> torch.Tensor:
+    """The plain B x B in-batch softmax, written out."""
+    logits = query @ candidates.T / temperature
+    if log_q is not None:
+        logits = logits - log_q
+    if removal:
+        hit = ITEMS[:, None] == ITEMS[None, :]
+        hit.fill_diagonal_(False)
+        logits = logits.masked_fill(hit, -math.inf)
+    per_row = F.cross_entropy(logits, torch.arange(len(ITEMS)), reduction="none")
+    if weight is not None:
+        per_row = per_row * weight
+    return per_row.sum() if reduction == "sum" else per_row.sum() / len(ITEMS)
+
+
+def _loss_and_grads(towers: _Towers, compute) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    towers.zero_grad()
+    loss = compute(*towers(USERS, ITEMS))
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in towers.parameters()]
+
+
+@pytest.mark.parametrize("removal", [True, False])
+@pytest.mark.parametrize("q_form", [None, "probability", "log_q"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fast_path_equals_bxb_loss_and_parameter_gradients(removal, q_form, reduction, weighted) -> None:
+    towers = _Towers()
+    weight = torch.linspace(0.5, 2.0, len(ITEMS)) if weighted else None
+    q = PROBABILITY[ITEMS]
+    kwargs = {"probability": {"candidate_sampling_probability": q},
+              "log_q": {"candidate_log_q": sampling_log_q(q)}, None: {}}[q_form]
+    task = Retrieval(temperature=0.5, remove_accidental_hits=removal, reduction=reduction)
+    fast, fast_grads = _loss_and_grads(
+        towers, lambda qe, ce: task(qe, ce, candidate_ids=ITEMS, sample_weight=weight, **kwargs)
+    )
+    log_q = None if q_form is None else torch.log(q.clamp(1e-6, 1.0))
+    expected, expected_grads = _loss_and_grads(
+        towers,
+        lambda qe, ce: _bxb_reference(qe, ce, log_q=log_q, removal=removal, temperature=0.5,
+                                      reduction=reduction, weight=weight),
+    )
+    torch.testing.assert_close(fast, expected)
+    for got, want in zip(fast_grads, expected_grads):
+        torch.testing.assert_close(got, want)
+
+
+def test_fast_path_is_taken_only_with_ids_and_no_hard_negatives_or_extras(monkeypatch) -> None:
+    from towerrec.tasks import retrieval
+
+    calls = []
+    real = retrieval.unique_in_batch_softmax_loss
+    monkeypatch.setattr(retrieval, "unique_in_batch_softmax_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    query, candidates = _batch()
+    ids = torch.tensor([0, 1, 0, 2, 3, 4])
+    Retrieval()(query, candidates, candidate_ids=ids)
+    assert calls == [1]
+    Retrieval()(query, candidates)
+    Retrieval(num_hard_negatives=2)(query, candidates, candidate_ids=ids)
+    Retrieval()(query, candidates, candidate_ids=ids, extra_candidate_embeddings=torch.randn(2, 4),
+                extra_candidate_ids=torch.tensor([7, 8]))
+    assert calls == [1]
+
+
+def test_fast_path_uses_the_first_row_of_each_duplicate_id() -> None:
+    query, candidates = _batch(batch=4)
+    ids = torch.tensor([3, 1, 3, 1])
+    same_as_first = candidates.clone()
+    same_as_first[2], same_as_first[3] = candidates[0], candidates[1]
+    task = Retrieval()
+    torch.testing.assert_close(task(query, candidates, candidate_ids=ids), task(query, same_as_first, candidate_ids=ids))
+
+
+# -- sampling probabilities versus log q ---------------------------------------------------
+@pytest.mark.parametrize("ids", [None, ITEMS])
+def test_probability_and_log_q_forms_give_the_same_loss(ids) -> None:
+    g = torch.Generator().manual_seed(3)
+    query, candidates = torch.randn(9, 4, generator=g), torch.randn(6, 4, generator=g)[ITEMS]
+    q = PROBABILITY[ITEMS]  # holds a 0: clamped to 1e-6 in both forms
+    task = Retrieval(temperature=0.3)
+    by_probability = task(query, candidates, candidate_ids=ids, candidate_sampling_probability=q)
+    by_log_q = task(query, candidates, candidate_ids=ids, candidate_log_q=torch.log(q))  # log 0 = -inf
+    torch.testing.assert_close(by_probability, by_log_q)
+    assert torch.isfinite(by_probability)
+    assert not torch.allclose(by_probability, task(query, candidates, candidate_ids=ids))
+
+
+def test_extra_candidates_take_probabilities_too() -> None:
+    query, candidates = _batch(batch=3)
+    extra = torch.randn(2, 4, generator=torch.Generator().manual_seed(5))
+    q, extra_q = torch.tensor([0.2, 0.3, 0.1]), torch.tensor([0.4, 0.05])
+    task = Retrieval()
+    by_probability = task(query, candidates, candidate_sampling_probability=q, extra_candidate_embeddings=extra,
+                          extra_candidate_sampling_probability=extra_q)
+    by_log_q = task(query, candidates, candidate_log_q=q.log(), extra_candidate_embeddings=extra,
+                    extra_candidate_log_q=extra_q.log())
+    torch.testing.assert_close(by_probability, by_log_q)
+
+
+@pytest.mark.parametrize("prefix", ["", "extra_"])
+def test_probability_and_log_q_are_validated(prefix) -> None:
+    query, candidates = _batch(batch=3)
+    extra = {"extra_candidate_embeddings": torch.randn(3, 4)} if prefix else {}
+    task = Retrieval()
+    probability, log_q = f"{prefix}candidate_sampling_probability", f"{prefix}candidate_log_q"
+    ok = {"candidate_log_q": torch.full((3,), -1.0)} if prefix else {}
+    with pytest.raises(ValueError, match=f"give {probability} or {log_q}, not both"):
+        task(query, candidates, **extra, **ok, **{probability: torch.full((3,), 0.2), log_q: torch.full((3,), -1.0)})
+    for bad in ([0.2, 1.5, 0.1], [0.2, -0.1, 0.1], [0.2, math.nan, 0.1], [0.2, math.inf, 0.1]):
+        with pytest.raises(ValueError, match=f"{probability} must hold finite probabilities in \\[0, 1\\]"):
+            task(query, candidates, **extra, **ok, **{probability: torch.tensor(bad)})
+    with pytest.raises(ValueError, match=f"log q must be <= 0; these look like probabilities: pass {probability}="):
+        task(query, candidates, **extra, **ok, **{log_q: torch.tensor([0.2, 0.5, 0.3])})
+    with pytest.raises(ValueError, match=f"{log_q} has NaN"):
+        task(query, candidates, **extra, **ok, **{log_q: torch.tensor([-0.2, math.nan, -0.3])})
+    with pytest.raises(ValueError, match=f"{probability} must have shape \\[3\\]"):
+        task(query, candidates, **extra, **ok, **{probability: torch.full((4,), 0.2)})
+
+
+def test_extra_arguments_need_extra_embeddings_and_shapes_are_checked() -> None:
+    query, candidates = _batch(batch=3)
+    with pytest.raises(ValueError, match="extra_candidate_ids was given without extra_candidate_embeddings"):
+        Retrieval()(query, candidates, extra_candidate_ids=torch.arange(2))
+    with pytest.raises(ValueError, match="candidate_ids must have shape \\[3\\]"):
+        Retrieval()(query, candidates, candidate_ids=torch.arange(4))
+    with pytest.raises(ValueError, match="sample_weight must have shape \\[3\\]"):
+        Retrieval()(query, candidates, sample_weight=torch.ones(3, 1))
+    with pytest.raises(ValueError, match="candidate_embeddings must be a \\[rows, 4\\] matrix"):
+        Retrieval()(query, torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="extra_candidate_embeddings must be a \\[rows, 4\\] matrix"):
+        Retrieval()(query, candidates, extra_candidate_embeddings=torch.zeros(2, 3))
+
+
+# -- unique_candidates_loss ------------------------------------------------------------------
+@pytest.mark.parametrize("hard_negatives", [None, 2])
+@pytest.mark.parametrize("removal", [True, False])
+def test_unique_candidates_loss_equals_forward_on_the_expanded_batch(hard_negatives, removal) -> None:
+    towers = _Towers()
+    unique, labels, counts = unique_candidates(ITEMS)
+    q = PROBABILITY[unique]
+    weight = torch.linspace(0.5, 2.0, len(ITEMS))
+    task = Retrieval(temperature=0.7, num_hard_negatives=hard_negatives, remove_accidental_hits=removal)
+
+    def deduplicated(query, _):
+        candidates = towers.dense(towers.items[unique])  # the candidate tower runs on U rows
+        return task.unique_candidates_loss(query, candidates, labels, counts, candidate_sampling_probability=q,
+                                           sample_weight=weight)
+
+    got, got_grads = _loss_and_grads(towers, deduplicated)
+    want, want_grads = _loss_and_grads(
+        towers, lambda qe, ce: task(qe, ce, candidate_ids=ITEMS, candidate_log_q=sampling_log_q(PROBABILITY[ITEMS]),
+                                    sample_weight=weight)
+    )
+    torch.testing.assert_close(got, want)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_unique_candidates_loss_rejects_inconsistent_inputs() -> None:
+    query, unique = torch.randn(4, 3), torch.randn(2, 3)
+    labels, counts = torch.tensor([0, 1, 1, 0]), torch.tensor([2, 2])
+    task = Retrieval()
+    assert torch.isfinite(task.unique_candidates_loss(query, unique, labels, counts))
+    with pytest.raises(ValueError, match="counts must be how often"):
+        task.unique_candidates_loss(query, unique, labels, torch.tensor([1, 3]))
+    with pytest.raises(ValueError, match="labels must index the 2 unique candidates"):
+        task.unique_candidates_loss(query, unique, torch.tensor([0, 1, 2, 0]), counts)
+    with pytest.raises(ValueError, match="labels must have shape \\[4\\]"):
+        task.unique_candidates_loss(query, unique, labels[:3], counts)
+    with pytest.raises(ValueError, match="candidate_log_q must have shape \\[2\\]"):
+        task.unique_candidates_loss(query, unique, labels, counts, candidate_log_q=torch.zeros(4))
+    with pytest.raises(ValueError, match="these look like probabilities"):
+        task.unique_candidates_loss(query, unique, labels, counts, candidate_log_q=torch.tensor([0.5, 0.5]))

@@ -4,10 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from towerrec.tasks.unique_softmax import unique_candidates, unique_in_batch_softmax_loss
+from towerrec.tasks.unique_softmax import (
+    unique_candidates,
+    unique_in_batch_softmax_loss,
+)
 
 
-def _reference(q, c_all, items, log_q_all, remove_hits, temperature, reduction):
+def _reference(q, c_all, items, log_q_all, remove_hits, temperature, reduction, weight=None):
     logits = q @ c_all.T / temperature
     if log_q_all is not None:
         logits = logits - log_q_all
@@ -15,22 +18,27 @@ def _reference(q, c_all, items, log_q_all, remove_hits, temperature, reduction):
         hit = items[:, None] == items[None, :]
         hit.fill_diagonal_(False)
         logits = logits.masked_fill(hit, -1e9)
-    return F.cross_entropy(logits, torch.arange(len(items)), reduction=reduction)
+    per_row = F.cross_entropy(logits, torch.arange(len(items)), reduction="none")
+    if weight is not None:
+        per_row = per_row * weight
+    return per_row.sum() if reduction == "sum" else per_row.sum() / len(items)
 
 
 @pytest.mark.parametrize("remove_hits", [True, False])
 @pytest.mark.parametrize("use_log_q", [True, False])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_equals_full_in_batch_softmax(remove_hits, use_log_q, reduction):
+@pytest.mark.parametrize("weighted", [False, True])
+def test_equals_full_in_batch_softmax(remove_hits, use_log_q, reduction, weighted):
     gen = torch.Generator().manual_seed(0)
     batch, num_items, dim, temperature = 64, 10, 4, 0.7
     items = torch.randint(0, num_items, (batch,), generator=gen)  # many duplicates
     user_table = torch.randn(batch, dim, generator=gen, requires_grad=True)
     item_table = torch.randn(num_items, dim, generator=gen, requires_grad=True)
     log_q = torch.rand(num_items, generator=gen).log() if use_log_q else None
+    weight = torch.rand(batch, generator=gen) * 2 if weighted else None  # Keras: mean = sum(w * loss) / B
 
     expected = _reference(user_table, item_table[items], items, None if log_q is None else log_q[items],
-                          remove_hits, temperature, reduction)
+                          remove_hits, temperature, reduction, weight)
     expected.backward()
     grads = (user_table.grad.clone(), item_table.grad.clone())
     user_table.grad = None
@@ -40,7 +48,7 @@ def test_equals_full_in_batch_softmax(remove_hits, use_log_q, reduction):
     got = unique_in_batch_softmax_loss(
         user_table, item_table[unique], labels, counts,
         log_q=None if log_q is None else log_q[unique],
-        remove_accidental_hits=remove_hits, temperature=temperature, reduction=reduction,
+        remove_accidental_hits=remove_hits, temperature=temperature, reduction=reduction, sample_weight=weight,
     )
     got.backward()
     torch.testing.assert_close(got, expected)

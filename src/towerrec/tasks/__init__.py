@@ -1,7 +1,7 @@
 """Tasks own the loss: how a batch of tower outputs becomes one number to minimise."""
 
 from towerrec.tasks.retrieval import (
-    RetrievalTask,
+    Retrieval,
     candidate_sampling_probability,
     hard_negative_mining,
     in_batch_logits,
@@ -10,9 +10,13 @@ from towerrec.tasks.retrieval import (
     sample_negatives,
     sampling_log_q,
 )
+from towerrec.tasks.unique_softmax import (
+    unique_candidates,
+    unique_in_batch_softmax_loss,
+)
 
 __all__ = [
-    "RetrievalTask",
+    "Retrieval",
     "candidate_sampling_probability",
     "hard_negative_mining",
     "in_batch_logits",
@@ -20,4 +24,6 @@ __all__ = [
     "remove_accidental_hits",
     "sample_negatives",
     "sampling_log_q",
+    "unique_candidates",
+    "unique_in_batch_softmax_loss",
 ]

@@ -3,8 +3,10 @@
 Row i of a batch pairs a query with the candidate the user chose; every other
 candidate in the batch (and any extra sampled ones) serves as a negative. Each
 trick that corrects this cheap softmax is a small standalone function below,
-tested on its own; :class:`RetrievalTask` chains them in TFRS's order:
+tested on its own; :class:`Retrieval` chains them in TFRS's order:
 temperature -> logQ correction -> accidental-hit removal -> hard negatives.
+When the batch's candidate ids are known it computes the same softmax over the
+batch's unique candidates instead (:mod:`towerrec.tasks.unique_softmax`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from towerrec.tasks.unique_softmax import unique_in_batch_softmax_loss
 
 _MIN_PROBABILITY = 1e-6
 
@@ -57,7 +61,7 @@ def logq_correction(logits: Tensor, candidate_sampling_probability: Tensor) -> T
 
 
 def sampling_log_q(candidate_sampling_probability: Tensor) -> Tensor:
-    """``log(clamp(q, 1e-6, 1))``: the log q that :class:`RetrievalTask` takes directly.
+    """``log(clamp(q, 1e-6, 1))``: the log q that :class:`Retrieval` takes as ``candidate_log_q``.
 
     Compute it once per epoch for the whole catalogue and gather per batch.
     The clipping keeps a never-seen item (q = 0) from getting an infinite boost.
@@ -192,12 +196,29 @@ def candidate_sampling_probability(
     return (batch_size * q + num_extra * extra) / (batch_size + num_extra)
 
 
-class RetrievalTask(nn.Module):
-    """In-batch softmax cross-entropy loss for two-tower retrieval.
+class Retrieval(nn.Module):
+    """In-batch softmax cross-entropy loss for two-tower retrieval (TFRS's ``tfrs.tasks.Retrieval``).
 
     Query i's positive is candidate i (the diagonal); the other candidates of the
     batch, plus optional extra ones, are its negatives. The tricks switched on
-    here run in TFRS's order: temperature, logQ, accidental hits, hard negatives.
+    here run in TFRS's order: temperature, logQ (Yi et al. 2019, "Sampling-bias-
+    corrected neural modeling for large corpus item recommendations"), accidental
+    hits, hard negatives.
+
+    **Fast path.** When ``candidate_ids`` are given and there are no hard negatives
+    and no extra candidates, :meth:`forward` deduplicates the batch by id and
+    computes the softmax over its U unique candidates (U columns, each carrying
+    ``log(count)``; :func:`~towerrec.tasks.unique_softmax.unique_in_batch_softmax_loss`).
+    The loss and the gradients reaching the towers' parameters are exactly those
+    of the B x B form, provided duplicate ids have identical embeddings (true of a
+    candidate tower without dropout): each unique id uses its first row's
+    embedding. Models that deduplicate before running the candidate tower call
+    :meth:`unique_candidates_loss` directly.
+
+    **Sampling probabilities.** ``candidate_sampling_probability`` takes q in
+    [0, 1] (TFRS's convention); ``candidate_log_q`` takes log q ≤ 0 (e.g. from
+    :func:`sampling_log_q`, computed once per epoch). Either form is clamped to
+    q in [1e-6, 1], so both give the same loss.
 
     The loss is the MEAN over the batch, unlike TFRS's SUM: then its scale and the
     effective learning rate do not depend on the batch size. SUM has B times the
@@ -210,11 +231,14 @@ class RetrievalTask(nn.Module):
 
     Args:
         temperature: logits are divided by it (> 0).
-        logq_correction: subtract ``candidate_log_q`` from the logits when it is given.
+        logq_correction: subtract log q from the logits when a sampling
+            probability (or its log) is given.
         remove_accidental_hits: mask duplicates of each row's positive when
             ``candidate_ids`` are given.
         num_hard_negatives: keep only the k hardest negatives per row (None: all).
         reduction: ``"mean"`` (default) or ``"sum"`` (TFRS).
+    Raises:
+        ValueError: temperature ≤ 0, num_hard_negatives < 1, or an unknown reduction.
     """
 
     def __init__(
@@ -244,57 +268,237 @@ class RetrievalTask(nn.Module):
         candidate_embeddings: Tensor,
         *,
         candidate_ids: Tensor | None = None,
+        candidate_sampling_probability: Tensor | None = None,
         candidate_log_q: Tensor | None = None,
         extra_candidate_embeddings: Tensor | None = None,
         extra_candidate_ids: Tensor | None = None,
+        extra_candidate_sampling_probability: Tensor | None = None,
         extra_candidate_log_q: Tensor | None = None,
         sample_weight: Tensor | None = None,
     ) -> Tensor:
-        """Scalar loss of one batch.
+        """Scalar loss of one batch; takes the unique-candidate fast path when it can (see the class).
 
         Args:
             query_embeddings: [B, d].
             candidate_embeddings: [B, d], row i the positive of query i.
-            candidate_ids: [B] item ids, needed for accidental-hit removal.
-            candidate_log_q: [B] log sampling probability (:func:`sampling_log_q`).
+            candidate_ids: [B] item ids: switch on the fast path and accidental-hit removal.
+            candidate_sampling_probability: [B] probability q in [0, 1] of each row's candidate.
+            candidate_log_q: [B] log q ≤ 0 instead (:func:`sampling_log_q`); not both.
             extra_candidate_embeddings: [M, d] extra negatives shared by all rows.
             extra_candidate_ids: [M] their ids (required with ``candidate_ids``).
-            extra_candidate_log_q: [M] their log q (required with ``candidate_log_q``),
-                from the same mixed distribution (:func:`candidate_sampling_probability`).
+            extra_candidate_sampling_probability: [M] their q (required when the batch
+                has one), from the same mixed distribution (:func:`candidate_sampling_probability`).
+            extra_candidate_log_q: [M] their log q instead; not both.
             sample_weight: [B] per-row weights (Keras semantics: mean = sum(w·loss) / B).
         Returns:
             scalar loss.
+        Raises:
+            ValueError: mismatched shapes; both forms of q for the same candidates;
+                probabilities outside [0, 1] or not finite; log q > 0 or NaN; extra
+                candidates without the ids / q their batch counterpart has.
         """
-        batch = query_embeddings.shape[0]
-        if candidate_embeddings.shape[0] != batch:
-            raise ValueError(
-                f"query and candidate embeddings need the same batch size, "
-                f"got {batch} and {candidate_embeddings.shape[0]}"
-            )
+        batch = _batch_size(query_embeddings, candidate_embeddings, "candidate_embeddings")
+        log_q = _resolve_log_q(
+            candidate_sampling_probability, candidate_log_q, batch, "candidate_sampling_probability", "candidate_log_q"
+        )
+        _check_vector(candidate_ids, batch, "candidate_ids")
+        _check_vector(sample_weight, batch, "sample_weight")
         has_extra = extra_candidate_embeddings is not None
-        candidates = torch.cat([candidate_embeddings, extra_candidate_embeddings]) if has_extra else candidate_embeddings
-        logits = in_batch_logits(query_embeddings, candidates, self.temperature)
-        labels = torch.arange(batch, device=logits.device)
+        num_extra = 0
+        if has_extra:
+            num_extra = extra_candidate_embeddings.shape[0]
+            _batch_size(query_embeddings, extra_candidate_embeddings, "extra_candidate_embeddings", same_rows=False)
+        else:
+            for name, value in (
+                ("extra_candidate_ids", extra_candidate_ids),
+                ("extra_candidate_sampling_probability", extra_candidate_sampling_probability),
+                ("extra_candidate_log_q", extra_candidate_log_q),
+            ):
+                if value is not None:
+                    raise ValueError(f"{name} was given without extra_candidate_embeddings")
+        extra_log_q = _resolve_log_q(
+            extra_candidate_sampling_probability, extra_candidate_log_q, num_extra,
+            "extra_candidate_sampling_probability", "extra_candidate_log_q",
+        )
+        _check_vector(extra_candidate_ids, num_extra, "extra_candidate_ids")
+        if not self.logq_correction:
+            log_q = extra_log_q = None
 
-        if self.logq_correction and candidate_log_q is not None:
-            log_q = _with_extra(candidate_log_q, extra_candidate_log_q, has_extra, "extra_candidate_log_q")
-            logits = logits - log_q.detach().to(logits.dtype).unsqueeze(0)
-        if self.remove_accidental_hits and candidate_ids is not None:
-            ids = _with_extra(candidate_ids, extra_candidate_ids, has_extra, "extra_candidate_ids")
-            logits = remove_accidental_hits(logits, labels, candidate_ids, ids)
+        if candidate_ids is not None and self.num_hard_negatives is None and not has_extra:
+            unique, labels, counts = torch.unique(candidate_ids, return_inverse=True, return_counts=True)
+            first = _first_rows(labels, unique.shape[0])
+            return self._unique_loss(
+                query_embeddings,
+                candidate_embeddings[first],
+                labels,
+                counts,
+                None if log_q is None else log_q[first],
+                sample_weight,
+            )
+        candidates, column_ids = candidate_embeddings, candidate_ids
+        if has_extra:
+            candidates = torch.cat([candidate_embeddings, extra_candidate_embeddings])
+            if candidate_ids is not None:
+                column_ids = torch.cat([candidate_ids, _required(extra_candidate_ids, "extra_candidate_ids")])
+            if log_q is not None:
+                extra = _required(extra_log_q, "extra_candidate_sampling_probability or extra_candidate_log_q")
+                log_q = torch.cat([log_q, extra])
+        return self._general_loss(query_embeddings, candidates, candidate_ids, column_ids, log_q, sample_weight)
+
+    def unique_candidates_loss(
+        self,
+        query_embeddings: Tensor,
+        unique_candidate_embeddings: Tensor,
+        labels: Tensor,
+        counts: Tensor,
+        *,
+        candidate_log_q: Tensor | None = None,
+        candidate_sampling_probability: Tensor | None = None,
+        sample_weight: Tensor | None = None,
+    ) -> Tensor:
+        """Scalar loss of a batch whose candidates were deduplicated before the candidate tower ran.
+
+        Equal to :meth:`forward` on the expanded batch (``unique_candidate_embeddings[labels]``
+        with ids ``labels``), with this task's temperature, logQ, accidental-hit and
+        reduction settings, so a model can run its candidate tower once per unique
+        item: ``unique, labels, counts = torch.unique(ids, return_inverse=True,
+        return_counts=True)``. With ``num_hard_negatives`` set, it expands the batch
+        to B rows and takes the general path (still exact, B x B cost).
+
+        Args:
+            query_embeddings: [B, d].
+            unique_candidate_embeddings: [U, d], the batch's distinct candidates.
+            labels: [B] int64 index into ``unique_candidate_embeddings`` of each row's positive.
+            counts: [U] how many rows have each unique candidate as positive
+                (``torch.bincount(labels, minlength=U)``).
+            candidate_log_q: [U] log q ≤ 0 of each unique candidate, or None.
+            candidate_sampling_probability: [U] its q in [0, 1] instead; not both.
+            sample_weight: [B] per-row weights (Keras semantics: mean = sum(w·loss) / B).
+        Returns:
+            scalar loss.
+        Raises:
+            ValueError: mismatched shapes, labels outside [0, U), counts that do not
+                match the labels, or bad q / log q (as in :meth:`forward`).
+        """
+        batch = _batch_size(query_embeddings, unique_candidate_embeddings, "unique_candidate_embeddings", same_rows=False)
+        num_unique = unique_candidate_embeddings.shape[0]
+        _check_vector(labels, batch, "labels")
+        _check_vector(counts, num_unique, "counts")
+        _check_vector(sample_weight, batch, "sample_weight")
+        if labels.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"labels must be an integer tensor of indices, got {labels.dtype}")
+        if batch and (int(labels.min()) < 0 or int(labels.max()) >= num_unique):
+            raise ValueError(f"labels must index the {num_unique} unique candidates, got values outside [0, {num_unique})")
+        if not torch.equal(torch.bincount(labels, minlength=num_unique), counts.to(torch.int64)):
+            raise ValueError("counts must be how often each unique candidate occurs in labels "
+                             "(torch.bincount(labels, minlength=U))")
+        log_q = _resolve_log_q(
+            candidate_sampling_probability, candidate_log_q, num_unique, "candidate_sampling_probability",
+            "candidate_log_q",
+        )
+        if not self.logq_correction:
+            log_q = None
+        if self.num_hard_negatives is not None:
+            return self._general_loss(
+                query_embeddings, unique_candidate_embeddings[labels], labels, labels,
+                None if log_q is None else log_q[labels], sample_weight,
+            )
+        return self._unique_loss(query_embeddings, unique_candidate_embeddings, labels, counts, log_q, sample_weight)
+
+    def _unique_loss(
+        self, query: Tensor, unique: Tensor, labels: Tensor, counts: Tensor, log_q: Tensor | None,
+        sample_weight: Tensor | None,
+    ) -> Tensor:
+        return unique_in_batch_softmax_loss(
+            query, unique, labels, counts,
+            log_q=log_q,
+            remove_accidental_hits=self.remove_accidental_hits,
+            temperature=self.temperature,
+            reduction=self.reduction,
+            sample_weight=sample_weight,
+        )
+
+    def _general_loss(
+        self, query: Tensor, candidates: Tensor, row_ids: Tensor | None, column_ids: Tensor | None,
+        log_q: Tensor | None, sample_weight: Tensor | None,
+    ) -> Tensor:
+        """The B x N form: ``candidates`` [N, d] start with the batch's B positives."""
+        batch = query.shape[0]
+        logits = in_batch_logits(query, candidates, self.temperature)
+        labels = torch.arange(batch, device=logits.device)
+        if log_q is not None:
+            logits = logits - log_q.to(logits.dtype).unsqueeze(0)
+        if self.remove_accidental_hits and row_ids is not None:
+            logits = remove_accidental_hits(logits, labels, row_ids, column_ids)
         if self.num_hard_negatives is not None:
             logits, labels = hard_negative_mining(logits, labels, self.num_hard_negatives)
-
         per_row = F.cross_entropy(logits, labels, reduction="none")
         if sample_weight is not None:
             per_row = per_row * sample_weight.to(per_row.dtype)
         return per_row.sum() if self.reduction == "sum" else per_row.sum() / batch
 
 
-def _with_extra(batch_values: Tensor, extra_values: Tensor | None, has_extra: bool, name: str) -> Tensor:
-    """Appends the extra negatives' values to the batch's, insisting they are given."""
-    if not has_extra:
-        return batch_values
-    if extra_values is None:
+_MIN_LOG_PROBABILITY = math.log(_MIN_PROBABILITY)
+
+
+def _resolve_log_q(
+    probability: Tensor | None, log_q: Tensor | None, size: int, probability_name: str, log_q_name: str
+) -> Tensor | None:
+    """One detached [size] log q from either form, validated and clamped to q in [1e-6, 1]."""
+    if probability is not None and log_q is not None:
+        raise ValueError(f"give {probability_name} or {log_q_name}, not both")
+    if probability is not None:
+        _check_vector(probability, size, probability_name)
+        q = probability.detach()
+        if not bool(((q >= 0) & (q <= 1)).all()):  # NaN fails both comparisons
+            raise ValueError(
+                f"{probability_name} must hold finite probabilities in [0, 1], "
+                f"got values from {q.min().item():g} to {q.max().item():g}"
+            )
+        return sampling_log_q(q)
+    if log_q is not None:
+        _check_vector(log_q, size, log_q_name)
+        values = log_q.detach()
+        if bool((values > 0).any()):
+            raise ValueError(
+                f"{log_q_name} has values > 0 (up to {values.max().item():g}): log q must be <= 0; "
+                f"these look like probabilities: pass {probability_name}= instead"
+            )
+        if bool(values.isnan().any()):
+            raise ValueError(f"{log_q_name} has NaN values")
+        return values.clamp(min=_MIN_LOG_PROBABILITY)
+    return None
+
+
+def _batch_size(query: Tensor, other: Tensor, other_name: str, *, same_rows: bool = True) -> int:
+    """Checks [B, d] query embeddings against another [rows, d] matrix; returns B."""
+    if query.dim() != 2:
+        raise ValueError(f"query_embeddings must be a [batch, dim] matrix, got shape {list(query.shape)}")
+    if other.dim() != 2 or other.shape[1] != query.shape[1]:
+        raise ValueError(
+            f"{other_name} must be a [rows, {query.shape[1]}] matrix like the query embeddings, "
+            f"got shape {list(other.shape)}"
+        )
+    if same_rows and query.shape[0] != other.shape[0]:
+        raise ValueError(
+            f"query and candidate embeddings need the same batch size, got {query.shape[0]} and {other.shape[0]}"
+        )
+    return query.shape[0]
+
+
+def _check_vector(values: Tensor | None, size: int, name: str) -> None:
+    if values is not None and tuple(values.shape) != (size,):
+        raise ValueError(f"{name} must have shape [{size}], got {list(values.shape)}")
+
+
+def _required(values: Tensor | None, name: str) -> Tensor:
+    if values is None:
         raise ValueError(f"{name} is required when extra candidates come with their batch counterpart")
-    return torch.cat([batch_values, extra_values.to(batch_values.device)])
+    return values
+
+
+def _first_rows(labels: Tensor, num_unique: int) -> Tensor:
+    """[U] row of the first occurrence of each unique value, given ``torch.unique``'s inverse [B]."""
+    rows = torch.arange(labels.shape[0], device=labels.device)
+    first = torch.full((num_unique,), labels.shape[0], dtype=rows.dtype, device=labels.device)
+    return first.scatter_reduce_(0, labels, rows, reduce="amin")

@@ -20,7 +20,6 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-
 # -log p beyond this means p is within a few orders of float32's smallest normal.
 _UNDERFLOW_LOSS = 80.0
 
@@ -67,8 +66,14 @@ def unique_in_batch_softmax_loss(
     remove_accidental_hits: bool = True,
     temperature: float = 1.0,
     reduction: Literal["mean", "sum"] = "mean",
+    sample_weight: Tensor | None = None,
 ) -> Tensor:
-    """In-batch softmax cross-entropy over unique candidates.
+    """In-batch softmax cross-entropy over unique candidates (the B x B softmax's loss and gradients, exactly).
+
+    Column u of the [B, U] logits carries ``log(counts[u])``, standing for its
+    copies; the logQ correction (Yi et al. 2019) subtracts ``log_q``. Gradients
+    flow to ``query`` and ``unique_candidates``; :class:`~towerrec.tasks.Retrieval`
+    calls this for its fast path.
 
     Args:
         query: [B, d] query embeddings, one per positive pair.
@@ -79,6 +84,7 @@ def unique_in_batch_softmax_loss(
         remove_accidental_hits: drop the row positive's duplicates from its negatives.
         temperature: logits are divided by it.
         reduction: "mean" (towerrec's default) or "sum" (TFRS's).
+        sample_weight: [B] per-row weights, or None (Keras semantics: mean = sum(w·loss) / B).
     Returns:
         scalar loss.
     """
@@ -95,10 +101,19 @@ def unique_in_batch_softmax_loss(
     )
     if not remove_accidental_hits:
         per_row = per_row + label_log_count
+    if sample_weight is not None:
+        per_row = per_row * sample_weight.to(per_row.dtype)
     return per_row.mean() if reduction == "mean" else per_row.sum()
 
 
 def unique_candidates(candidate_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(unique, labels, counts)`` of a batch's candidate indices: the inputs the loss needs."""
+    """The inputs :func:`unique_in_batch_softmax_loss` needs, from a batch's candidate ids.
+
+    Args:
+        candidate_index: [B] item ids (or catalogue positions) of the batch's positives.
+    Returns:
+        ([U] sorted distinct ids, [B] int64 index of each row's id among them,
+        [U] int64 count of each distinct id).
+    """
     unique, labels, counts = torch.unique(candidate_index, return_inverse=True, return_counts=True)
     return unique, labels, counts

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from towerrec.config import RunConfig
 from towerrec.errors import ConfigError, TowerrecError
-from towerrec.tasks.retrieval import RetrievalTask
+from towerrec.tasks.retrieval import Retrieval
 from towerrec.tasks.unique_softmax import unique_candidates, unique_in_batch_softmax_loss
 from towerrec.train.checkpoint import Checkpointer, save_weights
 from towerrec.train.evaluate import evaluate_examples
@@ -93,7 +93,7 @@ class Trainer:
         self.progress = progress
         task = config.task
         self.general_task = (
-            RetrievalTask(
+            Retrieval(
                 temperature=task.temperature,
                 logq_correction=task.logq_correction,
                 remove_accidental_hits=task.remove_accidental_hits,
