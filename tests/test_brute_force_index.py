@@ -32,33 +32,91 @@ def test_search_matches_argsort() -> None:
     assert isinstance(found.ids[0][0], int)
 
 
-def test_search_honours_exclusions_given_as_lists_or_csr() -> None:
+def test_search_honours_exclusions_given_as_ids_or_internal_positions() -> None:
     items, queries = _data(1)
     rng = np.random.default_rng(1)
     lists = [rng.choice(30, size=int(rng.integers(0, 20)), replace=False).tolist() for _ in range(7)]
-    index = BruteForceIndex(items, list(range(30)))
-    found = index.search(queries, 4, exclude=lists)
+    index = BruteForceIndex(items, [1000 + 10 * i for i in range(30)])  # ids differ from positions
+    found = index.search(queries, 4, exclude_ids=[[1000 + 10 * p for p in row] for row in lists])
     scores = queries @ items.T
     for row, excluded in enumerate(lists):
         scores[row, excluded] = -torch.inf
         assert not set(found.indices[row].tolist()) & set(excluded)
     assert torch.equal(found.indices, torch.argsort(scores, dim=1, descending=True)[:, :4])
-    assert torch.equal(index.search(queries, 4, exclude=CSR.from_lists(lists)).indices, found.indices)
+    assert torch.equal(index.search(queries, 4, exclude_positions=CSR.from_lists(lists)).indices, found.indices)
+    assert torch.equal(index.search(queries, 4, exclude_positions=lists).indices, found.indices)
+
+
+def test_exclude_ids_are_ids_not_positions() -> None:
+    """Issue 14: with ids [10, 20, 30], excluding id 20 drops the item at position 1, not position 20 (or 2)."""
+    items = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])
+    index = BruteForceIndex(items, [10, 20, 30])
+    query = torch.tensor([[1.0, 0.0]])
+    assert index.search(query, 3).ids == [[30, 20, 10]]
+    found = index.search(query, 3, exclude_ids=[[30]])
+    assert found.ids == [[20, 10]] and found.indices[0, :2].tolist() == [1, 0] and found.counts.tolist() == [2]
+    # ids the index does not hold (here 1 and 2, which ARE valid positions) are ignored
+    assert index.search(query, 3, exclude_ids=[[1, 2, 999]]).ids == [[30, 20, 10]]
+    strings = BruteForceIndex(items, ["a", "b", "c"])
+    assert strings.search(query, 2, exclude_ids=[np.array(["c"])]).ids == [["b", "a"]]
+    assert strings.search(query, 2, exclude_ids=[["zzz"]]).ids == [["c", "b"]]
+
+
+@pytest.mark.parametrize(
+    ("exclude_ids", "error", "message"),
+    [
+        ([["20"]], TypeError, "integers, got '20'"),  # a str never matches an integer id
+        ([[2.0]], TypeError, "integers, got 2.0"),
+        ([20], TypeError, r"exclude_ids\[0\]: expected a list of ids for query 0"),
+        ("20", TypeError, "one list of ids per query"),
+        ([[20], [10]], ValueError, "2 lists but there are 1 queries"),
+    ],
+)
+def test_bad_exclude_ids_are_rejected(exclude_ids, error, message) -> None:
+    index = BruteForceIndex(torch.eye(3), [10, 20, 30])
+    with pytest.raises(error, match=message):
+        index.search(torch.ones(1, 3), 2, exclude_ids=exclude_ids)
+    with pytest.raises(TypeError, match="not both"):
+        index.search(torch.ones(1, 3), 2, exclude_ids=[[10]], exclude_positions=[[0]])
+
+
+def test_numpy_arrays_and_lists_are_accepted_like_tensors() -> None:
+    items, queries = _data(4)
+    ids = list(range(30))
+    want = BruteForceIndex(items, ids).search(queries, 5, exclude_ids=[[1, 2]] * 7)
+    for convert in (lambda t: t.numpy(), lambda t: t.tolist(), lambda t: t.double().numpy()):
+        got = BruteForceIndex(convert(items), ids).search(convert(queries), 5, exclude_ids=np.array([[1, 2]] * 7))
+        assert got.ids == want.ids
+
+
+@pytest.mark.parametrize(
+    ("queries", "error", "message"),
+    [
+        ([[1.0, 2.0, 3.0], [1.0]], ValueError, "queries is ragged: row 1 has 1 values, row 0 has 3"),
+        ([1.0, 2.0, 3.0], ValueError, r"queries must be a 2-D \[rows, dim\] matrix, got shape \[3\]"),
+        ([["a", "b", "c"]], TypeError, "queries must hold numbers"),
+        (np.array([["a", "b", "c"]]), TypeError, "queries must hold numbers"),
+        ("abc", TypeError, "queries must be a tensor, a numpy array or a list"),
+    ],
+)
+def test_bad_query_arrays_are_rejected(queries, error, message) -> None:
+    with pytest.raises(error, match=message):
+        BruteForceIndex(torch.eye(3), [10, 20, 30]).search(queries, 2)
 
 
 def test_chunked_search_equals_one_chunk() -> None:
     items, queries = _data(2, num_queries=11)
     index = BruteForceIndex(items, list(range(30)))
     exclude = [[i % 30, (i * 7) % 30] for i in range(11)]
-    whole = index.search(queries, 6, exclude=exclude)
-    chunked = index.search(queries, 6, exclude=exclude, chunk_size=3)
+    whole = index.search(queries, 6, exclude_ids=exclude)
+    chunked = index.search(queries, 6, exclude_ids=exclude, chunk_size=3)
     assert torch.equal(whole.indices, chunked.indices)
     torch.testing.assert_close(whole.scores, chunked.scores)  # BLAS blocking may differ in the last bit
 
 
 def test_k_equal_to_what_remains_after_exclusion_is_allowed() -> None:
     items, queries = _data(num_items=4, num_queries=1)
-    found = BruteForceIndex(items, ["a", "b", "c", "d"]).search(queries, 2, exclude=[[0, 0, 3]])
+    found = BruteForceIndex(items, ["a", "b", "c", "d"]).search(queries, 2, exclude_ids=[["a", "a", "d"]])
     assert sorted(found.ids[0]) == ["b", "c"]  # duplicates in an exclusion list count once
 
 
@@ -101,15 +159,15 @@ def test_index_implements_the_interface() -> None:
 def test_search_errors(k: int, exclude, message: str) -> None:
     items, queries = _data()
     with pytest.raises(TowerrecError, match=message):
-        BruteForceIndex(items, list(range(30))).search(queries, k, exclude=exclude)
+        BruteForceIndex(items, list(range(30))).search(queries, k, exclude_positions=exclude)
 
 
 def test_a_query_with_fewer_than_k_items_left_gets_those_left() -> None:
     """field-04: min(k, items left) per query; the other queries keep their k; never an error."""
     items, queries = _data()
     index = BruteForceIndex(items, list(range(100, 130)))
-    exclude = [[]] * 5 + [list(range(27))] + [list(range(30))]
-    found = index.search(queries, 10, exclude=exclude)
+    exclude = [[]] * 5 + [list(range(100, 127))] + [list(range(100, 130))]
+    found = index.search(queries, 10, exclude_ids=exclude)
     assert found.counts.tolist() == [10] * 5 + [3, 0] and found.short == [5, 6]
     assert [len(ids) for ids in found.ids] == [10] * 5 + [3, 0]
     assert sorted(found.ids[5]) == [127, 128, 129]

@@ -69,8 +69,8 @@ def test_ranks_hand_computed() -> None:
 
 
 def test_exclusion_changes_ranks_but_never_removes_the_target() -> None:
-    exclude = CSR.from_lists([[0], [], [0, 4]])  # query 2 lists its own target 0
-    assert _untied(target_ranks(SCORES, ITEMS, TARGETS, exclude=exclude)) == [2, 1, 4]
+    exclude = [[0], [], [0, 4]]  # query 2 lists its own target 0
+    assert _untied(target_ranks(SCORES, ITEMS, TARGETS, exclude_ids=exclude)) == [2, 1, 4]
 
 
 def test_ties_are_counted_apart_and_never_for_the_target() -> None:
@@ -135,7 +135,7 @@ def test_rank_targets_scores_each_chunk_once_for_every_protocol() -> None:
 
     got = rank_targets(scores, targets, 12, protocols={"all": None, "seen": exclusions}, score_budget=12 * 7)
     assert scored == excluded == [(s, min(s + 7, 50)) for s in range(0, 50, 7)]
-    assert torch.equal(got["seen"].higher, target_ranks(query, candidates, targets, exclude=exclude).higher)
+    assert torch.equal(got["seen"].higher, target_ranks(query, candidates, targets, exclude_ids=lists).higher)
     assert torch.equal(got["all"].higher, target_ranks(query, candidates, targets).higher)
 
 
@@ -143,7 +143,7 @@ def test_rank_targets_scores_each_chunk_once_for_every_protocol() -> None:
 def test_ranks_agree_with_a_naive_full_sort(seed: int) -> None:
     query, candidates, targets, lists = _random_case(seed, 23, 17)
     expected = _naive_ranks(query, candidates, targets, lists)
-    got = target_ranks(query, candidates, targets, exclude=CSR.from_lists(lists), chunk_size=5)
+    got = target_ranks(query, candidates, targets, exclude_ids=lists, chunk_size=5)
     assert _untied(got) == expected.tolist()
     assert _untied(target_ranks(query, candidates, targets)) == _naive_ranks(query, candidates, targets).tolist()
 
@@ -157,9 +157,8 @@ def test_ranks_agree_with_a_naive_full_sort(seed: int) -> None:
 )
 def test_chunked_equals_unchunked(seed: int, num_queries: int, num_items: int, chunk_size: int) -> None:
     query, candidates, targets, lists = _random_case(seed, num_queries, num_items)
-    exclude = CSR.from_lists(lists)
-    whole = target_ranks(query, candidates, targets, exclude=exclude, chunk_size=num_queries)
-    chunked = target_ranks(query, candidates, targets, exclude=exclude, chunk_size=chunk_size)
+    whole = target_ranks(query, candidates, targets, exclude_ids=lists, chunk_size=num_queries)
+    chunked = target_ranks(query, candidates, targets, exclude_ids=lists, chunk_size=chunk_size)
     assert torch.equal(whole.higher, chunked.higher) and torch.equal(whole.tied, chunked.tied)
     assert bool(((whole.higher + whole.tied) < num_items).all())
 
@@ -172,16 +171,16 @@ def test_ranks_follow_the_query_dtype() -> None:
 
 def test_ranks_accept_tensors_that_track_gradients() -> None:
     query = SCORES.clone().requires_grad_(True)
-    assert _untied(target_ranks(query, ITEMS, TARGETS, exclude=CSR.from_lists([[0], [], []]))) == [2, 1, 5]
+    assert _untied(target_ranks(query, ITEMS, TARGETS, exclude_ids=[[0], [], []])) == [2, 1, 5]
 
 
 def test_rank_inputs_are_checked() -> None:
-    with pytest.raises(TowerrecError, match="target indices"):
+    with pytest.raises(TowerrecError, match=r"targets\[2\] = 5 is not one of the catalogue positions \[0, 5\)"):
         target_ranks(SCORES, ITEMS, torch.tensor([0, 1, 5]))
-    with pytest.raises(ValueError, match="rows"):
-        target_ranks(SCORES, ITEMS, TARGETS, exclude=CSR.from_lists([[0], [1]]))
-    with pytest.raises(TowerrecError, match="excluded item indices"):
-        target_ranks(SCORES, ITEMS, TARGETS, exclude=CSR.from_lists([[7], [], []]))
+    with pytest.raises(ValueError, match="2 lists but there are 3 queries"):
+        target_ranks(SCORES, ITEMS, TARGETS, exclude_ids=[[0], [1]])
+    with pytest.raises(TypeError, match="not a CSR of catalogue positions"):
+        target_ranks(SCORES, ITEMS, TARGETS, exclude_ids=CSR.from_lists([[0], [], []]))
     with pytest.raises(TowerrecError, match="NaN"):
         target_ranks(SCORES * math.nan, ITEMS, TARGETS)
     with pytest.raises(ValueError, match="shape"):
@@ -221,11 +220,46 @@ def test_user_recall_averages_over_users_not_interactions() -> None:
 
 
 def test_evaluate_retrieval_combines_ranks_and_metrics() -> None:
-    exclude = CSR.from_lists([[0], [], [0, 4]])
-    metrics = evaluate_retrieval(SCORES, ITEMS, TARGETS, exclude=exclude, ks=(1, 2), user_ids=torch.tensor([1, 1, 2]))
+    exclude = [[0], [], [0, 4]]
+    metrics = evaluate_retrieval(SCORES, ITEMS, TARGETS, exclude_ids=exclude, ks=(1, 2), user_ids=torch.tensor([1, 1, 2]))
     expected = topk_metrics(torch.tensor([2, 1, 4]), ks=(1, 2))
     expected.update({"recall@1": 0.25, "recall@2": 0.5})
     assert metrics == pytest.approx(expected)
+    # the same with numpy arrays and plain lists (string user ids too)
+    assert evaluate_retrieval(SCORES.numpy(), ITEMS.tolist(), TARGETS.tolist(), exclude_ids=[np.array([0]), [], (0, 4)],
+                              ks=(1, 2), user_ids=["u1", "u1", "u2"]) == pytest.approx(expected)
+
+
+def test_targets_and_exclusions_are_item_ids_when_candidate_ids_are_given() -> None:
+    """Issue 14: ids [10, 20, 30, 40, 50] at positions 0..4; excluding id 10 removes position 0, not 10 or 1."""
+    ids = [10, 20, 30, 40, 50]
+    ranks = target_ranks(SCORES, ITEMS, [30, 20, 10], candidate_ids=ids, exclude_ids=[[10], [], [10, 50, 7]])
+    assert _untied(ranks) == [2, 1, 4]  # the same as positions [[0], [], [0, 4]]; unknown id 7 is ignored
+    assert _untied(target_ranks(SCORES, ITEMS, [30, 20, 10], candidate_ids=ids, exclude_ids=[[1], [0], [4]])) == [3, 1, 5]
+    names = ["a", "b", "c", "d", "e"]
+    ranks = target_ranks(SCORES, ITEMS, np.array(["c", "b", "a"]), candidate_ids=names, exclude_ids=[["a"], [], ["a", "e"]])
+    assert _untied(ranks) == [2, 1, 4]
+    with pytest.raises(TowerrecError, match=r"targets\[1\] = 99 is not one of the candidate_ids"):
+        target_ranks(SCORES, ITEMS, [30, 99, 10], candidate_ids=ids)
+    with pytest.raises(TypeError, match="integers, got 'a'"):
+        target_ranks(SCORES, ITEMS, [30, 20, 10], candidate_ids=ids, exclude_ids=[["a"], [], []])
+    with pytest.raises(TowerrecError, match="unique"):
+        target_ranks(SCORES, ITEMS, [30, 20, 10], candidate_ids=[10, 10, 30, 40, 50])
+
+
+@pytest.mark.parametrize(
+    ("query", "targets", "error", "message"),
+    [
+        ([[0.9, 0.1, 0.5, 0.3, 0.7], [0.2]], [2, 1], ValueError, "query is ragged: row 1 has 1 values, row 0 has 5"),
+        (SCORES, [[2], [1], [0]], ValueError, r"targets must be 1-D \[Q\]"),
+        (SCORES, [2.5, 1, 0], TypeError, "targets must hold integers"),
+        (SCORES, "abc", TypeError, "targets must be a tensor, a numpy array or a list"),
+        ([["x"] * 5] * 3, TARGETS, TypeError, "query must hold numbers"),
+    ],
+)
+def test_array_inputs_are_checked(query, targets, error, message) -> None:
+    with pytest.raises(error, match=message):
+        target_ranks(query, ITEMS, targets)
 
 
 # -- CSR --------------------------------------------------------------------------

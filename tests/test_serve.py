@@ -39,7 +39,7 @@ def _direct(bundle, user_id, k, exclude_seen=True):
     row = int(bundle.user_rows([user_id])[0])
     embedding = bundle.embed(bundle.known_user_queries(np.array([row])))
     exclude = [bundle.seen_positions(row)] if exclude_seen else None
-    found = bundle.index.search(embedding, k, exclude=exclude)
+    found = bundle.index.search(embedding, k, exclude_positions=exclude)
     return [bundle.items["item_id"][i] for i in found.indices[0].tolist()]
 
 

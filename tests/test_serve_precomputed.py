@@ -36,7 +36,7 @@ def _tower_path(bundle, row, k, exclude_seen):
     """The answer the slow path gives: the tower on this user alone, then the index's search."""
     embedding = bundle.embed(bundle.known_user_queries(np.array([row])))
     exclude = [bundle.seen_positions(row)] if exclude_seen else None
-    found = bundle.index.search(embedding, k, exclude=exclude)
+    found = bundle.index.search(embedding, k, exclude_positions=exclude)
     return found.indices[0].tolist(), found.scores[0].tolist()
 
 
@@ -67,7 +67,7 @@ def test_top_k_matches_the_brute_force_index_with_exclusions(bundle):
     for q, query in enumerate(queries):
         exclude = rng.choice(bundle.num_items, size=q * 3, replace=True)  # repeats allowed, as in seen lists
         positions, scores = catalogue.top_k(query.numpy(), 7, exclude)
-        found = bundle.index.search(query[None], 7, exclude=[exclude])
+        found = bundle.index.search(query[None], 7, exclude_positions=[exclude])
         assert len(positions) == min(7, bundle.num_items - len(np.unique(exclude))) == int(found.counts[0])
         assert positions == found.indices[0, : len(positions)].tolist()
         np.testing.assert_allclose(scores, found.scores[0, : len(positions)].tolist(), atol=1e-5)

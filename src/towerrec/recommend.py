@@ -138,7 +138,7 @@ def recommend(
         index = BruteForceIndex(catalogue_embeddings(run.model, data), ids)
         queries = query_embeddings(run.model, examples)
         exclude = data.exclusions_for(known_rows) if exclude_seen else None
-        found = index.search(queries, k, exclude=exclude)
+        found = index.search(queries, k, exclude_positions=exclude)
         counts = found.counts.tolist()
         positions, scores = found.indices.tolist(), found.scores.tolist()
         for j, i in enumerate(known.tolist()):

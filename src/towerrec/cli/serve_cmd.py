@@ -142,7 +142,7 @@ def index_recall(
 
     def timed(index):
         t = time.perf_counter()
-        found = index.search(query, k, exclude=exclude)
+        found = index.search(query, k, exclude_positions=exclude)
         return found, len(query) / (time.perf_counter() - t)
 
     truth, exact_qps = timed(exact)

@@ -19,13 +19,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from towerrec.arrays import ArrayLike
 from towerrec.errors import TowerrecError
+from towerrec.ids import IdList, IdLookup
 from towerrec.metrics.topk import CSR
 
 FORMAT_VERSION = 2  # 2: SHA-256 of the data files in index.json
 MANIFEST = "index.json"
 
 Exclusions = CSR | Sequence[Sequence[int]]
+"""Catalogue positions to skip, per query (internal form: towerrec's own callers hold positions)."""
+
+ExcludeIds = Sequence[IdList] | np.ndarray | Tensor
+"""Raw item ids to skip, one list per query (the public form)."""
 
 
 @dataclass(frozen=True)
@@ -55,22 +61,55 @@ class SearchResult:
 
 
 class Index(ABC):
-    """Interface of a top-K candidate index (brute force now, FAISS later).
+    """Interface of a top-K candidate index: exact (:class:`BruteForceIndex`) or approximate (:class:`FaissIndex`).
 
     ``kind`` names the implementation in the saved manifest; ``is_exact`` says
     whether search returns the true top-K (metrics may rely on it).
+
+    Exclusions are raw item ids (``exclude_ids=``, one list per query, as
+    TensorFlow Recommenders' ``query_with_exclusions`` takes them). Ids of the
+    index's kind (int or str) that the index does not hold are ignored: they could
+    never be returned. ``exclude_positions=`` (catalogue row numbers) is towerrec's
+    internal form for callers that already hold positions; pass one or the other.
     """
 
     kind: str
     is_exact: bool
+    _ids: np.ndarray
 
     @abstractmethod
-    def build(self, candidate_embeddings: Tensor, ids: Sequence[int | str] | np.ndarray) -> Index:
+    def build(self, candidate_embeddings: ArrayLike, ids: Sequence[int | str] | np.ndarray) -> Index:
         """(Re)indexes the catalogue: [N, d] embeddings and their N ids. Returns self."""
 
     @abstractmethod
-    def search(self, queries: Tensor, k: int, *, exclude: Exclusions | None = None) -> SearchResult:
-        """Top ``k`` candidates of each of the [Q, d] ``queries``, skipping excluded positions."""
+    def search(
+        self,
+        queries: ArrayLike,
+        k: int,
+        *,
+        exclude_ids: ExcludeIds | None = None,
+        exclude_positions: Exclusions | None = None,
+    ) -> SearchResult:
+        """Top ``k`` candidates of each of the [Q, d] ``queries``, never one of ``exclude_ids``."""
+
+    def _exclusions(
+        self, exclude_ids: ExcludeIds | None, exclude_positions: Exclusions | None, num_queries: int
+    ) -> CSR | None:
+        """The per-query exclusions as a CSR of catalogue positions, from ids (public) or positions (internal).
+
+        Raises:
+            TypeError: both forms given; ids not one list per query; an id of the wrong kind (int vs str).
+            ValueError: not one list per query.
+        """
+        if exclude_ids is not None and exclude_positions is not None:
+            raise TypeError("pass exclude_ids (item ids) or exclude_positions (catalogue positions), not both")
+        if exclude_ids is None:
+            return as_exclusions(exclude_positions, num_queries)
+        lookup = getattr(self, "_lookup", None)
+        if lookup is None or lookup.ids is not self._ids:  # built lazily, again after a rebuild
+            lookup = self._lookup = IdLookup(self._ids)
+        indptr, positions = lookup.exclusion_rows(exclude_ids, num_queries)
+        return CSR(torch.from_numpy(indptr), torch.from_numpy(positions))
 
     @abstractmethod
     def save(self, folder: str | Path) -> None:
@@ -80,27 +119,6 @@ class Index(ABC):
     @abstractmethod
     def load(cls, folder: str | Path) -> Index:
         """Reads an index written by :meth:`save`."""
-
-
-def normalize_ids(ids: Sequence[int | str] | np.ndarray, num_candidates: int) -> np.ndarray:
-    """Checks candidate ids (N, unique, all int or all str) and stores them as a numpy array.
-
-    Returns an int64 array for integer ids and an object array of ``str`` otherwise,
-    so that ``array[positions].tolist()`` gives back Python ints or strs.
-    """
-    values = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
-    if len(values) != num_candidates:
-        raise TowerrecError(f"got {len(values)} ids for {num_candidates} candidate embeddings")
-    if all(isinstance(v, str) for v in values):
-        array = np.empty(len(values), dtype=object)
-        array[:] = values
-    elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
-        array = np.asarray(values, dtype=np.int64)
-    else:
-        raise TowerrecError("candidate ids must be all integers or all strings")
-    if len(set(array.tolist())) != len(array):
-        raise TowerrecError("candidate ids must be unique", hint="deduplicate the catalogue before indexing it")
-    return array
 
 
 def as_exclusions(exclude: Exclusions | None, num_queries: int) -> CSR | None:

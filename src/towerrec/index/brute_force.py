@@ -15,18 +15,18 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import Tensor
 
 from towerrec import fsio
+from towerrec.arrays import ArrayLike, as_float_matrix
 from towerrec.errors import TowerrecError
+from towerrec.ids import normalize_ids
 from towerrec.index.base import (
+    ExcludeIds,
     Exclusions,
     Index,
     SearchResult,
-    as_exclusions,
     check_k,
     check_exclusions,
-    normalize_ids,
     pad_short_rows,
     read_manifest,
     result_ids,
@@ -44,9 +44,12 @@ class BruteForceIndex(Index):
     keep their type (int or str) through a save/load round trip.
 
     Args:
-        candidate_embeddings: [N, d] one row per candidate.
+        candidate_embeddings: [N, d] one row per candidate (tensor, numpy array or list of lists).
         ids: N unique candidate ids, all int or all str.
         metadata: optional JSON-serialisable facts stored with the index (e.g. run name).
+    Raises:
+        TowerrecError: no candidates, NaN/inf embeddings, or ids that are not N unique ints or strs.
+        TypeError, ValueError: embeddings that are not numbers or not a [N, d] matrix.
     """
 
     kind = "brute_force"
@@ -54,7 +57,7 @@ class BruteForceIndex(Index):
 
     def __init__(
         self,
-        candidate_embeddings: Tensor,
+        candidate_embeddings: ArrayLike,
         ids: Sequence[int | str] | np.ndarray,
         *,
         metadata: dict[str, Any] | None = None,
@@ -62,9 +65,10 @@ class BruteForceIndex(Index):
         self.metadata = dict(metadata or {})
         self.build(candidate_embeddings, ids)
 
-    def build(self, candidate_embeddings: Tensor, ids: Sequence[int | str] | np.ndarray) -> BruteForceIndex:
-        """Replaces the catalogue: [N, d] embeddings (N ≥ 1, finite) and their N ids."""
-        if candidate_embeddings.dim() != 2 or candidate_embeddings.shape[0] == 0:
+    def build(self, candidate_embeddings: ArrayLike, ids: Sequence[int | str] | np.ndarray) -> BruteForceIndex:
+        """Replaces the catalogue: [N, d] embeddings (N ≥ 1, finite) and their N ids. Returns self."""
+        candidate_embeddings = as_float_matrix(candidate_embeddings, "candidate_embeddings")
+        if candidate_embeddings.shape[0] == 0:
             raise TowerrecError(f"candidate embeddings must be [N, d] with N ≥ 1, got {list(candidate_embeddings.shape)}")
         if not bool(torch.isfinite(candidate_embeddings).all()):
             raise TowerrecError("candidate embeddings contain NaN or infinity", hint="the model diverged; retrain it")
@@ -74,31 +78,46 @@ class BruteForceIndex(Index):
 
     @property
     def num_candidates(self) -> int:
+        """N, the number of candidates indexed."""
         return self.embeddings.shape[0]
 
     @property
     def ids(self) -> list[int | str]:
+        """The N candidate ids, in catalogue order (Python ints or strs)."""
         return self._ids.tolist()
 
     def search(
-        self, queries: Tensor, k: int, *, exclude: Exclusions | None = None, chunk_size: int = 4096
+        self,
+        queries: ArrayLike,
+        k: int,
+        *,
+        exclude_ids: ExcludeIds | None = None,
+        exclude_positions: Exclusions | None = None,
+        chunk_size: int = 4096,
     ) -> SearchResult:
         """Top ``k`` candidates for each query, best first, never returning an excluded one.
 
         A query with fewer than ``k`` candidates left after its exclusions gets the
         ones left (``counts`` says how many; the rest of its row is padding).
-        Raises :class:`TowerrecError` when ``k`` < 1 or an exclusion is out of range.
         Equal scores come out in ``torch.topk``'s order.
 
         Args:
-            queries: [Q, d] query embeddings.
+            queries: [Q, d] query embeddings (tensor, numpy array or list of lists).
             k: results per query.
-            exclude: per-query catalogue positions to skip, as a CSR of Q rows or Q lists.
+            exclude_ids: item ids to skip, one list (or 1-D array) per query, e.g. ``[[10, 20], []]``;
+                ids of the right kind (int or str) that the index does not hold are ignored.
+            exclude_positions: internal: catalogue positions to skip (a CSR of Q rows or Q lists),
+                for towerrec's own callers that already hold positions. Not with ``exclude_ids``.
             chunk_size: queries scored per matmul (memory: chunk_size × N scores).
         Returns:
             :class:`SearchResult` with [Q, min(k, N)] scores and indices and Q lists of ids.
+        Raises:
+            TowerrecError: ``k`` < 1, queries of the wrong width or not finite, a position out of range.
+            TypeError, ValueError: queries not a [Q, d] matrix of numbers; exclusions not one list per
+                query or an id of the wrong kind (a str for integer ids, or the reverse).
         """
-        if queries.dim() != 2 or queries.shape[1] != self.embeddings.shape[1]:
+        queries = as_float_matrix(queries, "queries")
+        if queries.shape[1] != self.embeddings.shape[1]:
             raise TowerrecError(
                 f"queries must be [Q, {self.embeddings.shape[1]}], got {list(queries.shape)}",
                 hint="the query and candidate towers must produce embeddings of the same size",
@@ -107,7 +126,7 @@ class BruteForceIndex(Index):
             raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
         if not bool(torch.isfinite(queries).all()):
             raise TowerrecError("query embeddings contain NaN or infinity", hint="the model diverged; retrain it")
-        exclusions = as_exclusions(exclude, queries.shape[0])
+        exclusions = self._exclusions(exclude_ids, exclude_positions, queries.shape[0])
         check_k(k)
         check_exclusions(self.num_candidates, exclusions)
         width = min(k, self.num_candidates)

@@ -29,18 +29,18 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from towerrec import fsio
+from towerrec.arrays import ArrayLike, as_float_matrix
 from towerrec.errors import TowerrecError, first_line
+from towerrec.ids import normalize_ids
 from towerrec.index.base import (
+    ExcludeIds,
     Exclusions,
     Index,
     SearchResult,
-    as_exclusions,
     check_k,
     check_exclusions,
-    normalize_ids,
     pad_short_rows,
     read_manifest,
     result_ids,
@@ -92,11 +92,18 @@ class FaissIndex(Index):
     already return unit vectors).
 
     Args:
-        candidate_embeddings: [N, d] one row per candidate.
+        candidate_embeddings: [N, d] one row per candidate (tensor, numpy array or list of lists);
+            None builds nothing yet (call :meth:`build`).
         ids: N unique candidate ids, all int or all str.
         variant: ``"hnsw"``, ``"ivf"`` or ``"ivfpq"``.
         metadata: JSON-serialisable facts stored with the index (e.g. run name).
         **params: the knobs above; see ``DEFAULTS``.
+    Raises:
+        TowerrecError: an unknown variant or option, a negative option, embeddings without ids.
+
+    Source: FAISS (Johnson, Douze, Jégou, "Billion-scale similarity search with GPUs", 2017);
+    HNSW (Malkov & Yashunin, 2018); IVF-PQ (Jégou, Douze, Schmid, "Product quantization for
+    nearest neighbor search", 2011).
     """
 
     kind = "faiss"
@@ -104,7 +111,7 @@ class FaissIndex(Index):
 
     def __init__(
         self,
-        candidate_embeddings: Tensor | np.ndarray | None = None,
+        candidate_embeddings: ArrayLike | None = None,
         ids: Sequence[int | str] | np.ndarray | None = None,
         *,
         variant: Variant = "hnsw",
@@ -134,10 +141,10 @@ class FaissIndex(Index):
             self.build(candidate_embeddings, ids)
 
     # ------------------------------------------------------------------ build
-    def build(self, candidate_embeddings: Tensor | np.ndarray, ids: Sequence[int | str] | np.ndarray) -> FaissIndex:
-        """(Re)builds the index over [N, d] embeddings (N ≥ 1, finite) and their N ids."""
+    def build(self, candidate_embeddings: ArrayLike, ids: Sequence[int | str] | np.ndarray) -> FaissIndex:
+        """(Re)builds the index over [N, d] embeddings (N ≥ 1, finite) and their N ids. Returns self."""
         faiss = _faiss()
-        x = _as_float32(candidate_embeddings)
+        x = _as_float32(candidate_embeddings, "candidate_embeddings")
         if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
             raise TowerrecError(f"candidate embeddings must be [N, d] with N ≥ 1, got {list(x.shape)}")
         if not np.isfinite(x).all():
@@ -180,42 +187,55 @@ class FaissIndex(Index):
 
     @property
     def num_candidates(self) -> int:
+        """N, the number of candidates indexed (0 before :meth:`build`)."""
         return 0 if self._index is None else int(self._index.ntotal)
 
     @property
     def ids(self) -> list[int | str]:
+        """The N candidate ids, in catalogue order (Python ints or strs)."""
         return self._ids.tolist()
 
     # ----------------------------------------------------------------- search
     def search(
-        self, queries: Tensor | np.ndarray, k: int, *, exclude: Exclusions | None = None, batch_size: int = 4096
+        self,
+        queries: ArrayLike,
+        k: int,
+        *,
+        exclude_ids: ExcludeIds | None = None,
+        exclude_positions: Exclusions | None = None,
+        batch_size: int = 4096,
     ) -> SearchResult:
         """Approximate top ``k`` of each query, best first, never returning an excluded one.
 
         Same contract as :meth:`BruteForceIndex.search`: a query with fewer than ``k``
-        candidates left gets those left; raises :class:`TowerrecError` when ``k`` < 1.
-        Warns (:class:`SlowSearchWarning`, once per index) when most queries had to be
-        searched again with a wider probe.
+        candidates left gets those left. Warns (:class:`SlowSearchWarning`, once per
+        index) when most queries had to be searched again with a wider probe.
 
         Args:
-            queries: [Q, d] query embeddings.
+            queries: [Q, d] query embeddings (tensor, numpy array or list of lists).
             k: results per query.
-            exclude: per-query catalogue positions to skip, as a CSR of Q rows or Q lists.
+            exclude_ids: item ids to skip, one list (or 1-D array) per query, e.g. ``[[10, 20], []]``;
+                ids of the right kind (int or str) that the index does not hold are ignored.
+            exclude_positions: internal: catalogue positions to skip (a CSR of Q rows or Q lists),
+                for towerrec's own callers that already hold positions. Not with ``exclude_ids``.
             batch_size: queries handed to FAISS per call.
         Returns:
             :class:`SearchResult` with [Q, min(k, N)] float32 scores and int64 indices and Q lists of ids.
+        Raises:
+            TowerrecError: an empty index, ``k`` < 1, queries of the wrong width or not finite.
+            TypeError, ValueError: as :meth:`BruteForceIndex.search`.
         """
         if self._index is None:
             raise TowerrecError("the FAISS index is empty", hint="build it first")
-        q = _as_float32(queries)
-        if q.ndim != 2 or q.shape[1] != self.dim:
+        q = _as_float32(queries, "queries")
+        if q.shape[1] != self.dim:
             raise TowerrecError(
                 f"queries must be [Q, {self.dim}], got {list(q.shape)}",
                 hint="the query and candidate towers must produce embeddings of the same size",
             )
         if not np.isfinite(q).all():
             raise TowerrecError("query embeddings contain NaN or infinity", hint="the model diverged; retrain it")
-        exclusions = as_exclusions(exclude, q.shape[0])
+        exclusions = self._exclusions(exclude_ids, exclude_positions, q.shape[0])
         check_k(k)
         n = self.num_candidates
         num_queries = q.shape[0]
@@ -414,10 +434,9 @@ def _training_sample(x: np.ndarray, size: int, seed: int) -> np.ndarray:
     return x[rows]
 
 
-def _as_float32(x: Tensor | np.ndarray) -> np.ndarray:
-    if isinstance(x, Tensor):
-        x = x.detach().to("cpu", torch.float32).numpy()
-    return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+def _as_float32(x: ArrayLike, name: str) -> np.ndarray:
+    """[rows, cols] contiguous float32 numpy copy (or view) of a tensor, array or list of lists."""
+    return np.ascontiguousarray(as_float_matrix(x, name).to("cpu", torch.float32).numpy())
 
 
 class _ExclusionKeys:
@@ -452,10 +471,29 @@ class _ExclusionKeys:
         return (self.keys[at] == wanted) & (found >= 0)
 
 
-def recall_against(approximate: Index, exact: Index, queries: Tensor, k: int, *, exclude: Exclusions | None = None) -> float:
-    """Mean |approximate top-k ∩ exact top-k| / k over the queries (1.0 = same answers)."""
-    a = approximate.search(queries, k, exclude=exclude).indices.cpu().numpy()
-    e = exact.search(queries, k, exclude=exclude).indices.cpu().numpy()
+def recall_against(
+    approximate: Index, exact: Index, queries: ArrayLike, k: int, *, exclude_ids: ExcludeIds | None = None
+) -> float:
+    """Recall@k of an approximate index against an exact one: mean |approximate top-k ∩ exact top-k| / k.
+
+    1.0 means the same answers. Both indexes must hold the same catalogue (same ids in the
+    same order); a query with fewer than k items left counts the items it can have.
+
+    Args:
+        approximate: the index to measure (e.g. a :class:`FaissIndex`).
+        exact: the reference (a :class:`~towerrec.index.BruteForceIndex` over the same catalogue).
+        queries: [Q, d] query embeddings (tensor, numpy array or list of lists).
+        k: results compared per query.
+        exclude_ids: item ids skipped by both searches, one list per query.
+    Returns:
+        The recall as a Python float in [0, 1].
+    Raises:
+        TowerrecError: the two indexes hold different catalogues; anything either search raises.
+    """
+    if not np.array_equal(approximate._ids, exact._ids):
+        raise TowerrecError("recall_against needs two indexes over the same catalogue (same ids, same order)")
+    a = approximate.search(queries, k, exclude_ids=exclude_ids).indices.cpu().numpy()
+    e = exact.search(queries, k, exclude_ids=exclude_ids).indices.cpu().numpy()
     rows = np.arange(a.shape[0])[:, None] * (1 << 40)
     hits = (np.isin(rows + a, rows + e) & (a >= 0)).sum()
     return float(hits / max(1, int((e >= 0).sum())))

@@ -1,11 +1,15 @@
-"""Evaluation metrics, computed over the full catalogue."""
+"""Evaluation metrics, computed exactly over the full catalogue (never against sampled negatives).
+
+Items are named by id: targets and exclusions are item ids (``candidate_ids=``
+says which; by default a candidate's row number is its id). Inputs may be
+tensors, numpy arrays or lists. The position-based engine behind them
+(``towerrec.metrics.topk.rank_targets`` with its ``CSR`` exclusions) is internal.
+"""
 
 from towerrec.metrics.topk import (
-    CSR,
     DEFAULT_KS,
     TargetRanks,
     evaluate_retrieval,
-    rank_targets,
     summarize,
     target_ranks,
     topk_metrics,
@@ -13,11 +17,9 @@ from towerrec.metrics.topk import (
 )
 
 __all__ = [
-    "CSR",
     "DEFAULT_KS",
     "TargetRanks",
     "evaluate_retrieval",
-    "rank_targets",
     "summarize",
     "target_ranks",
     "topk_metrics",

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from towerrec.errors import TowerrecError
+from towerrec.arrays import ArrayLike, as_index_vector, as_float_matrix
+from towerrec.errors import TowerrecError, shorten
+from towerrec.ids import IdLookup, normalize_ids
 
 DEFAULT_KS = (1, 5, 10, 50, 100)
 
@@ -206,7 +208,11 @@ def rank_targets(
     chunk_size: int = 4096,
     score_budget: int = SCORE_BUDGET,
 ) -> dict[str, TargetRanks]:
-    """Ranks every query's target under several exclusion protocols from ONE scoring pass.
+    """Ranks every query's target under several exclusion protocols from ONE scoring pass (internal engine).
+
+    Works on catalogue positions (columns of the score matrix): towerrec's own
+    evaluation calls it with positions it holds. From Python, use
+    :func:`evaluate_retrieval` or :func:`target_ranks`, which take item ids.
 
     Queries are scored in chunks of ``min(chunk_size, score_budget // N)`` rows, so
     memory is bounded by one [chunk, N] score matrix (plus a comparison mask) no
@@ -270,54 +276,82 @@ def rank_targets(
 
 @torch.no_grad()
 def target_ranks(
-    query: Tensor,
-    candidates: Tensor,
-    targets: Tensor,
+    query: ArrayLike,
+    candidates: ArrayLike,
+    targets: ArrayLike | Sequence[Any],
     *,
-    exclude: CSR | None = None,
+    candidate_ids: Sequence[Any] | np.ndarray | Tensor | None = None,
+    exclude_ids: Sequence[Any] | np.ndarray | Tensor | None = None,
     chunk_size: int = 4096,
     score_budget: int = SCORE_BUDGET,
 ) -> TargetRanks:
     """Where each query's target ranks among all candidates, by dot-product score.
 
+    Items are named by id: ``candidate_ids`` (all int or all str, unique) when given,
+    else each candidate's row number 0..N-1 is its id. Arrays may be tensors, numpy
+    arrays or lists (of lists).
+
     Args:
         query: [Q, d] query embeddings.
         candidates: [N, d] embeddings of the whole catalogue.
-        targets: [Q] catalogue index of each query's true item.
-        exclude: per-query item indices removed from the ranking (e.g. items seen in
-            train); the target itself is never excluded, even if listed.
+        targets: [Q] id of each query's true item.
+        candidate_ids: N ids of the candidates, in row order (default: 0..N-1).
+        exclude_ids: per-query item ids removed from the ranking (e.g. items seen in train),
+            one list per query; ids not among the candidates are ignored; the target itself
+            is never excluded, even if listed.
         chunk_size, score_budget: bound each chunk to chunk_size rows and score_budget scores.
     Returns:
         :class:`TargetRanks` (strictly higher and tied counts per query), on the CPU.
+    Raises:
+        TowerrecError: a target that is not a candidate id; NaN or infinite embeddings; bad candidate ids.
+        TypeError, ValueError: inputs that are not numbers, of the wrong shape, or ids of the wrong kind.
     """
-    _check_inputs(query, candidates, targets, exclude)
+    query, candidates, positions, exclude = _retrieval_inputs(query, candidates, targets, candidate_ids, exclude_ids)
     candidates_t = candidates.to(query.dtype).T.contiguous()
 
     def scores(start: int, stop: int) -> Tensor:
         return query[start:stop] @ candidates_t
 
     exclusions = None if exclude is None else (lambda start, stop: exclude.rows(slice(start, stop)))
-    return rank_targets(scores, targets, candidates.shape[0], protocols={"ranks": exclusions},
+    return rank_targets(scores, positions, candidates.shape[0], protocols={"ranks": exclusions},
                         chunk_size=chunk_size, score_budget=score_budget)["ranks"]
 
 
-def _check_inputs(query: Tensor, candidates: Tensor, targets: Tensor, exclude: CSR | None) -> None:
-    """Validates shapes and finiteness of embedding inputs."""
-    if query.dim() != 2 or candidates.dim() != 2 or query.shape[1] != candidates.shape[1]:
+def _retrieval_inputs(query, candidates, targets, candidate_ids, exclude_ids) -> tuple[Tensor, Tensor, Tensor, CSR | None]:
+    """Converts and checks the public inputs: [Q, d] and [N, d] float tensors, [Q] target positions, exclusions."""
+    query = as_float_matrix(query, "query")
+    candidates = as_float_matrix(candidates, "candidates")
+    if query.shape[1] != candidates.shape[1]:
         raise ValueError(f"need query [Q, d] and candidates [N, d], got {list(query.shape)} and {list(candidates.shape)}")
-    num_queries = query.shape[0]
-    if targets.shape != (num_queries,):
-        raise ValueError(f"targets must have shape [{num_queries}], got {list(targets.shape)}")
-    if exclude is not None and exclude.num_rows != num_queries:
-        raise ValueError(f"exclude has {exclude.num_rows} rows but there are {num_queries} queries")
+    num_queries, num_items = query.shape[0], candidates.shape[0]
+    ids = np.arange(num_items, dtype=np.int64) if candidate_ids is None else normalize_ids(candidate_ids, num_items)
+    lookup = IdLookup(ids)
+    if candidate_ids is None:
+        positions = as_index_vector(targets, "targets")
+    else:
+        positions = torch.from_numpy(lookup.positions(targets, "targets"))
+    if positions.shape != (num_queries,):
+        raise ValueError(f"targets must have shape [{num_queries}] (one per query), got {list(positions.shape)}")
+    outside = (positions < 0) | (positions >= num_items)
+    if bool(outside.any()):
+        row = int(torch.nonzero(outside)[0])
+        given = targets[row].item() if isinstance(targets, (Tensor, np.ndarray)) else targets[row]
+        known = "candidate_ids" if candidate_ids is not None else f"catalogue positions [0, {num_items})"
+        raise TowerrecError(f"targets[{row}] = {shorten(given)} is not one of the {known}",
+                            hint="targets name each query's true item by its id among the candidates")
+    exclude = None
+    if exclude_ids is not None:
+        indptr, excluded = lookup.exclusion_rows(exclude_ids, num_queries)
+        exclude = CSR(torch.from_numpy(indptr), torch.from_numpy(excluded))
     if not (bool(torch.isfinite(query).all()) and bool(torch.isfinite(candidates).all())):
         raise TowerrecError(
             "embeddings contain NaN or infinity, so ranks would be meaningless",
             hint="the model diverged: lower the learning rate or check the input features",
         )
+    return query, candidates, positions, exclude
 
 
-def topk_metrics(ranks: TargetRanks | Tensor, ks: Sequence[int] = DEFAULT_KS, *, ties: Ties = "random") -> dict[str, float]:
+def topk_metrics(ranks: TargetRanks | ArrayLike, ks: Sequence[int] = DEFAULT_KS, *, ties: Ties = "random") -> dict[str, float]:
     """Top-K accuracy, NDCG@K and MRR from the targets' ranks, averaged over queries.
 
     ``top_{k}_accuracy`` is TFRS's factorized top-K categorical accuracy: the
@@ -328,13 +362,18 @@ def topk_metrics(ranks: TargetRanks | Tensor, ks: Sequence[int] = DEFAULT_KS, *,
     (``"pessimistic"``). K at or above the catalogue size gives top-K accuracy 1.
 
     Args:
-        ranks: :class:`TargetRanks` (:func:`target_ranks`), or [Q] untied 1-based ranks.
+        ranks: :class:`TargetRanks` (:func:`target_ranks`), or [Q] untied 1-based ranks
+            (tensor, numpy array or list).
         ks: cut-offs K, each >= 1.
         ties: ``"random"`` (default) or ``"pessimistic"``.
     Returns:
         ``{"top_{k}_accuracy": ..., "ndcg@{k}": ..., "mrr": ...}`` as Python floats.
     Raises:
         TowerrecError: no queries.
+        ValueError: ranks below 1 or not [Q]; a K that is not a positive integer.
+
+    Source: TensorFlow Recommenders' ``FactorizedTopK`` (top-K categorical accuracy);
+    NDCG after Järvelin & Kekäläinen (2002).
     """
     ranks = _check_ranks(ranks, ks).with_ties(ties)
     metrics = {f"top_{k}_accuracy": float(ranks.hit_probability(k).mean()) for k in ks}
@@ -344,7 +383,7 @@ def topk_metrics(ranks: TargetRanks | Tensor, ks: Sequence[int] = DEFAULT_KS, *,
 
 
 def user_recall_at_k(
-    ranks: TargetRanks | Tensor, user_ids: Tensor, ks: Sequence[int] = DEFAULT_KS, *, ties: Ties = "random"
+    ranks: TargetRanks | ArrayLike, user_ids: ArrayLike | Sequence[Any], ks: Sequence[int] = DEFAULT_KS, *, ties: Ties = "random"
 ) -> dict[str, float]:
     """Per-user recall@K: the share of each user's test items ranked <= K, averaged over users.
 
@@ -355,16 +394,16 @@ def user_recall_at_k(
 
     Args:
         ranks: :class:`TargetRanks` of each test interaction's item, or [Q] untied ranks.
-        user_ids: [Q] user of each test interaction (any integer ids).
+        user_ids: [Q] user of each test interaction (int or str ids; tensor, numpy array or list).
         ks: cut-offs K, each >= 1.
         ties: as in :func:`topk_metrics`.
     Returns:
         ``{"recall@{k}": ...}`` as Python floats.
+    Raises:
+        ValueError: ``user_ids`` not [Q]; as :func:`topk_metrics`.
     """
     ranks = _check_ranks(ranks, ks).with_ties(ties)
-    if user_ids.shape != ranks.higher.shape:
-        raise ValueError(f"user_ids must have shape {list(ranks.higher.shape)}, got {list(user_ids.shape)}")
-    _, user = torch.unique(user_ids.to(ranks.higher.device), return_inverse=True)
+    user = _groups(user_ids, len(ranks)).to(ranks.higher.device)
     items_per_user = torch.bincount(user).double()
     return {
         f"recall@{k}": float((torch.bincount(user, weights=ranks.hit_probability(k)) / items_per_user).mean())
@@ -372,10 +411,22 @@ def user_recall_at_k(
     }
 
 
-def _check_ranks(ranks: TargetRanks | Tensor, ks: Sequence[int]) -> TargetRanks:
+def _groups(user_ids: ArrayLike | Sequence[Any], num_queries: int) -> Tensor:
+    """[Q] int64 group number 0..U-1 of each query's user."""
+    if isinstance(user_ids, Tensor):
+        values = user_ids
+    else:
+        values = np.asarray(user_ids.tolist() if isinstance(user_ids, np.ndarray) else list(user_ids))
+    if values.shape != (num_queries,):
+        raise ValueError(f"user_ids must have shape [{num_queries}], got {list(values.shape)}")
+    if isinstance(values, Tensor):
+        return torch.unique(values, return_inverse=True)[1]
+    return torch.from_numpy(np.unique(values, return_inverse=True)[1].astype(np.int64).reshape(-1))
+
+
+def _check_ranks(ranks: TargetRanks | ArrayLike, ks: Sequence[int]) -> TargetRanks:
     if not isinstance(ranks, TargetRanks):
-        if ranks.dim() != 1:
-            raise ValueError(f"ranks must be [Q], got {list(ranks.shape)}")
+        ranks = as_index_vector(ranks, "ranks")
         if ranks.numel() and int(ranks.min()) < 1:
             raise ValueError("ranks are 1-based")
         ranks = TargetRanks.exact(ranks)
@@ -386,9 +437,13 @@ def _check_ranks(ranks: TargetRanks | Tensor, ks: Sequence[int]) -> TargetRanks:
     return ranks
 
 
-def summarize(ranks: TargetRanks, ks: Sequence[int] = DEFAULT_KS, *, user_ids: Tensor | None = None,
-              ties: Ties = "random") -> dict[str, float]:
-    """:func:`topk_metrics`, plus :func:`user_recall_at_k` when ``user_ids`` are given."""
+def summarize(ranks: TargetRanks | ArrayLike, ks: Sequence[int] = DEFAULT_KS, *,
+              user_ids: ArrayLike | Sequence[Any] | None = None, ties: Ties = "random") -> dict[str, float]:
+    """:func:`topk_metrics`, plus :func:`user_recall_at_k` when ``user_ids`` ([Q] user of each query) are given.
+
+    Raises:
+        As :func:`topk_metrics` and :func:`user_recall_at_k`.
+    """
     metrics = topk_metrics(ranks, ks, ties=ties)
     if user_ids is not None:
         metrics.update(user_recall_at_k(ranks, user_ids, ks, ties=ties))
@@ -396,22 +451,27 @@ def summarize(ranks: TargetRanks, ks: Sequence[int] = DEFAULT_KS, *, user_ids: T
 
 
 def evaluate_retrieval(
-    query: Tensor,
-    candidates: Tensor,
-    targets: Tensor,
+    query: ArrayLike,
+    candidates: ArrayLike,
+    targets: ArrayLike | Sequence[Any],
     *,
-    exclude: CSR | None = None,
+    candidate_ids: Sequence[Any] | np.ndarray | Tensor | None = None,
+    exclude_ids: Sequence[Any] | np.ndarray | Tensor | None = None,
     ks: Sequence[int] = DEFAULT_KS,
     chunk_size: int = 4096,
-    user_ids: Tensor | None = None,
+    user_ids: ArrayLike | Sequence[Any] | None = None,
     ties: Ties = "random",
 ) -> dict[str, float]:
-    """Ranks each query's target among all candidates, then summarises.
+    """Ranks each query's target among all candidates, then summarises (TFRS's ``FactorizedTopK``, exact).
 
-    One call per evaluation: :func:`target_ranks` then :func:`summarize`. Arguments as in those.
+    One call per evaluation: :func:`target_ranks` then :func:`summarize`; arguments as in those.
+    Example: ``evaluate_retrieval(q, items, [20, 10], candidate_ids=[10, 20, 30], exclude_ids=[[30], []])``.
 
     Returns:
-        ``top_{k}_accuracy``, ``ndcg@{k}``, ``mrr`` (and ``recall@{k}``) as Python floats.
+        ``top_{k}_accuracy``, ``ndcg@{k}``, ``mrr`` (and ``recall@{k}`` with ``user_ids``) as Python floats.
+    Raises:
+        As :func:`target_ranks` and :func:`topk_metrics`.
     """
-    ranks = target_ranks(query, candidates, targets, exclude=exclude, chunk_size=chunk_size)
+    ranks = target_ranks(query, candidates, targets, candidate_ids=candidate_ids, exclude_ids=exclude_ids,
+                         chunk_size=chunk_size)
     return summarize(ranks, ks, user_ids=user_ids, ties=ties)

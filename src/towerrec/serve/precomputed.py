@@ -80,7 +80,7 @@ class Catalogue:
             raise ServingError("the query embedding contains NaN or infinity: the model cannot score this request",
                                hint="check the request's feature values; if they are valid, the model is broken")
         if not self.exact:
-            found = self.bundle.index.search(torch.from_numpy(query[None]), k, exclude=[exclude])
+            found = self.bundle.index.search(torch.from_numpy(query[None]), k, exclude_positions=[exclude])
             count = int(found.counts[0])
             return found.indices[0, :count].tolist(), found.scores[0, :count].tolist()
         scores = self.candidates @ query
