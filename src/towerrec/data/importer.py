@@ -154,7 +154,7 @@ def import_interactions(
     items_table = users_table = None
     if item_features is not None:
         frame = _side_table(item_features, item_key or item_col, "item_id", interactions["item_id"], ITEM_COLUMNS)
-        items_table = _item_columns(frame)
+        items_table = item_table(frame)
     if user_features is not None:
         users_table = _side_table(user_features, user_key or user_col, "user_id", interactions["user_id"], USER_COLUMNS)
     options = {
@@ -418,8 +418,9 @@ def _typed(frame: pl.DataFrame, keep_text: set[str]) -> pl.DataFrame:
     return pl.DataFrame(columns, schema={c.name: c.dtype for c in columns}, height=frame.height)
 
 
-def _item_columns(frame: pl.DataFrame) -> pl.DataFrame:
-    """item_id, title, year, genres first (schema of tables.py), then the rest as extras."""
+def item_table(frame: pl.DataFrame) -> pl.DataFrame:
+    """An item side table in the items schema of tables.py: item_id, title (the id when missing), year
+    (from a "Title (1995)" title when missing), genres (List[String], from "A|B" text too), then the rest."""
     ids = frame["item_id"].cast(pl.String)
     title = frame["title"].fill_null(ids) if "title" in frame.columns else ids
     if "year" in frame.columns:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 
@@ -29,11 +30,17 @@ INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 
 @dataclass(frozen=True)
 class Dataset:
-    """Interactions plus optional item and user side tables.
+    """Interactions plus optional item and user side tables (schemas at the top of this module).
 
-    ``fingerprint`` identifies the data (hash of the source files or of the
-    generator's parameters); caches of prepared data and trained models are
+    Made by :func:`~towerrec.data.load_dataset` (built-in sets), the importer
+    (files), :meth:`from_frame` (a DataFrame in memory) or the synthetic generator.
+    ``fingerprint`` identifies the data (hash of the source files, the frames or
+    the generator's parameters); caches of prepared data and trained models are
     keyed by it so a changed source never reuses a stale result.
+
+    Raises:
+        DataError: a table that does not follow its schema (missing column, wrong type, missing
+            or duplicate id), at construction.
     """
 
     name: str
@@ -50,8 +57,58 @@ class Dataset:
         if self.users is not None:
             validate_users(self.users, source=self.name)
 
+    @classmethod
+    def from_frame(
+        cls,
+        df: Any,
+        *,
+        user: str,
+        item: str,
+        timestamp: str | None = None,
+        rating: str | None = None,
+        items: Any = None,
+        users: Any = None,
+        name: str = "frame",
+    ) -> Dataset:
+        """A dataset from a Polars or pandas DataFrame of interactions, one row per interaction.
+
+        Usable wherever a dataset is: ``towerrec.train.prepared.prepare(config, dataset)``,
+        ``train_run(config, dataset=...)``. Only the named columns are read; the frame's
+        types are kept (no re-parsing of text): integer ids -> Int64, whole-number float ids
+        (pandas' integers with missing values) -> Int64, string/categorical ids -> String.
+
+        Args:
+            df: the interactions (``polars.DataFrame`` or ``pandas.DataFrame``; pandas is
+                imported only when given one).
+            user, item: the id columns.
+            timestamp: epoch seconds (integers, or floats floored) or a date/datetime column
+                (naive = UTC). None: timestamps are null, so random splits work and time-ordered
+                ones (``temporal``, ``leave-last-out``, sequences) raise a clear error.
+            rating: a numeric column. None: implicit feedback, ratings are null (unknown): every
+                row is a positive interaction, retrieval losses ignore ratings and ``min_rating``
+                filters keep unrated rows.
+            items: optional item features, a frame keyed by the ``item`` column (or ``item_id``):
+                ``title``, ``year``, ``genres`` (list or ``"A|B"``) and any extra columns.
+            users: optional user features keyed by the ``user`` column (or ``user_id``).
+            name: the dataset's name (run directory names and messages).
+        Returns:
+            A validated :class:`Dataset`; its fingerprint hashes the converted tables
+            (:func:`frame_fingerprint`).
+        Raises:
+            TypeError: ``df`` is not a Polars or pandas DataFrame.
+            DataError: an unknown column (the message lists the available ones), a missing id,
+                a non-integral or non-finite float id, a NaN/inf rating, a missing timestamp, or
+                a column of a type that cannot hold ids, ratings or times; named by column and
+                the first bad row (0-based position in the frame).
+        """
+        from towerrec.data.frames import dataset_from_frame
+
+        return dataset_from_frame(df, user=user, item=item, timestamp=timestamp, rating=rating,
+                                  items=items, users=users, name=name)
+
     @property
     def num_users(self) -> int:
+        """Distinct users in the interactions."""
         return self.interactions["user_id"].n_unique()
 
     @property
@@ -95,6 +152,7 @@ def validate_interactions(df: pl.DataFrame, source: str = "interactions") -> Non
 
 
 def validate_items(df: pl.DataFrame, source: str = "items") -> None:
+    """Raise :class:`DataError` unless ``df`` follows the items schema (item_id unique, title, year, genres)."""
     _require(df, ("item_id", "title", "year", "genres"), source, "items")
     _check_id(df, "item_id", source)
     if df["item_id"].is_duplicated().any():
@@ -103,6 +161,7 @@ def validate_items(df: pl.DataFrame, source: str = "items") -> None:
 
 
 def validate_users(df: pl.DataFrame, source: str = "users") -> None:
+    """Raise :class:`DataError` unless ``df`` has a unique, non-null ``user_id`` (Int64 or String)."""
     _require(df, ("user_id",), source, "users")
     _check_id(df, "user_id", source)
     if df["user_id"].is_duplicated().any():
@@ -111,6 +170,7 @@ def validate_users(df: pl.DataFrame, source: str = "users") -> None:
 
 
 def empty_interactions(id_dtype: pl.DataType = pl.Int64) -> pl.DataFrame:
+    """An interactions table with no rows, ids of ``id_dtype``."""
     return pl.DataFrame(
         schema={"user_id": id_dtype, "item_id": id_dtype, "rating": pl.Float32, "timestamp": pl.Int64}
     )
