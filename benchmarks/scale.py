@@ -201,7 +201,7 @@ t = time.perf_counter()
 data = prepare(config, dataset, progress=False)
 prep = time.perf_counter() - t
 model = build_model(config, data)
-result = Trainer(config, data, model, progress=False).fit()
+result = Trainer.from_config(config, data, model, progress=False).fit()
 print(json.dumps({
     "generate_s": round(generate, 1), "prepare_s": round(prep, 1), "train_examples": len(data.train),
     "train_s": round(result.train_seconds, 1), "examples_per_s": round(result.examples_per_s, 0),

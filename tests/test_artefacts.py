@@ -246,10 +246,10 @@ def interrupted(dataset, tmp_path, monkeypatch):
     config = _config(train={"epochs": 3})
     original = checkpoint_module.Checkpointer.save
 
-    def crash(self, model, optimizer, state):
+    def crash(self, model, optimizer, state, **kwargs):
         if state["epoch"] == 2:
             raise KeyboardInterrupt("killed")
-        original(self, model, optimizer, state)
+        original(self, model, optimizer, state, **kwargs)
 
     monkeypatch.setattr(checkpoint_module.Checkpointer, "save", crash)
     with pytest.raises(KeyboardInterrupt):

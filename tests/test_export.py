@@ -27,7 +27,7 @@ def test_bundle_reproduces_the_run_for_known_users(run, tmp_path):
          "users.safetensors", "items.parquet", "index"]
     )
     assert not list(out.rglob("*.pt")) and not list(out.rglob("*.pkl"))
-    torch.testing.assert_close(bundle.candidate_embeddings, catalogue_embeddings(run.model, data))
+    torch.testing.assert_close(bundle.candidate_embeddings, catalogue_embeddings(run.model, data.catalogue, data.num_items))
     rows = np.arange(bundle.num_users)
     theirs = bundle.embed(bundle.known_user_queries(rows))
     # the run's own query embeddings of the test examples, one per user row present

@@ -14,8 +14,9 @@ from towerrec.data.store import save_dataset
 from towerrec.data.synthetic import make_synthetic
 from towerrec.data.tables import Dataset
 from towerrec.errors import TowerrecError
+from towerrec.train.trainer import Trainer
 from towerrec.train.sequential import (
-    SequentialTrainer,
+    SequenceBatches,
     build_sequential_model,
     evaluate_sequences,
     history_to_indices,
@@ -147,7 +148,7 @@ def test_model_learns_beyond_popularity(walks, encoder, objective):
     )
     data = prepare_sequences(config, walks)
     model = build_sequential_model(config, data)
-    SequentialTrainer(config, data, model, progress=False).fit()
+    Trainer.from_config(config, SequenceBatches(data), model, progress=False).fit()
     ks = (10,)
     learned = evaluate_sequences(model, data.test, ks=ks, exclude_seen=False)["top_10_accuracy"]
     popular = popularity_metrics(data, data.test, ks=ks, exclude_seen=False)["top_10_accuracy"]

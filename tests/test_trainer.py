@@ -62,13 +62,13 @@ def test_resume_after_crash_equals_uninterrupted(dataset, tmp_path):
     config = _config()
     data = prepare(config, dataset, progress=False)
     straight = build_model(config, data)
-    Trainer(config, data, straight, progress=False).fit()
+    Trainer.from_config(config, data, straight, progress=False).fit()
 
     ckpt = tmp_path / "ckpt"
     first = build_model(config, data)
-    Trainer(config.replace(train={"epochs": 2}), data, first, checkpoint_dir=ckpt, progress=False).fit()
+    Trainer.from_config(config.replace(train={"epochs": 2}), data, first, checkpoint_dir=ckpt, progress=False).fit()
     resumed = build_model(config, data)  # a fresh process would start from new weights
-    result = Trainer(config, data, resumed, checkpoint_dir=ckpt, progress=False).fit()
+    result = Trainer.from_config(config, data, resumed, checkpoint_dir=ckpt, progress=False).fit()
     assert result.resumed_from_epoch == 2
     assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
     for name, value in _weights(straight).items():
@@ -115,7 +115,7 @@ def test_early_stopping_needs_validation(dataset):
     config = _config(train={"early_stopping_patience": 1, "early_stopping_metric": "top_10_accuracy"})
     data = prepare(config, dataset, progress=False)
     with pytest.raises(ConfigError, match="validation"):
-        Trainer(config, data, build_model(config, data), progress=False)
+        Trainer.from_config(config, data, build_model(config, data), progress=False)
 
 
 def test_early_stopping_stops(dataset):
@@ -123,7 +123,7 @@ def test_early_stopping_stops(dataset):
                      train={"epochs": 30, "eval_every": 1, "early_stopping_patience": 1, "learning_rate": 0.5,
                                             "early_stopping_metric": "top_10_accuracy"})
     data = prepare(config, dataset, progress=False)
-    result = Trainer(config, data, build_model(config, data), progress=False).fit()
+    result = Trainer.from_config(config, data, build_model(config, data), progress=False).fit()
     assert result.stopped_early and len(result.history) < 30
     assert "validation/top_10_accuracy" in result.history[0]
 
@@ -131,7 +131,7 @@ def test_early_stopping_stops(dataset):
 def test_hard_negative_path_trains(dataset):
     config = _config(task={"num_hard_negatives": 10}, train={"epochs": 1})
     data = prepare(config, dataset, progress=False)
-    result = Trainer(config, data, build_model(config, data), progress=False).fit()
+    result = Trainer.from_config(config, data, build_model(config, data), progress=False).fit()
     assert result.history[0]["loss"] > 0
 
 
@@ -141,7 +141,7 @@ def test_a_non_finite_loss_stops_training_before_the_step(dataset, monkeypatch):
     data = prepare(config, dataset, progress=False)
     model = build_model(config, data)
     before = _weights(model)
-    trainer = Trainer(config, data, model, progress=False)
+    trainer = Trainer.from_config(config, data, model, progress=False)
     monkeypatch.setattr(trainer, "batch_loss", lambda index, generator=None: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(TowerrecError, match=r"epoch 1, batch 1: the training loss is nan") as info:
         trainer.fit()
@@ -152,11 +152,15 @@ def test_a_non_finite_loss_stops_training_before_the_step(dataset, monkeypatch):
 class _Scripted(Trainer):
     """A trainer whose validation metric follows a script; it records the weights at each evaluation."""
 
-    def __init__(self, *args, script, crash_at=None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, config, data, model, *, script, crash_at=None, **kwargs):
+        t = config.train
+        super().__init__(model, data, epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer,
+                         learning_rate=t.learning_rate, seed=t.seed, eval_every=t.eval_every, ks=config.eval.ks,
+                         early_stopping_patience=t.early_stopping_patience,
+                         early_stopping_metric=t.early_stopping_metric, **kwargs)
         self.script, self.crash_at, self.seen = script, crash_at, {}
 
-    def evaluate(self, examples):
+    def evaluate(self, split="test"):
         epoch = len(self.seen) + 1 + getattr(self, "offset", 0)
         if epoch == self.crash_at:
             raise KeyboardInterrupt

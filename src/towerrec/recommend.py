@@ -135,7 +135,7 @@ def recommend(
             user_rows=known_rows,
             history=data.history,
         )
-        index = BruteForceIndex(catalogue_embeddings(run.model, data), ids)
+        index = BruteForceIndex(catalogue_embeddings(run.model, data.catalogue, data.num_items), ids)
         queries = query_embeddings(run.model, examples)
         exclude = data.exclusions_for(known_rows) if exclude_seen else None
         found = index.search(queries, k, exclude_positions=exclude)

@@ -40,7 +40,7 @@ from towerrec.features import FittedFeatures
 from towerrec.train.checkpoint import RETRAIN_HINT, load_json, load_weights, save_json, save_weights
 from towerrec.train.evaluate import evaluate_both_protocols
 from towerrec.models.baselines import EASEModel, PopularityModel
-from towerrec.train.models import build_model, fit_baseline, is_trainable, two_tower_for
+from towerrec.train.models import build_model, fit_baseline, two_tower_for
 from towerrec.train.prepared import PreparedData, prepare
 from towerrec.train.trainer import Trainer
 
@@ -256,15 +256,9 @@ def train_run(
         model = build_model(config, data)
         started = time.perf_counter()
         fit: dict[str, Any] = {}
-        if is_trainable(model):
-            trainer = Trainer(
-                config,
-                data,
-                model,
-                checkpoint_dir=run_dir / "checkpoints",
-                history_path=run_dir / "history.jsonl",
-                progress=progress,
-            )
+        if model.trainable:
+            trainer = Trainer.from_config(config, data, model, checkpoint_dir=run_dir / "checkpoints",
+                                          history_path=run_dir / "history.jsonl", progress=progress)
             if trainer.checkpointer is not None and trainer.checkpointer.exists():
                 log(f"resuming {run_dir} from its last checkpoint")
             result = trainer.fit()

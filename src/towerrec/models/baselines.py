@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from towerrec.metrics.topk import CSR
+from towerrec.model import CANDIDATE_INDEX, USER_ROW, RetrievalModel
 
 
 def interaction_matrix(user_index: np.ndarray, item_index: np.ndarray, num_users: int, num_items: int) -> Tensor:
@@ -25,8 +26,13 @@ def interaction_matrix(user_index: np.ndarray, item_index: np.ndarray, num_users
     return matrix
 
 
-class PopularityModel(nn.Module):
-    """Ranks items by their number of training interactions."""
+class PopularityModel(RetrievalModel):
+    """Ranks items by their number of training interactions (fitted by counting, not trained).
+
+    Batches: ``user_row`` ([batch], ignored) for queries, ``candidate_index`` ([n]) for candidates.
+    """
+
+    trainable = False
 
     def __init__(self, num_items: int) -> None:
         super().__init__()
@@ -36,20 +42,25 @@ class PopularityModel(nn.Module):
         self.counts = torch.bincount(torch.as_tensor(item_index), minlength=self.counts.numel()).float()
         return self
 
-    def query_embeddings(self, user_rows: Tensor) -> Tensor:
-        """[Q] user indices (ignored) -> [Q, 1] ones."""
-        return torch.ones(user_rows.shape[0], 1)
+    def query_embeddings(self, batch: dict[str, Tensor]) -> Tensor:
+        """``[batch, 1]`` ones (everyone gets the same list)."""
+        return torch.ones(batch[USER_ROW].shape[0], 1, device=self.counts.device)
 
-    def candidate_embeddings(self) -> Tensor:
-        """[N, 1] train counts."""
-        return self.counts.unsqueeze(1)
+    def candidate_embeddings(self, batch: dict[str, Tensor]) -> Tensor:
+        """``[n, 1]`` train counts of the candidates at ``batch["candidate_index"]``."""
+        return self.counts[batch[CANDIDATE_INDEX]].unsqueeze(1)
 
 
 SPARSE_SPEED_RATIO = 50  # measured: a CPU sparse x dense product runs 10-50x fewer FLOP/s than BLAS
 
 
-class EASEModel(nn.Module):
-    """Embarrassingly shallow autoencoder: a strong linear item-item baseline."""
+class EASEModel(RetrievalModel):
+    """Embarrassingly shallow autoencoder (Steck 2019): a strong linear item-item baseline, fitted in closed form.
+
+    Batches: ``user_row`` ([batch], -1 = unknown user) for queries, ``candidate_index`` ([n]) for candidates.
+    """
+
+    trainable = False
 
     def __init__(self, num_users: int, num_items: int, l2: float = 300.0) -> None:
         super().__init__()
@@ -68,9 +79,10 @@ class EASEModel(nn.Module):
         self.weights = weights.float()
         return self
 
-    def query_embeddings(self, user_rows: Tensor) -> Tensor:
-        """[Q] user indices (-1 = unknown user: empty history) -> [Q, N] history rows."""
-        rows = torch.zeros(user_rows.shape[0], self.history.shape[1])
+    def query_embeddings(self, batch: dict[str, Tensor]) -> Tensor:
+        """``[batch, N]`` history rows of the users at ``batch["user_row"]`` (-1 = unknown user: empty history)."""
+        user_rows = batch[USER_ROW]
+        rows = torch.zeros(user_rows.shape[0], self.history.shape[1], device=self.history.device)
         known = user_rows >= 0
         rows[known] = self.history[user_rows[known]]
         return rows
@@ -98,6 +110,6 @@ class EASEModel(nn.Module):
         dense[index[0], index[1]] = 1.0
         return dense @ self.weights
 
-    def candidate_embeddings(self) -> Tensor:
-        """[N, N]: row i holds column i of B, so q·c_i = (x_u B)_i."""
-        return self.weights.T.contiguous()
+    def candidate_embeddings(self, batch: dict[str, Tensor]) -> Tensor:
+        """``[n, N]``: row j holds column ``batch["candidate_index"][j]`` of B, so q·c = (x_u B)_i."""
+        return self.weights.T[batch[CANDIDATE_INDEX]]

@@ -14,19 +14,40 @@ history alone instead of sharing one out-of-vocabulary bucket.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from towerrec.layers.embedding import init_embedding_
 from towerrec.layers.sequence import GRUEncoder, SelfAttentionEncoder
+from towerrec.model import CANDIDATE_INDEX, RetrievalModel
+from towerrec.models.two_tower import task_config
+from towerrec.tasks.retrieval import RetrievalTask
+from towerrec.tasks.unique_softmax import unique_candidates, unique_in_batch_softmax_loss
 
 STEP_FEATURES = ("rating", "genre", "year")
+OBJECTIVES = ("in-batch", "full-softmax", "sampled")
+#: Batch keys of sequential models: ``[batch, L]`` left-padded item index + 1 (0 = padding), the
+#: steps' rating slots, ``[batch]`` user index + 1 (0 = unknown), ``[batch, L]`` next-item targets (+1, 0 = none).
+HISTORY, HISTORY_RATINGS, USER, TARGETS = "history", "history_ratings", "user", "targets"
 NUM_RATING_SLOTS = 12  # ratings rounded to 0..10 (+ padding); MovieLens uses 1..5
 
 
-class SequentialModel(nn.Module):
+class SequentialModel(RetrievalModel):
+    """A two-tower model whose query tower encodes the item history (GRU4Rec, Hidasi et al. 2016; SASRec,
+    Kang & McAuley 2018) and whose candidate tower is an item-id embedding.
+
+    Batches: ``history`` ``[batch, L]`` (item index + 1, left-padded, most recent last), optional
+    ``history_ratings`` ``[batch, L]`` and ``user`` ``[batch]``; for training ``targets`` ``[batch, L]``
+    (the next item of each step, + 1; 0 = no target; only the last column without ``all_positions``).
+    ``objective``: ``"in-batch"`` softmax over the batch's unique targets (exact and fast, with the
+    task's logQ / accidental-hit / temperature settings), ``"full-softmax"`` over the whole catalogue,
+    or ``"sampled"`` softmax with ``num_sampled`` popularity-drawn shared negatives and logQ correction
+    (Jean et al. 2015). Popularity for logQ and sampling comes from :meth:`set_candidate_counts`.
+    """
+
     def __init__(
         self,
         num_items: int,
@@ -45,8 +66,18 @@ class SequentialModel(nn.Module):
         num_year_buckets: int = 0,
         genre_width: int = 1,
         num_users: int = 0,
+        task: RetrievalTask | None = None,
+        objective: Literal["in-batch", "full-softmax", "sampled"] = "in-batch",
+        num_sampled: int = 1000,
+        all_positions: bool = False,
     ) -> None:
         super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; valid: {list(OBJECTIVES)}")
+        self.task = task if task is not None else RetrievalTask()
+        self.objective, self.num_sampled, self.all_positions = objective, num_sampled, all_positions
+        self.register_buffer("log_q", None, persistent=False)
+        self.register_buffer("sample_probabilities", None, persistent=False)
         unknown = sorted(set(step_features) - set(STEP_FEATURES))
         if unknown:
             raise ValueError(f"unknown step feature(s) {unknown}; valid: {list(STEP_FEATURES)}")
@@ -130,3 +161,73 @@ class SequentialModel(nn.Module):
         """[N, d] embeddings of every catalogue item (row i = catalogue index i)."""
         table = self.item_embedding if self.shared_embeddings else self.candidate_embedding
         return table.weight[1:]
+
+    # -- the one model path ----------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments as JSON values (the task as its settings)."""
+        config = dict(getattr(self, "_init_arguments", {}))
+        config.pop("task", None)
+        config["task"] = task_config(self.task)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> SequentialModel:
+        values = dict(config)
+        values["task"] = RetrievalTask(**values["task"]) if values.get("task") else None
+        values["step_features"] = tuple(values.get("step_features", ()))
+        return cls(**values)
+
+    def set_candidate_counts(self, counts: Tensor) -> None:
+        """``[N]`` training targets per item: logQ (q = count / total) and the sampled negatives' distribution."""
+        counts = counts.to(self.candidate_weight().device, torch.float32)
+        self.log_q = torch.log(counts.clamp(min=1.0) / counts.sum().clamp(min=1.0))
+        self.sample_probabilities = counts.clamp(min=1.0) / counts.clamp(min=1.0).sum()
+
+    def query_embeddings(self, batch: dict[str, Tensor]) -> Tensor:
+        """``[batch, dim]``: the encoded state after each history's last step."""
+        return self.encode(batch[HISTORY], batch.get(HISTORY_RATINGS), batch.get(USER), last_only=True)
+
+    def candidate_embeddings(self, batch: dict[str, Tensor]) -> Tensor:
+        """``[n, dim]`` item embeddings of ``batch["candidate_index"]`` (catalogue positions)."""
+        return self.candidate_weight()[batch[CANDIDATE_INDEX]]
+
+    def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """The objective's loss over the batch's targets (every position, or the last one)."""
+        inputs, targets = batch[HISTORY], batch[TARGETS]
+        ratings, users = batch.get(HISTORY_RATINGS), batch.get(USER)
+        if self.all_positions:
+            states = self.encode(inputs, ratings, users, last_only=False)
+            valid = targets > 0
+            query, target = states[valid], targets[valid] - 1
+        else:
+            query, target = self.encode(inputs, ratings, users, last_only=True), targets[:, -1] - 1
+        return self.loss(query, target)
+
+    def loss(self, query: Tensor, target: Tensor) -> Tensor:
+        """``query`` ``[n, dim]`` states, ``target`` ``[n]`` catalogue positions -> scalar loss."""
+        task = self.task
+        weight = self.candidate_weight()
+        scale = 1.0 / task.temperature
+        use_log_q = task.logq_correction and self.log_q is not None
+        if self.objective == "in-batch":
+            unique, labels, counts = unique_candidates(target)
+            return unique_in_batch_softmax_loss(
+                query, weight[unique], labels, counts,
+                log_q=self.log_q[unique] if use_log_q else None,
+                remove_accidental_hits=task.remove_accidental_hits,
+                temperature=task.temperature, reduction=task.reduction)
+        if self.objective == "full-softmax":
+            return F.cross_entropy(query @ weight.t() * scale, target, reduction=task.reduction)
+        probabilities = self.sample_probabilities
+        if probabilities is None:
+            probabilities = torch.full((self.num_items,), 1.0 / self.num_items, device=weight.device)
+        negatives = torch.multinomial(probabilities, self.num_sampled, replacement=True)
+        positive = (query * weight[target]).sum(-1, keepdim=True) * scale
+        negative = query @ weight[negatives].t() * scale
+        if use_log_q:
+            positive = positive - self.log_q[target].unsqueeze(1)
+            negative = negative - self.log_q[negatives].unsqueeze(0)
+        if task.remove_accidental_hits:
+            negative = negative.masked_fill(negatives.unsqueeze(0) == target.unsqueeze(1), -torch.inf)
+        logits = torch.cat([positive, negative], dim=1)
+        return F.cross_entropy(logits, torch.zeros_like(target), reduction=task.reduction)

@@ -8,6 +8,8 @@ and no layers the tower is just that embedding: TFRS's basic retrieval model.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,7 +21,11 @@ from towerrec.layers.mlp import MLP
 
 
 class Tower(nn.Module):
-    """``forward(features) -> [batch, out_dim]``; reads only its own inputs' keys.
+    """A query or candidate tower: ``forward(features) -> [batch, out_dim]``; reads only its own inputs' keys.
+
+    ``inputs`` are the fitted features' :class:`~towerrec.features.spec.InputSpec` s
+    (``FittedFeatures.inputs(side)``); ``out_dim`` is the size of the output (the
+    last layer size, or the summed embedding sizes without layers).
 
     ``embedding_dim`` is the default size of each feature embedding (a spec's
     ``embedding_dim`` overrides it). ``init="keras-uniform"`` matches TFRS (uniform
@@ -38,6 +44,8 @@ class Tower(nn.Module):
         super().__init__()
         if not inputs:
             raise ConfigError("a tower needs at least one feature", hint="add a feature for this side")
+        self.inputs = list(inputs)
+        self.embedding_dim, self.layer_sizes, self.dropout, self.init = embedding_dim, list(layer_sizes), dropout, init
         self.names = [i.name for i in inputs]
         self.embeddings = nn.ModuleDict({i.name: FeatureEmbedding(i, embedding_dim, init) for i in inputs})
         concat_dim = sum(e.out_dim for e in self.embeddings.values())
@@ -47,6 +55,17 @@ class Tower(nn.Module):
             else None
         )
         self.out_dim = self.mlp.out_dim if self.mlp is not None else concat_dim
+
+    def get_config(self) -> dict[str, Any]:
+        """The tower's layout as JSON values (:meth:`from_config` rebuilds it untrained)."""
+        return {"inputs": [asdict(i) for i in self.inputs], "embedding_dim": self.embedding_dim,
+                "layer_sizes": self.layer_sizes, "dropout": self.dropout, "init": self.init}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Tower:
+        """The untrained tower :meth:`get_config` describes."""
+        return cls([InputSpec(**i) for i in config["inputs"]], config["embedding_dim"], config["layer_sizes"],
+                   config["dropout"], config["init"])
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         missing = [n for n in self.names if n not in features]

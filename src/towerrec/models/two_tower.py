@@ -8,58 +8,171 @@ product (of unit vectors when ``similarity="cosine"``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from towerrec.errors import ConfigError
 from towerrec.features.fitted import FittedFeatures
 from towerrec.features.spec import InputSpec
 from towerrec.layers.embedding import Init
+from towerrec.model import CANDIDATE_INDEX, SAMPLE_WEIGHT, SAMPLING_PROBABILITY, RetrievalModel
 from towerrec.models.tower import Tower
+from towerrec.tasks.retrieval import RetrievalTask
+from towerrec.tasks.unique_softmax import unique_in_batch_softmax_loss
 
 Similarity = Literal["dot", "cosine"]
 
 
-class TwoTowerModel(nn.Module):
-    """``query_embeddings(q) -> [bq, d]``, ``candidate_embeddings(c) -> [bc, d]``, ``score -> [bq, bc]``."""
+class TwoTowerModel(RetrievalModel):
+    """TFRS's two-tower retrieval model: a query tower, a candidate tower and a retrieval task.
 
-    def __init__(self, query_tower: Tower, candidate_tower: Tower, similarity: Similarity = "dot") -> None:
+    ``query_embeddings(batch) -> [batch, dim]``, ``candidate_embeddings(batch) -> [n, dim]``;
+    the score of a pair is their dot product (of unit vectors with ``similarity="cosine"``).
+    :meth:`compute_loss` is the task's in-batch softmax, computed over the batch's
+    UNIQUE candidates (exact, and the candidate tower runs once per distinct item) when
+    the batch names its candidates: either ``batch["candidate_index"]`` (``[batch]``
+    catalogue positions, with the catalogue's features given once by :meth:`set_catalogue`)
+    or ``batch[candidate_id]`` (``[batch]`` ids of candidates whose features the batch carries).
+
+    Args:
+        query_tower: any module mapping a batch dict to ``[batch, dim]`` (usually a :class:`Tower`).
+        candidate_tower: any module mapping a batch dict to ``[batch, dim]``.
+        similarity: ``"dot"`` or ``"cosine"``.
+        task: the loss (default: :class:`towerrec.tasks.Retrieval` with its defaults:
+            logQ correction and accidental-hit removal on).
+        candidate_id: batch key holding each row's candidate id, when the batch carries the
+            candidate features itself (e.g. ``"item_id"``); None: no deduplication for such batches.
+
+    Raises:
+        ConfigError: unknown similarity, or towers with ``out_dim`` of different sizes.
+    """
+
+    def __init__(self, query_tower: nn.Module, candidate_tower: nn.Module, similarity: Similarity = "dot",
+                 task: RetrievalTask | None = None, candidate_id: str | None = None) -> None:
         super().__init__()
         if similarity not in ("dot", "cosine"):
             raise ConfigError(f"similarity {similarity!r} is not one of dot, cosine")
-        if query_tower.out_dim != candidate_tower.out_dim:
+        q_dim, c_dim = getattr(query_tower, "out_dim", None), getattr(candidate_tower, "out_dim", None)
+        if q_dim is not None and c_dim is not None and q_dim != c_dim:
             raise ConfigError(
-                f"query tower outputs {query_tower.out_dim} dims but candidate tower outputs"
-                f" {candidate_tower.out_dim}; a dot product needs equal sizes",
+                f"query tower outputs {q_dim} dims but candidate tower outputs"
+                f" {c_dim}; a dot product needs equal sizes",
                 hint="give both towers the same last layer size (or embedding_dim without layers)",
             )
         self.query_tower = query_tower
         self.candidate_tower = candidate_tower
         self.similarity = similarity
-        self.out_dim = query_tower.out_dim
+        self.task = task if task is not None else RetrievalTask()
+        self.candidate_id = candidate_id
+        self.out_dim = q_dim
+        self._catalogue_keys: list[str] = []
+        self.register_buffer("candidate_log_q", None, persistent=False)
 
-    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+    # -- save / load ---------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        """Towers (:meth:`Tower.get_config`), similarity, task settings and ``candidate_id`` as JSON values.
+
+        Raises:
+            TypeError: a tower is not a :class:`Tower` (override get_config/from_config in a subclass).
+        """
+        for side, tower in (("query", self.query_tower), ("candidate", self.candidate_tower)):
+            if not isinstance(tower, Tower):
+                raise TypeError(f"the {side} tower is a {type(tower).__name__}, not a towerrec Tower: subclass "
+                                "TwoTowerModel and implement get_config() / from_config() to save it")
+        return {"query_tower": self.query_tower.get_config(), "candidate_tower": self.candidate_tower.get_config(),
+                "similarity": self.similarity, "task": task_config(self.task), "candidate_id": self.candidate_id}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> TwoTowerModel:
+        return cls(Tower.from_config(config["query_tower"]), Tower.from_config(config["candidate_tower"]),
+                   config["similarity"], RetrievalTask(**config["task"]), config.get("candidate_id"))
+
+    # -- the catalogue -------------------------------------------------------
+    def set_catalogue(self, features: dict[str, Tensor], item_counts: Tensor | None = None) -> None:
+        """Give the candidate features of the whole catalogue once (row i = catalogue position i).
+
+        Batches then name candidates by ``batch["candidate_index"]``; with ``item_counts``
+        ([N] training interactions per item) the task's logQ correction uses
+        q = count / total (counts below 1 count as 1). The tensors are non-persistent buffers:
+        they follow ``model.to(device)`` and are not saved with the weights.
+        """
+        for key in self._catalogue_keys:
+            delattr(self, _catalogue_buffer(key))
+        self._catalogue_keys = sorted(features)
+        device = self.device
+        for key in self._catalogue_keys:
+            self.register_buffer(_catalogue_buffer(key), features[key].to(device), persistent=False)
+        if item_counts is not None:
+            counts = item_counts.to(device=device, dtype=torch.float32)
+            self.candidate_log_q = torch.log(counts.clamp(min=1.0) / counts.sum().clamp(min=1.0))
+
+    def catalogue_rows(self, index: Tensor) -> dict[str, Tensor]:
+        """The catalogue features of positions ``index`` (``[n]``), as a batch for the candidate tower."""
+        if not self._catalogue_keys:
+            raise RuntimeError("this batch names candidates by 'candidate_index' but no catalogue was given: "
+                               "call model.set_catalogue(features) first")
+        return {key: getattr(self, _catalogue_buffer(key))[index] for key in self._catalogue_keys}
+
+    # -- embeddings and loss ---------------------------------------------------
+    def _finish(self, x: Tensor) -> Tensor:
         return F.normalize(x, dim=-1) if self.similarity == "cosine" else x
 
-    def query_embeddings(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._finish(self.query_tower(features))
+    def query_embeddings(self, batch: dict[str, Tensor]) -> Tensor:
+        """``[batch, dim]`` from the query features of ``batch``."""
+        return self._finish(self.query_tower(batch))
 
-    def candidate_embeddings(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._finish(self.candidate_tower(features))
+    def candidate_embeddings(self, batch: dict[str, Tensor]) -> Tensor:
+        """``[n, dim]`` from the candidate features of ``batch``."""
+        return self._finish(self.candidate_tower(batch))
 
     @staticmethod
-    def score(queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    def score(queries: Tensor, candidates: Tensor) -> Tensor:
         """All-pairs scores ``[bq, d] x [bc, d] -> [bq, bc]`` (embeddings are already normalised for cosine)."""
         return queries @ candidates.T
 
-    def forward(
-        self, query_features: dict[str, torch.Tensor], candidate_features: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, query_features: dict[str, Tensor], candidate_features: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Both embeddings, for a task to score (e.g. in-batch softmax)."""
         return self.query_embeddings(query_features), self.candidate_embeddings(candidate_features)
+
+    def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """The task's loss of one batch of positive (query, candidate) pairs; see the class docstring."""
+        query = self.query_embeddings(batch)
+        weight = batch.get(SAMPLE_WEIGHT)
+        if CANDIDATE_INDEX in batch:
+            unique, labels, counts = torch.unique(batch[CANDIDATE_INDEX], return_inverse=True, return_counts=True)
+            candidates = self.candidate_embeddings(self.catalogue_rows(unique))
+            log_q = None if self.candidate_log_q is None else self.candidate_log_q[unique]
+            return unique_loss(self.task, query, candidates, labels, counts, log_q, weight)
+        candidates = self.candidate_embeddings(batch)
+        ids = batch.get(self.candidate_id) if self.candidate_id else None
+        return self.task(query, candidates, candidate_ids=ids, sample_weight=weight,
+                         candidate_sampling_probability=batch.get(SAMPLING_PROBABILITY))
+
+
+def task_config(task: RetrievalTask) -> dict[str, Any]:
+    """A retrieval task's settings as JSON values."""
+    return {"temperature": task.temperature, "logq_correction": task.logq_correction,
+            "remove_accidental_hits": task.remove_accidental_hits, "num_hard_negatives": task.num_hard_negatives,
+            "reduction": task.reduction}
+
+
+def unique_loss(task: RetrievalTask, query: Tensor, candidates: Tensor, labels: Tensor, counts: Tensor,
+                log_q: Tensor | None, weight: Tensor | None) -> Tensor:
+    """The task's in-batch softmax over unique candidates (``[U, d]``; row i's positive is ``labels[i]``)."""
+    if task.num_hard_negatives is not None or weight is not None:
+        return task(query, candidates[labels], candidate_ids=labels, sample_weight=weight,
+                    candidate_log_q=None if log_q is None else log_q[labels])
+    return unique_in_batch_softmax_loss(query, candidates, labels, counts,
+                                        log_q=log_q if task.logq_correction else None,
+                                        remove_accidental_hits=task.remove_accidental_hits,
+                                        temperature=task.temperature, reduction=task.reduction)
+
+
+def _catalogue_buffer(key: str) -> str:
+    return "catalogue__" + key
 
 
 def build_two_tower(
@@ -70,8 +183,13 @@ def build_two_tower(
     dropout: float = 0.0,
     init: Init = "keras-uniform",
     extra_query_inputs: Sequence[InputSpec] = (),
+    task: RetrievalTask | None = None,
 ) -> TwoTowerModel:
-    """Both towers from fitted features with the same sizes (the usual symmetric setup).
+    """A two-tower model whose towers read the fitted features, both with the same sizes (the usual symmetric setup).
+
+    Embeddings start at ``init`` (towerrec's convention: small values, see
+    :func:`towerrec.layers.embedding.init_embedding_`); ``task`` defaults to
+    :class:`towerrec.tasks.Retrieval`'s defaults.
 
     ``extra_query_inputs`` are query inputs that do not come from fitted features
     (e.g. the user's train history, derived from the split).
@@ -83,4 +201,4 @@ def build_two_tower(
             raise ConfigError(f"no {side} features are configured", hint=f"add a {side}-side feature")
         return Tower(inputs, embedding_dim, layer_sizes, dropout, init)
 
-    return TwoTowerModel(tower("query"), tower("candidate"), similarity)
+    return TwoTowerModel(tower("query"), tower("candidate"), similarity, task)

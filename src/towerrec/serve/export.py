@@ -27,28 +27,21 @@ from towerrec.models.two_tower import TwoTowerModel
 from towerrec.runs import LoadedRun, load_run
 from towerrec.serve.bundle import BUNDLE_FORMAT_VERSION, MANIFEST, bundle_files, load_bundle
 from towerrec.train.checkpoint import load_json, save_json
+from towerrec.train.models import catalogue_embeddings
 from towerrec.train.prepared import PreparedData
 
 INDEX_KINDS = ("brute-force", "hnsw", "ivf", "ivfpq")
 ITEM_COLUMNS = ("title", "year", "genres")
 
 
-@torch.no_grad()
 def run_candidate_embeddings(run: LoadedRun) -> torch.Tensor:
     """[N, d] candidate embeddings of a run's catalogue, from the run directory alone."""
-    model = run.model
-    if not isinstance(model, TwoTowerModel):
+    if not isinstance(run.model, TwoTowerModel):
         raise TowerrecError(
             f"{run.run_dir}: a {run.config.model.kind} model has no towers to export or index",
             hint="export a two-tower or sequential run (e.g. the 'default' preset)",
         )
-    model.eval()
-    catalogue = run.features.encode_candidates()
-    n = len(run.features.catalogue_ids)
-    chunk = 65_536
-    return torch.cat(
-        [model.candidate_embeddings({k: v[s : s + chunk] for k, v in catalogue.items()}) for s in range(0, n, chunk)]
-    )
+    return catalogue_embeddings(run.model, run.features.encode_candidates(), len(run.features.catalogue_ids))
 
 
 def build_index(kind: str, embeddings: torch.Tensor, ids, *, metadata: dict | None = None, **params: Any) -> Index:

@@ -98,7 +98,9 @@ class Checkpointer:
     def exists(self) -> bool:
         return self.state.is_file()
 
-    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], *,
+             scheduler: Any = None) -> None:
+        """Write ``epoch-NNNN/`` (weights, optimizer and scheduler state), then point ``state.json`` at it."""
         name = f"epoch-{state['epoch']:04d}"
         target = self.folder / name
         with fsio.io_errors(target):
@@ -108,13 +110,18 @@ class Checkpointer:
         torch.save(optimizer.state_dict(), buffer)
         fsio.atomic_write_bytes(target / "optimizer.pt", buffer.getvalue())
         files = [f"{name}/model.safetensors", f"{name}/optimizer.pt"]
+        if scheduler is not None:
+            buffer = io.BytesIO()
+            torch.save(scheduler.state_dict(), buffer)
+            fsio.atomic_write_bytes(target / "scheduler.pt", buffer.getvalue())
+            files.append(f"{name}/scheduler.pt")
         save_json({**state, "checkpoint": name, "checksums": fsio.checksums(self.folder, files)}, self.state)
         for old in self.folder.glob("epoch-*"):
             if old.name != name and old.is_dir() and _CHECKPOINT_NAME.fullmatch(old.name):
                 shutil.rmtree(old, ignore_errors=True)
 
-    def load(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """Restore ``model`` and ``optimizer``; returns the saved progress (epoch, history, best, ...).
+    def load(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any = None) -> dict[str, Any]:
+        """Restore ``model``, ``optimizer`` (and ``scheduler``); returns the saved progress (epoch, history, best, ...).
 
         Every file is checked against the SHA-256 in ``state.json`` before it is read;
         the optimizer state is read with ``weights_only=True``, so a pickle that names
@@ -136,23 +143,31 @@ class Checkpointer:
             if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
                 raise TowerrecError(f"{self.state}: entry {key!r} is missing or not a {kind.__name__}", hint=hint)
         expected = {f"{name}/model.safetensors", f"{name}/optimizer.pt"}
+        if scheduler is not None:
+            expected.add(f"{name}/scheduler.pt")
         if set(state["checksums"]) != expected:
             raise TowerrecError(f"{self.state}: checksums do not list the checkpoint's files", hint=hint)
         fsio.verify_checksums(self.folder, state["checksums"], hint=hint)
         target = self.folder / name
         load_weights(model, target / "model.safetensors", hint=hint)
-        path = target / "optimizer.pt"
-        try:
-            with warnings.catch_warnings():  # torch warns about foreign pickle protocols: not the user's business
-                warnings.simplefilter("ignore")
-                saved = torch.load(path, weights_only=True)
-        except OSError as exc:
-            raise fsio.io_error(exc, path, hint) from None
-        except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, TypeError, AttributeError, KeyError,
-                IndexError, ImportError):  # never show torch's text: it advises weights_only=False
-            raise TowerrecError(f"{path}: not a valid optimizer state (refused to unpickle it)", hint=hint) from None
-        try:
-            optimizer.load_state_dict(saved)
-        except (ValueError, KeyError, TypeError, RuntimeError, IndexError):
-            raise TowerrecError(f"{path}: the optimizer state does not fit this model", hint=hint) from None
+        _restore(optimizer, target / "optimizer.pt", "optimizer", hint)
+        if scheduler is not None:
+            _restore(scheduler, target / "scheduler.pt", "scheduler", hint)
         return state
+
+
+def _restore(thing: Any, path: Path, what: str, hint: str) -> None:
+    """``thing.load_state_dict`` from a ``torch.save`` file read with ``weights_only=True``."""
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: not the user's business
+            warnings.simplefilter("ignore")
+            saved = torch.load(path, weights_only=True)
+    except OSError as exc:
+        raise fsio.io_error(exc, path, hint) from None
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, TypeError, AttributeError, KeyError,
+            IndexError, ImportError):  # never show torch's text: it advises weights_only=False
+        raise TowerrecError(f"{path}: not a valid {what} state (refused to unpickle it)", hint=hint) from None
+    try:
+        thing.load_state_dict(saved)
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError):
+        raise TowerrecError(f"{path}: the {what} state does not fit this model", hint=hint) from None

@@ -77,7 +77,7 @@ def scorer(model: nn.Module, data: PreparedData, examples: EncodedExamples, know
     """
     if isinstance(model, EASEModel):
         return lambda start, stop: model.score_histories(known(start, stop))
-    candidates_t = catalogue_embeddings(model, data).T.contiguous()
+    candidates_t = catalogue_embeddings(model, data.catalogue, data.num_items).T.contiguous()
 
     def scores(start: int, stop: int) -> Tensor:
         return query_embeddings(model, examples, slice(start, stop)) @ candidates_t

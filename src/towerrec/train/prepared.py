@@ -25,6 +25,7 @@ from towerrec.errors import DataError, shorten
 from towerrec.features import FeatureSet, FittedFeatures, builtin_feature
 from towerrec.features.spec import InputSpec
 from towerrec.metrics.topk import CSR
+from towerrec.model import USER_ROW
 
 
 HISTORY = "user_history"
@@ -53,7 +54,9 @@ class EncodedExamples:
         return int(self.targets.shape[0])
 
     def select(self, index: Tensor | slice) -> dict[str, Tensor]:
+        """The query batch of rows ``index``: its query features, ``user_row`` and (with a history) ``user_history``."""
         batch = {name: value[index] for name, value in self.queries.items()}
+        batch[USER_ROW] = self.user_rows[index]
         if self.history is not None:
             rows = self.user_rows[index]
             history = self.history[rows.clamp(min=0)] * (rows >= 0).unsqueeze(1)

@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from towerrec import fsio
@@ -45,10 +44,10 @@ from towerrec.data.splits import require_rows
 from towerrec.data.tables import Dataset
 from towerrec.errors import ConfigError, DataError, TowerrecError, shorten
 from towerrec.metrics.topk import CSR, DEFAULT_KS, SCORE_BUDGET, Ties, rank_targets, summarize
-from towerrec.models.sequential import NUM_RATING_SLOTS, SequentialModel
-from towerrec.tasks.unique_softmax import unique_candidates, unique_in_batch_softmax_loss
+from towerrec.models.sequential import HISTORY, HISTORY_RATINGS, NUM_RATING_SLOTS, TARGETS, USER, SequentialModel
 from towerrec.train.checkpoint import RETRAIN_HINT, load_json, save_json, save_weights
 from towerrec.train.evaluate import PROTOCOLS
+from towerrec.train.models import retrieval_task
 from towerrec.train.trainer import Trainer
 
 EVAL_CHUNK = 8192
@@ -393,6 +392,10 @@ def sequential_model_for(config: RunConfig, num_items: int, num_genres: int = 0,
         num_year_buckets=num_year_buckets,
         genre_width=genre_width,
         num_users=num_users if s.user_embedding else 0,
+        task=retrieval_task(config),
+        objective=s.objective,
+        num_sampled=s.num_sampled,
+        all_positions=s.all_positions or s.protocol == "leave-last-out",
     )
 
 
@@ -472,60 +475,35 @@ def evaluate_both(model: SequentialModel, examples: SequenceExamples, ks) -> dic
 
 
 # -- training ------------------------------------------------------------------
-class SequentialTrainer(Trainer):
-    """The two-tower trainer's epochs, checkpoints and early stopping, with sequence losses and metrics."""
+class SequenceBatches:
+    """Sequence data as the trainer reads it: padded training rows, sequence metrics per split."""
 
-    validation_hint = "use [sequence] protocol = 'leave-last-out'"
+    def __init__(self, data: SequenceData, *, ks=DEFAULT_KS, exclude_seen: bool = True) -> None:
+        self.data, self.ks, self.exclude_seen = data, tuple(ks), exclude_seen
+        self.has_validation = data.validation is not None
+        self.metric_names = {"mrr", *(f"top_{k}_accuracy" for k in self.ks), *(f"ndcg@{k}" for k in self.ks)}
 
-    def __init__(self, config: RunConfig, data: SequenceData, model: SequentialModel, *,
-                 checkpoint_dir: Path | None = None, history_path: Path | None = None, progress: bool = True) -> None:
-        super().__init__(config, data, model, checkpoint_dir=checkpoint_dir, history_path=history_path,  # type: ignore[arg-type]
-                         progress=progress)
-        counts = data.target_counts if data.target_counts is not None else data.item_counts
-        self.log_q = torch.log(counts.clamp(min=1.0) / counts.sum().clamp(min=1.0))
-        self.sample_probs = counts.clamp(min=1.0) / counts.clamp(min=1.0).sum()
-        self.all_positions = config.sequence.all_positions or config.sequence.protocol == "leave-last-out"
+    def __len__(self) -> int:
+        return len(self.data.train)
 
-    def evaluate(self, examples) -> dict[str, float]:
-        return evaluate_sequences(self.model, examples, ks=self.config.eval.ks,  # type: ignore[arg-type]
-                                  exclude_seen=self.config.eval.exclude_seen)
-
-    def batch_loss(self, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def batch(self, index: Tensor) -> dict[str, Tensor]:
         train = self.data.train
-        inputs, targets = train.inputs[index], train.targets[index]
-        ratings = None if train.ratings is None else train.ratings[index]
-        users = None if train.users is None else train.users[index]
-        if self.all_positions:
-            states = self.model.encode(inputs, ratings, users, last_only=False)
-            valid = targets > 0
-            query, target = states[valid], targets[valid] - 1
-        else:
-            query, target = self.model.encode(inputs, ratings, users, last_only=True), targets[:, -1] - 1
-        return self.loss(query, target, generator)
+        batch = {HISTORY: train.inputs[index], TARGETS: train.targets[index]}
+        if train.ratings is not None:
+            batch[HISTORY_RATINGS] = train.ratings[index]
+        if train.users is not None:
+            batch[USER] = train.users[index]
+        return batch
 
-    def loss(self, query: Tensor, target: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        task, s = self.config.task, self.config.sequence
-        weight = self.model.candidate_weight()
-        scale = 1.0 / task.temperature
-        if s.objective == "in-batch":
-            unique, labels, counts = unique_candidates(target)
-            return unique_in_batch_softmax_loss(
-                query, weight[unique], labels, counts,
-                log_q=self.log_q[unique] if task.logq_correction else None,
-                remove_accidental_hits=task.remove_accidental_hits,
-                temperature=task.temperature, reduction=task.reduction)
-        if s.objective == "full-softmax":
-            return F.cross_entropy(query @ weight.t() * scale, target, reduction=task.reduction)
-        negatives = torch.multinomial(self.sample_probs, s.num_sampled, replacement=True, generator=generator)
-        positive = (query * weight[target]).sum(-1, keepdim=True) * scale
-        negative = query @ weight[negatives].t() * scale
-        if task.logq_correction:
-            positive = positive - self.log_q[target].unsqueeze(1)
-            negative = negative - self.log_q[negatives].unsqueeze(0)
-        if task.remove_accidental_hits:
-            negative = negative.masked_fill(negatives.unsqueeze(0) == target.unsqueeze(1), -torch.inf)
-        logits = torch.cat([positive, negative], dim=1)
-        return F.cross_entropy(logits, torch.zeros_like(target), reduction=task.reduction)
+    def attach(self, model: SequentialModel) -> None:
+        data = self.data
+        model.set_candidate_counts(data.target_counts if data.target_counts is not None else data.item_counts)
+
+    def evaluate(self, model: SequentialModel, split: str) -> dict[str, float] | None:
+        examples = self.data.validation if split == "validation" else self.data.test
+        if examples is None:
+            return None
+        return evaluate_sequences(model, examples, ks=self.ks, exclude_seen=self.exclude_seen)
 
 
 def train_sequential_run(config: RunConfig, *, runs_root: Path, retrain: bool, progress: bool,
@@ -550,8 +528,10 @@ def train_sequential_run(config: RunConfig, *, runs_root: Path, retrain: bool, p
                                   "title": data.titles, "train_count": data.item_counts.numpy()})
             frame.write_parquet(run_dir / "catalogue.parquet")
         model = build_sequential_model(config, data)
-        trainer = SequentialTrainer(config, data, model, checkpoint_dir=run_dir / "checkpoints",
-                                    history_path=run_dir / "history.jsonl", progress=progress)
+        trainer = Trainer.from_config(config, SequenceBatches(data, ks=config.eval.ks,
+                                                              exclude_seen=config.eval.exclude_seen),
+                                      model, checkpoint_dir=run_dir / "checkpoints",
+                                      history_path=run_dir / "history.jsonl", progress=progress)
         if trainer.checkpointer is not None and trainer.checkpointer.exists():
             log(f"resuming {run_dir} from its last checkpoint")
         fit = trainer.fit()

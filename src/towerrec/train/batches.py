@@ -1,0 +1,189 @@
+"""What the trainer reads: any training data as ``batch(index) -> dict of tensors``.
+
+:func:`training_data` turns what a user has into a :class:`TrainingData`:
+
+- a dict of equally long tensors (or numpy arrays): batches are row slices;
+- a Polars or pandas DataFrame of numeric columns: the same, one tensor per column;
+- prepared data (:func:`towerrec.train.prepared.prepare`): query features, the
+  ``candidate_index`` of each row's positive, full-catalogue evaluation;
+- a towerrec :class:`~towerrec.data.tables.Dataset`, for a two-tower model whose
+  towers read built-in feature names: prepared with those features;
+- any object with ``__len__``, ``batch(index)`` (and optionally ``attach(model)``,
+  ``evaluate(model, split)``, ``has_validation``, ``metric_names``): used as is
+  (sequential data implements it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from towerrec.model import CANDIDATE_INDEX
+
+Evaluate = Callable[[nn.Module], dict[str, float]]
+
+
+@runtime_checkable
+class TrainingData(Protocol):
+    """The trainer's view of data: ``len(data)`` training examples, ``data.batch(index)`` one batch.
+
+    Optional members: ``attach(model)`` (called once before training, e.g. to give the
+    model the catalogue), ``evaluate(model, split) -> metrics`` with ``split`` in
+    ``"validation"`` / ``"test"``, ``has_validation`` and ``metric_names`` (the names
+    ``evaluate`` returns, checked against an early-stopping metric at construction).
+    """
+
+    def __len__(self) -> int: ...
+
+    def batch(self, index: Tensor) -> dict[str, Tensor]: ...
+
+
+class TensorData:
+    """Training data held as a dict of ``[n, ...]`` tensors; a batch is the same rows of each.
+
+    Args:
+        tensors: name -> tensor (or numpy array / list), all with the same first dimension.
+        evaluate: optional ``evaluate(model) -> metrics``, run as the "validation" split.
+
+    Raises:
+        ValueError: no tensors, or tensors of different lengths (named).
+        TypeError: a value that is not numeric.
+    """
+
+    def __init__(self, tensors: dict[str, Any], evaluate: Evaluate | None = None) -> None:
+        if not tensors:
+            raise ValueError("the training data has no columns")
+        self.tensors = {str(k): _as_tensor(k, v) for k, v in tensors.items()}
+        lengths = {k: int(v.shape[0]) if v.dim() else 0 for k, v in self.tensors.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"every training tensor needs the same number of rows, got {lengths}")
+        self.length = next(iter(lengths.values()))
+        self._evaluate = evaluate
+        self.has_validation = evaluate is not None
+        self.metric_names = None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def batch(self, index: Tensor) -> dict[str, Tensor]:
+        return {k: v[index] for k, v in self.tensors.items()}
+
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float] | None:
+        return None if self._evaluate is None or split != "validation" else self._evaluate(model)
+
+
+class PreparedBatches:
+    """Prepared two-tower / baseline data: query features + ``candidate_index``; full-catalogue evaluation.
+
+    ``attach(model)`` gives a model with ``set_catalogue`` the encoded catalogue and the
+    train counts of each item (for logQ).
+    """
+
+    def __init__(self, data, *, ks: Sequence[int], exclude_seen: bool, evaluate: Evaluate | None = None) -> None:
+        self.data = data
+        self.ks = tuple(ks)
+        self.exclude_seen = exclude_seen
+        self._evaluate = evaluate
+        self.has_validation = data.validation is not None or evaluate is not None
+        self.metric_names = None if evaluate is not None else {
+            "mrr", *(f"top_{k}_accuracy" for k in self.ks), *(f"ndcg@{k}" for k in self.ks)}
+
+    def __len__(self) -> int:
+        return len(self.data.train)
+
+    def batch(self, index: Tensor) -> dict[str, Tensor]:
+        train = self.data.train
+        batch = train.select(index)
+        batch[CANDIDATE_INDEX] = train.targets[index]
+        return batch
+
+    def attach(self, model: nn.Module) -> None:
+        if hasattr(model, "set_catalogue"):
+            model.set_catalogue(self.data.catalogue, self.data.item_counts)
+
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float] | None:
+        if self._evaluate is not None:
+            return self._evaluate(model) if split == "validation" else None
+        from towerrec.train.evaluate import evaluate_examples
+
+        examples = self.data.validation if split == "validation" else self.data.test
+        if examples is None:
+            return None
+        return evaluate_examples(model, self.data, examples, ks=self.ks, exclude_seen=self.exclude_seen)
+
+
+def training_data(data: Any, *, model: nn.Module | None = None, evaluate: Evaluate | None = None,
+                  ks: Sequence[int], exclude_seen: bool) -> TrainingData:
+    """Wrap ``data`` (see the module docstring) for the trainer.
+
+    Raises:
+        TypeError: a kind of data the trainer cannot read, or a Dataset for a model whose
+            towers do not name built-in features.
+    """
+    from towerrec.data.tables import Dataset
+    from towerrec.train.prepared import PreparedData
+
+    if isinstance(data, PreparedData):
+        return PreparedBatches(data, ks=ks, exclude_seen=exclude_seen, evaluate=evaluate)
+    if isinstance(data, Dataset):
+        return PreparedBatches(_prepare_for(model, data), ks=ks, exclude_seen=exclude_seen, evaluate=evaluate)
+    if isinstance(data, dict):
+        return TensorData(data, evaluate)
+    if _is_frame(data):
+        return TensorData(_frame_columns(data), evaluate)
+    if isinstance(data, TrainingData):
+        return data
+    raise TypeError(
+        f"the trainer cannot read {type(data).__name__}: give a dict of tensors, a Polars or pandas DataFrame, "
+        "a towerrec Dataset, prepared data (towerrec.train.prepared.prepare) or an object with __len__ and batch(index)"
+    )
+
+
+def _prepare_for(model: nn.Module | None, dataset):
+    """Prepared data for a two-tower model whose towers read built-in feature names."""
+    from towerrec.config import ModelConfig, RunConfig
+    from towerrec.train.prepared import HISTORY, prepare
+
+    towers = [getattr(model, "query_tower", None), getattr(model, "candidate_tower", None)]
+    if any(not hasattr(t, "names") for t in towers):
+        raise TypeError("a towerrec Dataset trains a TwoTowerModel built from towerrec Towers; for another model "
+                        "give a dict of tensors or a DataFrame of numeric columns")
+    query, candidate = (tuple(t.names) for t in towers)  # type: ignore[union-attr]
+    history = [s for s in model.query_tower.inputs if s.name == HISTORY]  # type: ignore[union-attr]
+    config = RunConfig(model=ModelConfig(query_features=query, candidate_features=candidate,
+                                         history_length=history[0].width if history else 100))
+    data = prepare(config, dataset, progress=False)
+    for side, tower in (("query", model.query_tower), ("candidate", model.candidate_tower)):  # type: ignore[union-attr]
+        fitted = {i.name: i.cardinality for i in data.features.inputs(side)}
+        built = {i.name: i.cardinality for i in tower.inputs if i.name != HISTORY}
+        if fitted != built:
+            raise TypeError(f"the {side} tower was built for other data (feature sizes {built}, this dataset "
+                            f"gives {fitted}): build the model from this dataset's prepared features")
+    return data
+
+
+def _is_frame(data: Any) -> bool:
+    module = type(data).__module__
+    return type(data).__name__ == "DataFrame" and module.split(".")[0] in ("polars", "pandas")
+
+
+def _frame_columns(frame: Any) -> dict[str, Any]:
+    if type(frame).__module__.split(".")[0] == "polars":
+        return {name: frame[name].to_numpy() for name in frame.columns}
+    return {str(name): frame[name].to_numpy() for name in frame.columns}
+
+
+def _as_tensor(name: Any, value: Any) -> Tensor:
+    if isinstance(value, Tensor):
+        return value
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"training column {name!r} holds {array.dtype} values; the trainer reads numbers only: "
+                        "encode strings first (towerrec.data.Dataset.from_frame + prepare, or your own vocabulary)")
+    if array.dtype.kind == "f":
+        return torch.as_tensor(array, dtype=torch.float32)
+    return torch.as_tensor(array.astype(np.int64) if array.dtype.kind in "biu" else array)
