@@ -16,7 +16,7 @@ from towerrec.errors import ConfigError, TowerrecError
 from towerrec.layers.embedding import embedding
 from towerrec.model import MODEL_REGISTRY, Model, RetrievalModel, class_name
 from towerrec.models.two_tower import build_two_tower
-from towerrec.tasks.retrieval import RetrievalTask
+from towerrec.tasks.retrieval import Retrieval
 from towerrec.train.prepared import prepare
 from towerrec.train.trainer import Callback, Trainer
 
@@ -32,7 +32,7 @@ class DotModel(RetrievalModel):
             self.user, self.item = nn.Embedding(num_users, dim), nn.Embedding(num_items, dim)
         else:
             self.user, self.item = embedding(num_users, dim), embedding(num_items, dim)
-        self.task = RetrievalTask()
+        self.task = Retrieval()
 
     def query_embeddings(self, batch):
         return self.user(batch["user"])
@@ -232,7 +232,7 @@ def test_prepared_data_gives_the_same_loss_through_compute_loss_as_the_fused_uni
                                "model": {"query_features": ["user_id"], "candidate_features": ["item_id"],
                                          "embedding_dim": 8}})
     data = prepare(config, synthetic, progress=False)
-    task = RetrievalTask(temperature=0.5)
+    task = Retrieval(temperature=0.5)
     model = build_two_tower(data.features, embedding_dim=8, task=task)
     model.set_catalogue(data.catalogue, data.item_counts)
     index = torch.arange(256)

@@ -23,9 +23,8 @@ from torch import Tensor, nn
 from towerrec.layers.embedding import init_embedding_
 from towerrec.layers.sequence import GRUEncoder, SelfAttentionEncoder
 from towerrec.model import CANDIDATE_INDEX, RetrievalModel
-from towerrec.models.two_tower import task_config
-from towerrec.tasks.retrieval import RetrievalTask
-from towerrec.tasks.unique_softmax import unique_candidates, unique_in_batch_softmax_loss
+from towerrec.tasks.retrieval import Retrieval
+from towerrec.tasks.unique_softmax import unique_candidates
 
 STEP_FEATURES = ("rating", "genre", "year")
 OBJECTIVES = ("in-batch", "full-softmax", "sampled")
@@ -66,7 +65,7 @@ class SequentialModel(RetrievalModel):
         num_year_buckets: int = 0,
         genre_width: int = 1,
         num_users: int = 0,
-        task: RetrievalTask | None = None,
+        task: Retrieval | None = None,
         objective: Literal["in-batch", "full-softmax", "sampled"] = "in-batch",
         num_sampled: int = 1000,
         all_positions: bool = False,
@@ -74,7 +73,7 @@ class SequentialModel(RetrievalModel):
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; valid: {list(OBJECTIVES)}")
-        self.task = task if task is not None else RetrievalTask()
+        self.task = task if task is not None else Retrieval()
         self.objective, self.num_sampled, self.all_positions = objective, num_sampled, all_positions
         self.register_buffer("log_q", None, persistent=False)
         self.register_buffer("sample_probabilities", None, persistent=False)
@@ -167,13 +166,13 @@ class SequentialModel(RetrievalModel):
         """Constructor arguments as JSON values (the task as its settings)."""
         config = dict(getattr(self, "_init_arguments", {}))
         config.pop("task", None)
-        config["task"] = task_config(self.task)
+        config["task"] = self.task.get_config()
         return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> SequentialModel:
         values = dict(config)
-        values["task"] = RetrievalTask(**values["task"]) if values.get("task") else None
+        values["task"] = Retrieval(**values["task"]) if values.get("task") else None
         values["step_features"] = tuple(values.get("step_features", ()))
         return cls(**values)
 
@@ -211,11 +210,8 @@ class SequentialModel(RetrievalModel):
         use_log_q = task.logq_correction and self.log_q is not None
         if self.objective == "in-batch":
             unique, labels, counts = unique_candidates(target)
-            return unique_in_batch_softmax_loss(
-                query, weight[unique], labels, counts,
-                log_q=self.log_q[unique] if use_log_q else None,
-                remove_accidental_hits=task.remove_accidental_hits,
-                temperature=task.temperature, reduction=task.reduction)
+            return task.unique_candidates_loss(query, weight[unique], labels, counts,
+                                               candidate_log_q=self.log_q[unique] if use_log_q else None)
         if self.objective == "full-softmax":
             return F.cross_entropy(query @ weight.t() * scale, target, reduction=task.reduction)
         probabilities = self.sample_probabilities

@@ -20,8 +20,7 @@ from towerrec.features.spec import InputSpec
 from towerrec.layers.embedding import Init
 from towerrec.model import CANDIDATE_INDEX, SAMPLE_WEIGHT, SAMPLING_PROBABILITY, RetrievalModel
 from towerrec.models.tower import Tower
-from towerrec.tasks.retrieval import RetrievalTask
-from towerrec.tasks.unique_softmax import unique_in_batch_softmax_loss
+from towerrec.tasks.retrieval import Retrieval
 
 Similarity = Literal["dot", "cosine"]
 
@@ -41,7 +40,7 @@ class TwoTowerModel(RetrievalModel):
         query_tower: any module mapping a batch dict to ``[batch, dim]`` (usually a :class:`Tower`).
         candidate_tower: any module mapping a batch dict to ``[batch, dim]``.
         similarity: ``"dot"`` or ``"cosine"``.
-        task: the loss (default: :class:`towerrec.tasks.Retrieval` with its defaults:
+        task: the loss (default: the retrieval task with its defaults:
             logQ correction and accidental-hit removal on).
         candidate_id: batch key holding each row's candidate id, when the batch carries the
             candidate features itself (e.g. ``"item_id"``); None: no deduplication for such batches.
@@ -51,7 +50,7 @@ class TwoTowerModel(RetrievalModel):
     """
 
     def __init__(self, query_tower: nn.Module, candidate_tower: nn.Module, similarity: Similarity = "dot",
-                 task: RetrievalTask | None = None, candidate_id: str | None = None) -> None:
+                 task: Retrieval | None = None, candidate_id: str | None = None) -> None:
         super().__init__()
         if similarity not in ("dot", "cosine"):
             raise ConfigError(f"similarity {similarity!r} is not one of dot, cosine")
@@ -65,7 +64,7 @@ class TwoTowerModel(RetrievalModel):
         self.query_tower = query_tower
         self.candidate_tower = candidate_tower
         self.similarity = similarity
-        self.task = task if task is not None else RetrievalTask()
+        self.task = task if task is not None else Retrieval()
         self.candidate_id = candidate_id
         self.out_dim = q_dim
         self._catalogue_keys: list[str] = []
@@ -83,12 +82,12 @@ class TwoTowerModel(RetrievalModel):
                 raise TypeError(f"the {side} tower is a {type(tower).__name__}, not a towerrec Tower: subclass "
                                 "TwoTowerModel and implement get_config() / from_config() to save it")
         return {"query_tower": self.query_tower.get_config(), "candidate_tower": self.candidate_tower.get_config(),
-                "similarity": self.similarity, "task": task_config(self.task), "candidate_id": self.candidate_id}
+                "similarity": self.similarity, "task": self.task.get_config(), "candidate_id": self.candidate_id}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> TwoTowerModel:
         return cls(Tower.from_config(config["query_tower"]), Tower.from_config(config["candidate_tower"]),
-                   config["similarity"], RetrievalTask(**config["task"]), config.get("candidate_id"))
+                   config["similarity"], Retrieval(**config["task"]), config.get("candidate_id"))
 
     # -- the catalogue -------------------------------------------------------
     def set_catalogue(self, features: dict[str, Tensor], item_counts: Tensor | None = None) -> None:
@@ -145,30 +144,12 @@ class TwoTowerModel(RetrievalModel):
             unique, labels, counts = torch.unique(batch[CANDIDATE_INDEX], return_inverse=True, return_counts=True)
             candidates = self.candidate_embeddings(self.catalogue_rows(unique))
             log_q = None if self.candidate_log_q is None else self.candidate_log_q[unique]
-            return unique_loss(self.task, query, candidates, labels, counts, log_q, weight)
+            return self.task.unique_candidates_loss(query, candidates, labels, counts, candidate_log_q=log_q,
+                                                    sample_weight=weight)
         candidates = self.candidate_embeddings(batch)
         ids = batch.get(self.candidate_id) if self.candidate_id else None
         return self.task(query, candidates, candidate_ids=ids, sample_weight=weight,
                          candidate_sampling_probability=batch.get(SAMPLING_PROBABILITY))
-
-
-def task_config(task: RetrievalTask) -> dict[str, Any]:
-    """A retrieval task's settings as JSON values."""
-    return {"temperature": task.temperature, "logq_correction": task.logq_correction,
-            "remove_accidental_hits": task.remove_accidental_hits, "num_hard_negatives": task.num_hard_negatives,
-            "reduction": task.reduction}
-
-
-def unique_loss(task: RetrievalTask, query: Tensor, candidates: Tensor, labels: Tensor, counts: Tensor,
-                log_q: Tensor | None, weight: Tensor | None) -> Tensor:
-    """The task's in-batch softmax over unique candidates (``[U, d]``; row i's positive is ``labels[i]``)."""
-    if task.num_hard_negatives is not None or weight is not None:
-        return task(query, candidates[labels], candidate_ids=labels, sample_weight=weight,
-                    candidate_log_q=None if log_q is None else log_q[labels])
-    return unique_in_batch_softmax_loss(query, candidates, labels, counts,
-                                        log_q=log_q if task.logq_correction else None,
-                                        remove_accidental_hits=task.remove_accidental_hits,
-                                        temperature=task.temperature, reduction=task.reduction)
 
 
 def _catalogue_buffer(key: str) -> str:
@@ -183,7 +164,7 @@ def build_two_tower(
     dropout: float = 0.0,
     init: Init = "keras-uniform",
     extra_query_inputs: Sequence[InputSpec] = (),
-    task: RetrievalTask | None = None,
+    task: Retrieval | None = None,
 ) -> TwoTowerModel:
     """A two-tower model whose towers read the fitted features, both with the same sizes (the usual symmetric setup).
 

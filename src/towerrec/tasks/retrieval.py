@@ -12,7 +12,7 @@ batch's unique candidates instead (:mod:`towerrec.tasks.unique_softmax`).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -261,6 +261,12 @@ class Retrieval(nn.Module):
         self.remove_accidental_hits = remove_accidental_hits
         self.num_hard_negatives = num_hard_negatives
         self.reduction = reduction
+
+    def get_config(self) -> dict[str, Any]:
+        """The task's settings as JSON values: ``Retrieval(**task.get_config())`` is an equal task."""
+        return {"temperature": self.temperature, "logq_correction": self.logq_correction,
+                "remove_accidental_hits": self.remove_accidental_hits,
+                "num_hard_negatives": self.num_hard_negatives, "reduction": self.reduction}
 
     def forward(
         self,

@@ -16,7 +16,7 @@ from towerrec.features import FittedFeatures
 from towerrec.model import CANDIDATE_INDEX, Model
 from towerrec.models.baselines import EASEModel, PopularityModel
 from towerrec.models.two_tower import TwoTowerModel, build_two_tower
-from towerrec.tasks.retrieval import RetrievalTask
+from towerrec.tasks.retrieval import Retrieval
 from towerrec.train.prepared import EncodedExamples, PreparedData, history_input
 
 EVAL_CHUNK = 65_536
@@ -33,10 +33,10 @@ def build_model(config: RunConfig, data: PreparedData) -> Model:
     return two_tower_for(config, data.features)
 
 
-def retrieval_task(config: RunConfig) -> RetrievalTask:
+def retrieval_task(config: RunConfig) -> Retrieval:
     """The ``[task]`` section as a retrieval task."""
     t = config.task
-    return RetrievalTask(temperature=t.temperature, logq_correction=t.logq_correction,
+    return Retrieval(temperature=t.temperature, logq_correction=t.logq_correction,
                          remove_accidental_hits=t.remove_accidental_hits, num_hard_negatives=t.num_hard_negatives,
                          reduction=t.reduction)
 
