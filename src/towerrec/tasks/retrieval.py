@@ -506,5 +506,5 @@ def _required(values: Tensor | None, name: str) -> Tensor:
 def _first_rows(labels: Tensor, num_unique: int) -> Tensor:
     """[U] row of the first occurrence of each unique value, given ``torch.unique``'s inverse [B]."""
     rows = torch.arange(labels.shape[0], device=labels.device)
-    first = torch.full((num_unique,), labels.shape[0], dtype=rows.dtype, device=labels.device)
-    return first.scatter_reduce_(0, labels, rows, reduce="amin")
+    # every unique value occurs, so every slot receives a row and the empty start never shows
+    return rows.new_empty(num_unique).scatter_reduce_(0, labels, rows, reduce="amin", include_self=False)
