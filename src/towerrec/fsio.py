@@ -439,3 +439,16 @@ def locked(path: str | Path, *, what: str, log: Callable[[str], None] | None = N
         yield
     finally:
         lock.release()
+
+
+def read_tensors(path: Path, *, hint: str) -> dict:
+    """The tensors of a safetensors file (never a pickle); a damaged or missing one is one error naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as exc:
+        raise TowerrecError(f"{path}: unreadable ({first_line(exc)})", hint=hint) from None
+    except OSError as exc:
+        raise io_error(exc, path, hint) from None

@@ -446,6 +446,4 @@ def bundle_files(folder: Path) -> list[str]:
 
 
 def _tensors(path: Path) -> dict[str, Tensor]:
-    from towerrec.train.checkpoint import read_tensors
-
-    return read_tensors(path, hint=AGAIN)
+    return fsio.read_tensors(path, hint=AGAIN)

@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
@@ -47,7 +45,7 @@ def load_weights(model: nn.Module, path: Path, *, hint: str = RETRAIN_HINT) -> N
     """
     if not path.is_file():
         raise TowerrecError(f"{path}: model weights are missing", hint=hint)
-    state = read_tensors(path, hint=hint)
+    state = fsio.read_tensors(path, hint=hint)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -55,16 +53,6 @@ def load_weights(model: nn.Module, path: Path, *, hint: str = RETRAIN_HINT) -> N
             f"{path}: weights do not fit this configuration ({first_line(exc)})",
             hint="the run directory was written by another configuration or version: " + hint,
         ) from None
-
-
-def read_tensors(path: Path, *, hint: str) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file; a damaged or missing one is one error naming it."""
-    try:
-        return load_file(str(path))
-    except SafetensorError as exc:
-        raise TowerrecError(f"{path}: unreadable ({first_line(exc)})", hint=hint) from None
-    except OSError as exc:
-        raise fsio.io_error(exc, path, hint) from None
 
 
 def save_json(obj: Any, path: Path) -> None:
