@@ -145,6 +145,14 @@ class SequenceConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
+    """Everything one training run needs: which data and split, the model, the task (loss), training
+    and evaluation settings, one dataclass per TOML section.
+
+    Read from TOML with :func:`load_config`, from a dict with :func:`config_from_dict`, or take a
+    built-in one with :func:`towerrec.presets.preset`; :meth:`replace` gives a changed copy. The
+    run directory is keyed by :meth:`hash` (everything that changes the trained model).
+    """
+
     name: str = "run"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -164,6 +172,7 @@ class RunConfig:
         return _drop_none(values)
 
     def to_toml(self) -> str:
+        """This configuration as TOML text (what ``config.toml`` of a run holds; :func:`load_config` reads it)."""
         return tomli_w.dumps(self.to_dict())
 
     def hash(self) -> str:
@@ -251,6 +260,14 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "task": TaskConfig, "train
 
 
 def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """A :class:`RunConfig` from a dict shaped like the TOML file (``{"name": ..., "data": {...}, "model": {...}}``).
+
+    Sections and keys left out keep their defaults.
+
+    Raises:
+        ConfigError: an unknown section or key, a value of the wrong type or out of its range, named by
+            ``section.key``.
+    """
     unknown = sorted(set(values) - set(SECTIONS) - {"name"})
     if unknown:
         raise ConfigError(f"unknown section(s) {unknown}; valid: {['name', *SECTIONS]}")
@@ -402,7 +419,12 @@ def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
 
 
 def load_config(path: str | Path) -> RunConfig:
-    """Read a TOML file; errors name the file and, for syntax errors, the line."""
+    """A :class:`RunConfig` from a TOML file (the format ``towerrec train CONFIG`` reads).
+
+    Raises:
+        ConfigError: an unreadable file, a TOML syntax error (with its line), an unknown section or
+            key, or an invalid value; each names the file.
+    """
     values = read_toml(path)
     try:
         return config_from_dict(values)

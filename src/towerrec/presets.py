@@ -61,6 +61,13 @@ PRESETS: dict[str, dict] = {
 
 
 def preset(name: str, **data_overrides) -> RunConfig:
+    """The built-in configuration ``name`` (see ``PRESETS``), with ``[data]`` keys replaced by ``data_overrides``.
+
+    Example: ``preset("default", dataset="movielens-1m")``.
+
+    Raises:
+        ConfigError: an unknown preset name (the message lists the valid ones), or a bad override.
+    """
     if name not in PRESETS:
         from towerrec.errors import ConfigError
 

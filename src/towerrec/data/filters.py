@@ -26,6 +26,7 @@ class FilterReport:
     items: tuple[int, int]
 
     def describe(self) -> str:
+        """One line: interactions, users and items before -> after the filters."""
         parts = [f"{name} {before:,} -> {after:,}" for name, (before, after) in
                  (("interactions", self.interactions), ("users", self.users), ("items", self.items))]
         return ", ".join(parts)

@@ -158,7 +158,11 @@ def load_movielens(
     force: bool = False,
     duplicate_titles: DuplicateTitles = "merge",
 ) -> Dataset:
-    """Load a MovieLens release as a :class:`Dataset` (see :func:`prepare_movielens`)."""
+    """Load a MovieLens release (``movielens-100k``, ``-1m``, ...) as a :class:`Dataset`; see :func:`prepare_movielens`.
+
+    Raises:
+        DataError: an unknown release, a failed download or checksum, a malformed file.
+    """
     return prepare_movielens(name, data_dir, cache_dir=cache_dir, progress=progress, force=force,
                              duplicate_titles=duplicate_titles).dataset
 

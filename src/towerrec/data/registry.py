@@ -80,8 +80,13 @@ def load_dataset(
 ) -> Dataset:
     """A MovieLens name or alias (downloaded or read from ``data_dir``), or a dataset folder.
 
+    Parsed data is cached on disk, keyed by the source files' hashes; ``force`` parses again.
     ``duplicate_titles`` ("merge" or "keep") applies to MovieLens releases; see
-    :mod:`towerrec.data.movielens`.
+    :mod:`towerrec.data.movielens`. Names: ``DATASET_NAMES`` (``movielens-100k``, ...).
+
+    Raises:
+        DataError: an unknown name (the message lists the known ones), a folder that holds no
+            dataset, a failed download or checksum, or a malformed source file (named with its line).
     """
     return prepare_dataset(spec, data_dir, progress, force=force, duplicate_titles=duplicate_titles).dataset
 

@@ -27,7 +27,10 @@ _ROW = "__towerrec_row"
 
 @dataclass(frozen=True)
 class Split:
-    """The three parts of a split; ``validation`` is None when none was asked for."""
+    """The three parts of a split, each an interactions table; ``validation`` is None when none was asked for.
+
+    ``protocol`` names how it was made (``tfrs-random``, ``temporal``, ``leave-last-out``).
+    """
 
     train: pl.DataFrame
     validation: pl.DataFrame | None
@@ -144,7 +147,17 @@ PROTOCOLS: dict[str, Callable[..., Split]] = {
 
 
 def make_split(interactions: pl.DataFrame, protocol: str, **options: object) -> Split:
-    """Split by protocol name; ``options`` are that protocol's keyword arguments."""
+    """Split ``interactions`` (a Dataset's interactions table) by protocol name.
+
+    Protocols: ``tfrs-random`` (:func:`split_random`, the TFRS tutorials'), ``temporal``
+    (:func:`split_temporal`, a global time cut) and ``leave-last-out``
+    (:func:`split_leave_last_out`, each user's last event); ``options`` are that function's
+    keyword arguments, e.g. ``make_split(ds.interactions, "tfrs-random", test_fraction=0.2, seed=42)``.
+
+    Raises:
+        ConfigError: an unknown protocol or option (the message lists the valid ones).
+        DataError: a time-ordered protocol on interactions without timestamps.
+    """
     if protocol not in PROTOCOLS:
         raise ConfigError(
             f"unknown split protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}",

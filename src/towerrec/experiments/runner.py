@@ -60,6 +60,7 @@ class ExperimentConfig:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def output_dir(self) -> Path:
+        """Where results go: ``out_dir``, else ``experiments/<name>``."""
         return Path(self.out_dir) if self.out_dir else Path("experiments") / self.name
 
     def with_changes(self, **changes: Any) -> ExperimentConfig:
@@ -87,6 +88,11 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
 
 
 def experiment_from_dict(values: dict[str, Any]) -> ExperimentConfig:
+    """An :class:`ExperimentConfig` from a dict shaped like the experiment TOML (``[experiment]`` plus run sections).
+
+    Raises:
+        ConfigError: an unknown section or key, or a bad value.
+    """
     unknown = sorted(set(values) - {"experiment", *SECTIONS})
     if unknown:
         raise ConfigError(f"unknown section(s) {unknown}; valid: {['experiment', *SECTIONS]}")
@@ -209,6 +215,9 @@ class RunSummary:
 
 @dataclass
 class ExperimentResult:
+    """What :func:`run_experiment` returns: its config, one summary per run (metrics, timings, run
+    directory), the total wall time in seconds and the files written (name -> path)."""
+
     config: ExperimentConfig
     runs: list[RunSummary]
     wall_seconds: float

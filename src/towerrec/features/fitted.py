@@ -42,6 +42,11 @@ class FittedFeature:
 
     @classmethod
     def fit(cls, spec: FeatureSpec, column: pl.Series) -> FittedFeature:
+        """Fits ``spec`` on the training ``column``: a vocabulary (id, hashed, text, multi), buckets or mean/std.
+
+        Raises:
+            DataError: a numeric column with no finite value, or an infinite one.
+        """
         kind = spec.kind
         if kind == "id":
             vocab = Vocabulary.fit(column, num_oov=spec.oov_buckets, min_count=spec.min_count)
@@ -78,6 +83,7 @@ class FittedFeature:
         return torch.from_numpy(self.normalizer.encode(column)), 0
 
     def input_spec(self) -> InputSpec:
+        """What this feature's embedding must accept: kind, vocabulary/bucket size, width."""
         kind = self.spec.kind
         if kind == "normalized":
             cardinality = 0
@@ -89,6 +95,7 @@ class FittedFeature:
         return InputSpec(self.spec.name, kind, cardinality, width, self.spec.embedding_dim)
 
     def to_json(self) -> dict[str, Any]:
+        """The spec and its fitted state as JSON."""
         d: dict[str, Any] = {"spec": self.spec.to_dict()}
         for key in ("vocab", "bucketizer", "normalizer"):
             part = getattr(self, key)
@@ -98,6 +105,7 @@ class FittedFeature:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> FittedFeature:
+        """A fitted feature from :meth:`to_json`'s output."""
         return cls(
             FeatureSpec.from_dict(d["spec"]),
             vocab=Vocabulary.from_json(d["vocab"]) if "vocab" in d else None,
@@ -107,7 +115,14 @@ class FittedFeature:
 
 
 class FeatureSet:
-    """An ordered set of specs with unique names; ``fit`` learns them from train."""
+    """An ordered set of feature specs with unique names; ``fit`` learns them from train.
+
+    Specs may be :class:`FeatureSpec` objects, built-in names (``"user_id"``, ``"movie_title"``,
+    ``"timestamp"``, ...) or dicts; :meth:`fit` returns :class:`FittedFeatures`.
+
+    Raises:
+        ConfigError: an unknown built-in name, a malformed spec, or two specs with the same name.
+    """
 
     def __init__(self, specs: Sequence[FeatureSpec | str | dict[str, Any]]) -> None:
         self.specs = resolve_features(list(specs))
@@ -167,6 +182,7 @@ class FittedFeatures:
 
     @property
     def specs(self) -> list[FeatureSpec]:
+        """The specs of every fitted feature, query and candidate, in order."""
         return [f.spec for f in self.features]
 
     @property
@@ -181,10 +197,12 @@ class FittedFeatures:
 
     @property
     def num_items(self) -> int:
+        """N, the catalogue size (candidate indices 0..N-1)."""
         return self._catalogue.height
 
     @property
     def num_users(self) -> int:
+        """Users seen in train (user indices 0..U-1)."""
         return len(self._user_ids)
 
     def item_index(self, raw_ids: Any) -> np.ndarray:
@@ -196,6 +214,7 @@ class FittedFeatures:
         return _positions(self._user_ids, raw_ids)
 
     def side(self, side: Side) -> list[FittedFeature]:
+        """The fitted features of one tower (``"query"`` or ``"candidate"``), in spec order."""
         return [f for f in self.features if f.spec.side == side]
 
     def inputs(self, side: Side) -> list[InputSpec]:
@@ -237,6 +256,11 @@ class FittedFeatures:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> FittedFeatures:
+        """Fitted features from :meth:`to_json`'s output.
+
+        Raises:
+            ConfigError: a file of another ``format_version``.
+        """
         if d.get("format_version") != FORMAT_VERSION:
             raise ConfigError(
                 f"feature file has format_version {d.get('format_version')!r}; this towerrec reads {FORMAT_VERSION}",

@@ -57,12 +57,18 @@ class Bucketizer:
 
     @classmethod
     def fit(cls, s: pl.Series, num_buckets: int) -> Bucketizer:
+        """Equal-width edges over the finite values of ``s`` (nulls/NaN left out).
+
+        Raises:
+            DataError: no numeric value to fit on, or an infinite one.
+        """
         x = _train_values(s)
         edges = np.linspace(x.min(), x.max(), num_buckets + 1)[1:-1]
         return cls(edges.tolist())
 
     @property
     def size(self) -> int:
+        """Embedding rows needed: ``num_buckets`` + 1 OOV row (index 0)."""
         return len(self.boundaries) + 2
 
     def encode(self, s: pl.Series) -> tuple[np.ndarray, int]:
@@ -74,10 +80,12 @@ class Bucketizer:
         return idx.astype(np.int64), int(null.sum())
 
     def to_json(self) -> dict[str, Any]:
+        """The fitted edges as JSON (``{"boundaries": [...]}``)."""
         return {"boundaries": self.boundaries}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Bucketizer:
+        """A bucketizer from :meth:`to_json`'s output."""
         return cls([float(b) for b in d["boundaries"]])
 
 
@@ -96,6 +104,11 @@ class Normalizer:
 
     @classmethod
     def fit(cls, s: pl.Series) -> Normalizer:
+        """Mean, standard deviation (1 when constant) and range of the finite values of ``s``.
+
+        Raises:
+            DataError: no numeric value to fit on, or an infinite one.
+        """
         x = _train_values(s)
         std = float(x.std())
         return cls(float(x.mean()), std if std > 0 else 1.0, float(x.min()), float(x.max()))
@@ -109,8 +122,10 @@ class Normalizer:
         return np.clip(z, -limit, limit).astype(np.float32).reshape(-1, 1)
 
     def to_json(self) -> dict[str, Any]:
+        """The fitted statistics as JSON (mean, std, min, max)."""
         return {"mean": self.mean, "std": self.std, "min": self.low, "max": self.high}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Normalizer:
+        """A normalizer from :meth:`to_json`'s output (older files without a range: unbounded)."""
         return cls(float(d["mean"]), float(d["std"]), float(d.get("min", -math.inf)), float(d.get("max", math.inf)))

@@ -81,6 +81,7 @@ class FeatureSpec:
         return cls(**{"column": d["name"], **d})
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as a plain dict (what feature tables in TOML and features.json hold)."""
         return asdict(self)
 
 

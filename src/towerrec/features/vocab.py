@@ -111,8 +111,10 @@ class Vocabulary:
         return out, n_oov
 
     def to_json(self) -> dict[str, Any]:
+        """The vocabulary as JSON (values in index order, kind, OOV buckets, padding)."""
         return {"values": self.values, "kind": self.kind, "num_oov": self.num_oov, "padding": self.padding}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Vocabulary:
+        """A vocabulary from :meth:`to_json`'s output."""
         return cls(list(d["values"]), d["kind"], int(d["num_oov"]), bool(d["padding"]))

@@ -72,6 +72,7 @@ class FeatureEmbedding(nn.Module):
         self.out_dim = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeds one feature's batch (shapes in the class docstring): ``[batch]`` or ``[batch, width]`` -> ``[batch, out_dim]``."""
         if self.table is None:
             x = x.reshape(-1, 1)
             return x if x.is_floating_point() else x.to(torch.get_default_dtype())

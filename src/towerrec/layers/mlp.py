@@ -49,4 +49,5 @@ class MLP(nn.Module):
         self.out_dim = sizes[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[batch, in_dim]`` -> ``[batch, layer_sizes[-1]]`` (no activation after the last layer)."""
         return self.net(x)

@@ -51,6 +51,15 @@ class GRUEncoder(nn.Module):
                     nn.init.zeros_(param)
 
     def forward(self, steps: Tensor, mask: Tensor, *, last_only: bool = False) -> Tensor:
+        """Encodes left-padded steps.
+
+        Args:
+            steps: [batch, length, input_dim] embedded steps.
+            mask: [batch, length] bool, True at real steps (padding first, most recent step last).
+            last_only: return only the state after the most recent step.
+        Returns:
+            [batch, hidden_dim] when ``last_only``, else [batch, length, hidden_dim] states (zeros at padding).
+        """
         states, last = masked_gru(self.gru, steps, mask)
         return last if last_only else states * mask.unsqueeze(-1).to(states.dtype)
 
@@ -106,6 +115,15 @@ class SelfAttentionEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, steps: Tensor, mask: Tensor, *, last_only: bool = False) -> Tensor:
+        """Encodes left-padded steps; only the last ``max_length`` are kept.
+
+        Args:
+            steps: [batch, length, dim] embedded steps.
+            mask: [batch, length] bool, True at real steps (padding first, most recent step last).
+            last_only: return only the output at the most recent step.
+        Returns:
+            [batch, dim] when ``last_only``, else [batch, min(length, max_length), dim] outputs.
+        """
         batch, width, dim = steps.shape
         if width > self.max_length:
             steps, mask = steps[:, -self.max_length:], mask[:, -self.max_length:]

@@ -121,6 +121,7 @@ class Bundle(BundleFacts):
     # ---------------------------------------------------------------- facts
     @property
     def history_length(self) -> int | None:
+        """L, the length of the ``user_history`` feature; None when the model has none."""
         return None if self.history is None else int(self.history.shape[1])
 
     @property
@@ -148,6 +149,7 @@ class Bundle(BundleFacts):
         return self.features.item_index(_typed(item_ids, self.item_id_type))
 
     def seen_positions(self, row: int) -> np.ndarray:
+        """Catalogue positions of the items train user ``row`` saw (internal: positions, not ids)."""
         return self.seen.indices[self.seen.indptr[row] : self.seen.indptr[row + 1]].numpy()
 
     # -------------------------------------------------------------- queries
@@ -217,6 +219,7 @@ class Bundle(BundleFacts):
         return self.encoder(queries)
 
     def exclusions(self, rows: np.ndarray) -> CSR:
+        """The seen items of train users ``rows`` as a CSR of catalogue positions (one row per user)."""
         return gather_rows(self.seen, torch.as_tensor(rows, dtype=torch.int64))
 
     def records(self, indices: list[int], scores: list[float]) -> list[dict[str, Any]]:

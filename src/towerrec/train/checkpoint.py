@@ -84,6 +84,7 @@ class Checkpointer:
         self.state = folder / "state.json"
 
     def exists(self) -> bool:
+        """Whether a complete checkpoint (``state.json``) exists in the folder."""
         return self.state.is_file()
 
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], *,

@@ -68,6 +68,14 @@ class EncodedExamples:
 
 @dataclass
 class PreparedData:
+    """A dataset ready to train on, from :func:`prepare`: split, features fitted on train, everything encoded.
+
+    ``catalogue`` holds the candidate features of all N items (name -> [N, ...] tensor, in
+    candidate-index order); ``train`` / ``validation`` / ``test`` the encoded examples of each
+    split part. Catalogue positions here are internal indices; raw ids are
+    ``features.catalogue_ids`` and ``features.user_ids``.
+    """
+
     dataset: Dataset
     split: Split
     features: FittedFeatures
@@ -81,6 +89,7 @@ class PreparedData:
 
     @property
     def num_items(self) -> int:
+        """N, the catalogue size (candidate indices 0..N-1)."""
         return len(self.features.catalogue_ids)
 
     @property
@@ -191,7 +200,17 @@ def _encode(features: FittedFeatures, frame: pl.DataFrame, users: pl.DataFrame |
 
 
 def prepare(config: RunConfig, dataset: Dataset | None = None, *, progress: bool = True) -> PreparedData:
-    """Load (or take) the dataset, split it, fit features on train and encode everything."""
+    """Load (or take) the dataset, split it, fit features on train and encode everything.
+
+    Args:
+        config: the run configuration (its ``[data]`` and ``[model]`` sections matter here).
+        dataset: the data to use; None loads ``config.data.dataset``.
+        progress: show download / parse progress.
+    Raises:
+        DataError: data that cannot be loaded or split as configured (too few rows, no timestamps
+            for a time-ordered split, ...).
+        ConfigError: features that name unknown columns or kinds.
+    """
     label = config.data.dataset if dataset is None else dataset.name  # as the user named it
     if dataset is None:
         dataset = load_dataset(config.data.dataset, config.data.data_dir, progress=progress,
