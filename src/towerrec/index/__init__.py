@@ -1,4 +1,7 @@
-"""Candidate indexes: given query embeddings, find the top-K items of the catalogue."""
+"""Candidate indexes: given query embeddings, find the top-K items of the catalogue.
+
+Exclusions are item ids (``exclude_ids=``); embeddings may be tensors, numpy arrays or lists of lists.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,12 @@ KINDS: dict[str, type[Index]] = {BruteForceIndex.kind: BruteForceIndex, FaissInd
 
 
 def load_index(folder: str | Path) -> Index:
-    """Loads a saved index of any kind, dispatching on the ``kind`` of its ``index.json``."""
+    """Loads a saved index of any kind (:class:`BruteForceIndex`, :class:`FaissIndex`), by the ``kind`` of its ``index.json``.
+
+    Raises:
+        TowerrecError: no index in ``folder``, an unknown kind or format version, or a data file that
+            does not match its recorded SHA-256.
+    """
     import json
 
     from towerrec.errors import TowerrecError

@@ -1,6 +1,9 @@
-"""Reusable neural building blocks: feature embeddings and dense stacks."""
+"""Reusable neural building blocks: feature embeddings, dense stacks and sequence encoders."""
 
 from towerrec.layers.embedding import FeatureEmbedding, embedding, init_embedding_
+from towerrec.layers.masked_gru import masked_gru
 from towerrec.layers.mlp import MLP
+from towerrec.layers.sequence import GRUEncoder, SelfAttentionEncoder
 
-__all__ = ["MLP", "FeatureEmbedding", "embedding", "init_embedding_"]
+__all__ = ["MLP", "FeatureEmbedding", "GRUEncoder", "SelfAttentionEncoder", "embedding", "init_embedding_",
+           "masked_gru"]

@@ -1,0 +1,19 @@
+"""Training: data prepared from a config, the training loop, checkpoints and evaluation.
+
+Names load lazily (PEP 562): importing ``towerrec.train.prepared`` does not pull in the trainer.
+"""
+
+from towerrec._lazy import lazy_exports
+
+_EXPORTS = {
+    "prepare": "towerrec.train.prepared",
+    "PreparedData": "towerrec.train.prepared",
+    "EncodedExamples": "towerrec.train.prepared",
+    "Trainer": "towerrec.train.trainer",
+    "Checkpointer": "towerrec.train.checkpoint",
+    "evaluate_examples": "towerrec.train.evaluate",
+}
+
+__all__ = list(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
