@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from towerrec.layers.sequence import GRUEncoder, SelfAttentionEncoder
+from towerrec.layers.encoder import GRUEncoder, SelfAttentionEncoder
 from towerrec.models.sequential import SequentialModel
 
 

@@ -3,7 +3,7 @@
 from towerrec.layers.embedding import FeatureEmbedding, embedding, init_embedding_
 from towerrec.layers.masked_gru import masked_gru
 from towerrec.layers.mlp import MLP
-from towerrec.layers.sequence import GRUEncoder, SelfAttentionEncoder
+from towerrec.layers.encoder import GRUEncoder, SelfAttentionEncoder
 
 __all__ = ["MLP", "FeatureEmbedding", "GRUEncoder", "SelfAttentionEncoder", "embedding", "init_embedding_",
            "masked_gru"]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from towerrec.layers.embedding import init_embedding_
-from towerrec.layers.sequence import GRUEncoder, SelfAttentionEncoder
+from towerrec.layers.encoder import GRUEncoder, SelfAttentionEncoder
 from towerrec.model import CANDIDATE_INDEX, RetrievalModel
 from towerrec.tasks.retrieval import Retrieval
 from towerrec.tasks.unique_softmax import unique_candidates
