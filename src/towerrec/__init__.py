@@ -65,7 +65,13 @@ _EXPORTS = {
     # models
     "Tower": "towerrec.models",
     "TwoTowerModel": "towerrec.models",
-    # --- the one model path (issue 14): Model, Trainer, save, load go here ---
+    # the one model path: a model says how to compute its loss, the trainer owns the loop
+    "Model": "towerrec.model",
+    "RetrievalModel": "towerrec.model",
+    "Trainer": "towerrec.train",
+    "Callback": "towerrec.train",
+    "save": "towerrec.saving",
+    "load": "towerrec.saving",
     # config, runs, recommend, serve
     "RunConfig": "towerrec.config",
     "load_config": "towerrec.config",

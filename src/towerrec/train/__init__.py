@@ -10,6 +10,7 @@ _EXPORTS = {
     "PreparedData": "towerrec.train.prepared",
     "EncodedExamples": "towerrec.train.prepared",
     "Trainer": "towerrec.train.trainer",
+    "Callback": "towerrec.train.trainer",
     "Checkpointer": "towerrec.train.checkpoint",
     "evaluate_examples": "towerrec.train.evaluate",
 }
