@@ -217,6 +217,13 @@ def test_user_recall_averages_over_users_not_interactions() -> None:
     users = torch.tensor([7, 7, 9])
     assert user_recall_at_k(ranks, users, ks=(10,)) == {"recall@10": pytest.approx(0.75)}  # (1/2 + 1) / 2
     assert topk_metrics(ranks, ks=(10,))["top_10_accuracy"] == pytest.approx(2 / 3)
+    # numpy arrays and lists, string user ids
+    assert user_recall_at_k(np.array([1, 20, 3]), ["u7", "u7", "u9"], ks=(10,)) == {"recall@10": pytest.approx(0.75)}
+    assert topk_metrics([1, 20, 3], ks=(1, 10)) == topk_metrics(ranks, ks=(1, 10))
+    with pytest.raises(ValueError, match=r"user_ids must have shape \[3\]"):
+        user_recall_at_k(ranks, [7, 7], ks=(10,))
+    with pytest.raises(ValueError, match=r"ranks must be 1-D"):
+        topk_metrics([[1], [2]])
 
 
 def test_evaluate_retrieval_combines_ranks_and_metrics() -> None:
