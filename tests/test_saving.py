@@ -14,7 +14,6 @@ from towerrec.layers.embedding import embedding
 from towerrec.model import RetrievalModel
 from towerrec.models.baselines import PopularityModel
 from towerrec.models.sequential import SequentialModel
-from towerrec.models.two_tower import build_two_tower
 from towerrec.saving import load, save
 from towerrec.tasks.retrieval import Retrieval
 from towerrec.train.prepared import prepare
