@@ -65,11 +65,16 @@ _EXPORTS = {
     # models
     "Tower": "towerrec.models",
     "TwoTowerModel": "towerrec.models",
-    # the one model path: a model says how to compute its loss, the trainer owns the loop
+    "SequentialModel": "towerrec.models",
+    "PopularityModel": "towerrec.models",
+    "EASEModel": "towerrec.models",
+    "build_two_tower": "towerrec.models",
+    # the one model path: a model computes its loss, the trainer owns the loop, save/load any model
     "Model": "towerrec.model",
     "RetrievalModel": "towerrec.model",
     "Trainer": "towerrec.train",
     "Callback": "towerrec.train",
+    "prepare": "towerrec.train",
     "save": "towerrec.saving",
     "load": "towerrec.saving",
     # config, runs, recommend, serve
@@ -87,8 +92,8 @@ _EXPORTS = {
     "ConfigError": "towerrec.errors",
 }
 
-_SUBMODULES = ("config", "data", "errors", "experiments", "features", "index", "layers", "metrics", "models",
-               "presets", "recommend", "runs", "serve", "tasks", "train")
+_SUBMODULES = ("config", "data", "errors", "experiments", "features", "index", "layers", "metrics", "model", "models",
+               "presets", "recommend", "runs", "saving", "serve", "tasks", "train")
 
 __all__ = ["__version__", *_EXPORTS]
 

@@ -1,7 +1,8 @@
 """Models map feature dicts of tensors to embeddings; they never see strings."""
 
 from towerrec.models.baselines import EASEModel, PopularityModel
+from towerrec.models.sequential import SequentialModel
 from towerrec.models.tower import Tower
 from towerrec.models.two_tower import TwoTowerModel, build_two_tower
 
-__all__ = ["EASEModel", "PopularityModel", "Tower", "TwoTowerModel", "build_two_tower"]
+__all__ = ["EASEModel", "PopularityModel", "SequentialModel", "Tower", "TwoTowerModel", "build_two_tower"]

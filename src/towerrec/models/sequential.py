@@ -171,6 +171,7 @@ class SequentialModel(RetrievalModel):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> SequentialModel:
+        """The untrained model :meth:`get_config` describes (the task rebuilt from its settings)."""
         values = dict(config)
         values["task"] = Retrieval(**values["task"]) if values.get("task") else None
         values["step_features"] = tuple(values.get("step_features", ()))

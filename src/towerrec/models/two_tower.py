@@ -86,6 +86,7 @@ class TwoTowerModel(RetrievalModel):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> TwoTowerModel:
+        """The untrained model :meth:`get_config` describes (towers, similarity, task)."""
         return cls(Tower.from_config(config["query_tower"]), Tower.from_config(config["candidate_tower"]),
                    config["similarity"], Retrieval(**config["task"]), config.get("candidate_id"))
 

@@ -11,6 +11,8 @@ _EXPORTS = {
     "EncodedExamples": "towerrec.train.prepared",
     "Trainer": "towerrec.train.trainer",
     "Callback": "towerrec.train.trainer",
+    "TrainingData": "towerrec.train.batches",
+    "TensorData": "towerrec.train.batches",
     "Checkpointer": "towerrec.train.checkpoint",
     "evaluate_examples": "towerrec.train.evaluate",
 }

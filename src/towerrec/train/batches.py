@@ -39,7 +39,9 @@ class TrainingData(Protocol):
 
     def __len__(self) -> int: ...
 
-    def batch(self, index: Tensor) -> dict[str, Tensor]: ...
+    def batch(self, index: Tensor) -> dict[str, Tensor]:
+        """The batch of training examples at positions ``index`` (``[batch]`` int64): name -> ``[batch, ...]``."""
+        ...
 
 
 class TensorData:
@@ -70,9 +72,11 @@ class TensorData:
         return self.length
 
     def batch(self, index: Tensor) -> dict[str, Tensor]:
+        """Rows ``index`` (``[batch]`` int64) of every tensor."""
         return {k: v[index] for k, v in self.tensors.items()}
 
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float] | None:
+        """``evaluate(model)`` for the "validation" split; None otherwise or without an evaluate function."""
         return None if self._evaluate is None or split != "validation" else self._evaluate(model)
 
 
@@ -96,16 +100,19 @@ class PreparedBatches:
         return len(self.data.train)
 
     def batch(self, index: Tensor) -> dict[str, Tensor]:
+        """Query features of train rows ``index`` plus ``candidate_index`` ([batch]) of their positives."""
         train = self.data.train
         batch = train.select(index)
         batch[CANDIDATE_INDEX] = train.targets[index]
         return batch
 
     def attach(self, model: nn.Module) -> None:
+        """Give a model with ``set_catalogue`` the encoded catalogue and the items' train counts."""
         if hasattr(model, "set_catalogue"):
             model.set_catalogue(self.data.catalogue, self.data.item_counts)
 
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float] | None:
+        """Full-catalogue metrics of ``split`` ("validation" / "test"; None when absent)."""
         if self._evaluate is not None:
             return self._evaluate(model) if split == "validation" else None
         from towerrec.train.evaluate import evaluate_examples
