@@ -39,6 +39,7 @@ class PopularityModel(RetrievalModel):
         self.register_buffer("counts", torch.zeros(num_items))
 
     def fit(self, item_index: np.ndarray) -> PopularityModel:
+        """Count ``item_index`` ([n] catalogue positions of the training interactions); returns ``self``."""
         self.counts = torch.bincount(torch.as_tensor(item_index), minlength=self.counts.numel()).float()
         return self
 
@@ -69,6 +70,8 @@ class EASEModel(RetrievalModel):
         self.register_buffer("weights", torch.zeros(num_items, num_items))
 
     def fit(self, user_index: np.ndarray, item_index: np.ndarray) -> EASEModel:
+        """Closed-form weights from the training interactions (``[n]`` user rows, ``[n]`` item positions);
+        returns ``self``. Memory: a dense [num_items, num_items] Gram matrix in float64."""
         history = interaction_matrix(user_index, item_index, *self.history.shape)
         gram = (history.T @ history).double()
         gram.diagonal().add_(self.l2)

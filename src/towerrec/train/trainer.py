@@ -232,6 +232,17 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------
     def fit(self) -> FitResult:
+        """Train for the remaining epochs (resuming from ``checkpoint_dir`` when it holds a checkpoint).
+
+        Returns:
+            :class:`FitResult`: history (one record per epoch: loss, seconds, examples/s and the
+            metrics of evaluated epochs), training seconds, examples/s, the epoch resumed from,
+            whether training stopped early and, with early stopping, the best epoch (whose weights
+            the model holds at the end).
+        Raises:
+            TowerrecError: a non-finite loss (before the optimizer step, so the weights stay finite),
+                or a damaged checkpoint.
+        """
         result = FitResult()
         start_epoch = 0
         best = {"metric": -math.inf, "epoch": 0, "bad_epochs": 0}
