@@ -503,3 +503,9 @@ def test_unique_candidates_loss_rejects_inconsistent_inputs() -> None:
         task.unique_candidates_loss(query, unique, labels, counts, candidate_log_q=torch.zeros(4))
     with pytest.raises(ValueError, match="these look like probabilities"):
         task.unique_candidates_loss(query, unique, labels, counts, candidate_log_q=torch.tensor([0.5, 0.5]))
+
+
+def test_unique_candidates_loss_names_negative_labels() -> None:
+    with pytest.raises(ValueError, match="labels must index the 2 unique candidates"):
+        Retrieval().unique_candidates_loss(torch.randn(2, 3), torch.randn(2, 3), torch.tensor([-1, 0]),
+                                           torch.tensor([1, 1]))

@@ -393,9 +393,11 @@ class Retrieval(nn.Module):
         _check_vector(sample_weight, batch, "sample_weight")
         if labels.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"labels must be an integer tensor of indices, got {labels.dtype}")
-        if batch and (int(labels.min()) < 0 or int(labels.max()) >= num_unique):
-            raise ValueError(f"labels must index the {num_unique} unique candidates, got values outside [0, {num_unique})")
-        if not torch.equal(torch.bincount(labels, minlength=num_unique), counts.to(torch.int64)):
+        if not _counts_match(labels, counts, num_unique):  # one O(B) check; the reason only on failure
+            if batch and (int(labels.min()) < 0 or int(labels.max()) >= num_unique):
+                raise ValueError(
+                    f"labels must index the {num_unique} unique candidates, got values outside [0, {num_unique})"
+                )
             raise ValueError("counts must be how often each unique candidate occurs in labels "
                              "(torch.bincount(labels, minlength=U))")
         log_q = _resolve_log_q(
@@ -501,6 +503,15 @@ def _required(values: Tensor | None, name: str) -> Tensor:
     if values is None:
         raise ValueError(f"{name} is required when extra candidates come with their batch counterpart")
     return values
+
+
+def _counts_match(labels: Tensor, counts: Tensor, num_unique: int) -> bool:
+    """Whether ``counts`` [U] is ``bincount(labels)`` with every label in [0, U)."""
+    try:
+        observed = torch.bincount(labels, minlength=num_unique)
+    except RuntimeError:  # negative labels
+        return False
+    return observed.shape[0] == num_unique and torch.equal(observed, counts.to(observed.dtype))
 
 
 def _first_rows(labels: Tensor, num_unique: int) -> Tensor:
