@@ -192,7 +192,8 @@ dataset = make_synthetic(users, items, interactions, seed=0)
 generate = time.perf_counter() - t
 config = config_from_dict({
     "name": "scale", "data": {"dataset": "synthetic", "split": "tfrs-random", "test_fraction": 0.01, "seed": 0},
-    "model": {"query_features": ["user_id"], "candidate_features": ["item_id"], "embedding_dim": 32},
+    "model": {"query_features": ["user_id"], "candidate_features": ["item_id"], "embedding_dim": 32, "layer_sizes": [],
+              "similarity": "dot"},
     "task": {"temperature": 0.1},
     "train": {"epochs": epochs, "batch_size": batch, "optimizer": "adam", "learning_rate": 0.005, "eval_every": epochs},
     "eval": {"ks": [10, 100]},

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
+from config_helpers import small_config
 from towerrec import fsio
 from towerrec.cli.app import main
-from towerrec.config import config_from_dict
 from towerrec.data.synthetic import make_synthetic
 from towerrec.errors import ConfigError, TowerrecError
 from towerrec.runs import finished_run, load_run, train_run
@@ -36,7 +36,7 @@ def _config(**sections):
     }
     for section, values in sections.items():
         base.setdefault(section, {}).update(values)
-    return config_from_dict(base)
+    return small_config(base)
 
 
 @pytest.fixture(scope="module")
@@ -560,7 +560,7 @@ def test_field16_prices_edited_in_place_train_the_v2_model(tmp_path, monkeypatch
     normaliser is v2's (mean 75.13, std 7.70 on the case's 1,682-item catalogue)."""
     monkeypatch.setenv("TOWERREC_HOME", str(tmp_path / "home"))
     prices = tmp_path / "prices.csv"
-    config = config_from_dict({
+    config = small_config({
         "name": "price",
         "data": {"dataset": "movielens-100k", "data_dir": str(REAL_100K), "split": "tfrs-random",
                  "item_features": str(prices), "item_features_on": "movie_id", "duplicate_titles": "keep"},

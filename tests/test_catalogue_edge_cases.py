@@ -14,8 +14,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from config_helpers import small_config
 from cli_helpers import run_cli_text as run_cli
-from towerrec.config import config_from_dict
 from towerrec.data.movielens import DuplicateTitlesWarning, load_movielens, prepare_movielens
 from towerrec.data.tables import Dataset
 from towerrec.errors import DataError
@@ -47,7 +47,7 @@ def _import(capsys, folder: Path, csv: str, *extra) -> Path:
 def test_items_only_in_test_are_cold_catalogue_items(capsys, tmp_path):
     """Leave-last-out holds out C, D, E, which have no train row: training and evaluation complete."""
     ds = _import(capsys, tmp_path, EVENTS)
-    config = config_from_dict({"name": "llo", "data": {"dataset": str(ds), "split": "leave-last-out"},
+    config = small_config({"name": "llo", "data": {"dataset": str(ds), "split": "leave-last-out"},
                                   "model": {"kind": "popularity"}})
     data = prepare(config, progress=False)
     assert data.features.catalogue_ids.tolist() == ["A", "B", "C", "D", "E"]
@@ -63,7 +63,7 @@ def test_items_only_in_test_are_cold_catalogue_items(capsys, tmp_path):
 def test_an_id_only_item_table_imports_and_trains(capsys, tmp_path):
     (tmp_path / "items.csv").write_text("item\nA\nB\nC\nD\nE\nF\n")
     ds = _import(capsys, tmp_path, EVENTS, "--item-features", tmp_path / "items.csv")
-    config = config_from_dict({"name": "ids", "data": {"dataset": str(ds), "split": "leave-last-out"},
+    config = small_config({"name": "ids", "data": {"dataset": str(ds), "split": "leave-last-out"},
                                   "model": {"kind": "popularity"}})
     data = prepare(config, progress=False)
     assert data.features.catalogue_ids.tolist() == ["A", "B", "C", "D", "E", "F"]  # F: never interacted, still listed
@@ -71,7 +71,7 @@ def test_an_id_only_item_table_imports_and_trains(capsys, tmp_path):
 
 def test_a_temporal_split_with_no_training_rows_says_train_is_empty(capsys, tmp_path):
     ds = _import(capsys, tmp_path, re.sub(r",\d+\n", ",5\n", EVENTS))  # every event at one timestamp
-    config = config_from_dict({"name": "t", "data": {"dataset": str(ds), "split": "temporal"},
+    config = small_config({"name": "t", "data": {"dataset": str(ds), "split": "temporal"},
                                   "model": {"kind": "popularity"}})
     with pytest.raises(DataError, match="temporal split leaves train empty") as info:
         prepare(config, progress=False)
@@ -84,7 +84,7 @@ def test_an_item_missing_from_an_item_table_is_named_without_a_numpy_repr():
     items = pl.DataFrame({"item_id": [17], "title": ["x"], "year": [None], "genres": [[]]},
                          schema={"item_id": pl.Int64, "title": pl.String, "year": pl.Int32, "genres": pl.List(pl.String)})
     dataset = Dataset("d", interactions, items, None, fingerprint="f")
-    config = config_from_dict({"name": "m", "data": {"split": "tfrs-random", "test_fraction": 0.34},
+    config = small_config({"name": "m", "data": {"split": "tfrs-random", "test_fraction": 0.34},
                                   "model": {"kind": "popularity"}})
     with pytest.raises(DataError, match=r"item 18 \(1 item\(s\) in all\)") as info:
         prepare(config, dataset, progress=False)
@@ -160,10 +160,10 @@ def test_the_config_option_keeps_duplicates_apart_and_training_warns(tmp_path):
     base = {"name": "d", "data": {"dataset": "ml-100k", "data_dir": str(folder), "test_fraction": 0.2},
             "model": {"kind": "popularity"}}
     with pytest.warns(DuplicateTitlesWarning):
-        merged = prepare(config_from_dict(base), progress=False)
+        merged = prepare(small_config(base), progress=False)
     assert merged.num_items == 3
-    keep = config_from_dict({**base, "data": {**base["data"], "duplicate_titles": "keep"}})
-    assert keep.hash() == config_from_dict(base).hash()  # the choice lives in the data fingerprint
+    keep = small_config({**base, "data": {**base["data"], "duplicate_titles": "keep"}})
+    assert keep.hash() == small_config(base).hash()  # the choice lives in the data fingerprint
     with pytest.warns(UserWarning) as record:
         kept = prepare(keep, progress=False)
     messages = [str(w.message) for w in record]
@@ -192,7 +192,7 @@ def test_ml100k_top_100_lists_never_repeat_a_title_nor_show_a_rated_twin(tmp_pat
     with pytest.warns(DuplicateTitlesWarning, match="18 title"):
         raw = load_movielens("ml-100k", REAL_100K, progress=False, duplicate_titles="keep")
     title_of = dict(zip(raw.items["item_id"].to_list(), raw.items["title"].to_list()))
-    config = config_from_dict({
+    config = small_config({
         "name": "by-item-id", "data": {"dataset": "movielens-100k", "data_dir": str(REAL_100K)},
         "model": {"query_features": ["user_id"], "candidate_features": ["item_id"], "embedding_dim": 16},
         "train": {"epochs": 1, "batch_size": 2048, "optimizer": "adam", "learning_rate": 0.01},
@@ -225,7 +225,7 @@ def test_a_served_bundle_answers_the_merged_twin_ids(tmp_path):
     folder = _tiny_100k(tmp_path / "ml-100k")
     ratings = [(u, i, 1 + (u * i) % 5, 100 + 10 * u + i) for u in range(1, 4) for i in (1, 2, 3, 4) if (u + i) % 4]
     (folder / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ratings))
-    config = config_from_dict({"name": "twins", "data": {"dataset": "ml-100k", "data_dir": str(folder), "test_fraction": 0.2},
+    config = small_config({"name": "twins", "data": {"dataset": "ml-100k", "data_dir": str(folder), "test_fraction": 0.2},
                                "model": {"embedding_dim": 4}, "train": {"epochs": 1, "batch_size": 4}})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DuplicateTitlesWarning)

@@ -5,6 +5,7 @@ import re
 import pytest
 
 from cli_helpers import run_cli_text as run_cli
+from config_helpers import small_toml
 from towerrec.data.store import save_dataset
 from towerrec.data.synthetic import make_synthetic
 
@@ -14,12 +15,12 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     save_dataset(make_synthetic(200, 80, 5000, seed=5), root / "ds")
     config = root / "c.toml"
-    config.write_text(
+    config.write_text(small_toml(
         f'name = "cli"\n[data]\ndataset = "{root / "ds"}"\n'
         '[model]\nquery_features = ["user_id", "user_history"]\nlayer_sizes = [16]\nembedding_dim = 16\n'
         '[train]\nepochs = 2\nbatch_size = 256\noptimizer = "adam"\nlearning_rate = 0.01\n'
         "[eval]\nks = [1, 10, 50]\n"
-    )
+    ))
     return root, config
 
 
@@ -78,8 +79,8 @@ def test_k_beyond_the_catalogue_prints_its_own_column(capsys, tmp_path):
     """rel-14: ks = [1000000] on an 80-item catalogue trains and prints 1.0000, not a table of nan."""
     save_dataset(make_synthetic(50, 80, 1000, seed=5), tmp_path / "ds")
     config = tmp_path / "ks.toml"
-    config.write_text(f'name = "ks-huge"\n[data]\ndataset = "{tmp_path / "ds"}"\n[model]\nembedding_dim = 8\n'
-                      "[train]\nepochs = 1\n[eval]\nks = [1, 1000000]\n")
+    config.write_text(small_toml(f'name = "ks-huge"\n[data]\ndataset = "{tmp_path / "ds"}"\n[model]\nembedding_dim = 8\n'
+                                 "[train]\nepochs = 1\n[eval]\nks = [1, 1000000]\n"))
     out, _ = _train(capsys, tmp_path, config)
     assert "top-1000000" in out and "nan" not in out and "top-100 " not in out
     assert re.search(r"ks-huge\s*│\s*[\d.]+\s*│\s*1\.0000", out)

@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from config_helpers import small_config
 from towerrec.config import config_from_dict, load_config
 from towerrec.data.filters import filter_interactions
 from towerrec.data.tables import Dataset
@@ -62,7 +63,7 @@ def test_k_core_repeats_until_stable() -> None:
 
 
 def test_filters_apply_in_training_prepare_and_warn() -> None:
-    config = config_from_dict({"model": {"kind": "popularity"}, "data": {"min_user_interactions": 2}})
+    config = small_config({"model": {"kind": "popularity"}, "data": {"min_user_interactions": 2}})
     pairs = [(u, i) for u in (1, 2) for i in range(1, 6)] * 2 + [(3, 1), (4, 5)]
     with pytest.warns(UserWarning, match=r"\[data\] interaction filters kept interactions 22 -> 20, users 4 -> 2"):
         data = prepare(config, dataset(pairs))
@@ -80,9 +81,9 @@ def test_filter_settings_are_bounded(key: str, value) -> None:
 def test_leave_last_out_count_is_configurable() -> None:
     pairs = [(1, 1), (1, 2), (1, 3), (1, 1), (1, 2), (1, 3), (2, 1), (2, 2)]  # user 2 has only 2 interactions
     base = {"model": {"kind": "popularity"}, "data": {"split": "leave-last-out"}}
-    default = prepare(config_from_dict(base), dataset(pairs)).split
+    default = prepare(small_config(base), dataset(pairs)).split
     assert default.test["user_id"].to_list() == [1]  # 3 by default: user 2 only trains
-    two = prepare(config_from_dict({**base, "data": {**base["data"], "leave_last_out_min_interactions": 2}}),
+    two = prepare(small_config({**base, "data": {**base["data"], "leave_last_out_min_interactions": 2}}),
                   dataset(pairs)).split
     assert sorted(two.test["user_id"].to_list()) == [1, 2]
 
@@ -103,7 +104,7 @@ def test_min_rating_false_is_accepted_and_round_trips(tmp_path: Path) -> None:
 def test_min_rating_reports_the_rows_it_removes() -> None:
     pairs = [(1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (2, 3)]
     ratings = [5.0, 1.0, 4.0, 1.0, 5.0, 5.0, 5.0]
-    config = config_from_dict({"model": {"kind": "sequential"}, "sequence": {"protocol": "leave-last-out"}})
+    config = small_config({"model": {"kind": "sequential"}, "sequence": {"protocol": "leave-last-out"}})
     with pytest.warns(UserWarning, match=r"min_rating = 2 removed 2 of 7 interactions.*min_rating = false"):
         prepare_sequences(config, dataset(pairs, ratings=ratings))
     off = config.replace(sequence={"min_rating": None})
@@ -115,7 +116,7 @@ def test_min_rating_reports_the_rows_it_removes() -> None:
 
 def test_sequential_leave_last_out_refuses_a_table_without_timestamps() -> None:
     pairs = [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
-    config = config_from_dict({"model": {"kind": "sequential"}, "sequence": {"protocol": "leave-last-out"}})
+    config = small_config({"model": {"kind": "sequential"}, "sequence": {"protocol": "leave-last-out"}})
     with pytest.raises(DataError, match="leave-last-out protocol orders events by time, but 6 of 6") as err:
         prepare_sequences(config, dataset(pairs, timestamps=False))
     assert "--timestamp" in err.value.hint

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from towerrec.config import RunConfig
+from config_helpers import small_config
+
 from towerrec.data.synthetic import make_synthetic
 from towerrec.metrics import topk
 from towerrec.train import evaluate as evaluate_module
@@ -42,7 +43,7 @@ def _record_chunks(monkeypatch):
 def test_two_tower_and_baseline_evaluation_work_in_bounded_chunks(monkeypatch):
     data_set = make_synthetic(300, 120, 9000, seed=3)
     for kind in ("two-tower", "ease", "popularity"):
-        config = RunConfig().replace(data={"dataset": "synthetic"}, model={"kind": kind, "embedding_dim": 8})
+        config = small_config(data={"dataset": "synthetic"}, model={"kind": kind, "embedding_dim": 8})
         data = prepare(config, data_set, progress=False)
         model = build_model(config, data)
         if kind != "two-tower":
@@ -65,8 +66,8 @@ def test_sequential_evaluation_works_in_bounded_chunks():
     from towerrec.train.sequential import build_sequential_model, evaluate_sequence_protocols, prepare_sequences
 
     synthetic = make_synthetic(200, 60, 4000, seed=4)
-    config = RunConfig().replace(model={"kind": "sequential", "embedding_dim": 8},
-                                 sequence={"protocol": "leave-last-out", "min_rating": 0.0})
+    config = small_config(model={"kind": "sequential", "embedding_dim": 8},
+                         sequence={"protocol": "leave-last-out", "min_rating": 0.0})
     data = prepare_sequences(config, Dataset("s", synthetic.interactions, synthetic.items, fingerprint="s"),
                              progress=False)
     model = build_sequential_model(config, data)

@@ -8,8 +8,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from config_helpers import small_config
 from cli_helpers import run_cli_text as run_cli
-from towerrec.config import config_from_dict
 from towerrec.data.store import save_dataset
 from towerrec.data.synthetic import make_synthetic
 from towerrec.errors import ConfigError, DataError, TowerrecError
@@ -208,7 +208,7 @@ def test_item_table_missing_id_column(tmp_path):
 def test_movie_length_and_item_columns_feed_the_candidate_tower(tmp_path, dataset):
     ids = dataset.items["item_id"].to_list()
     path = _write(tmp_path, "movie_id,length,studio\n" + "\n".join(f"{i},{90 + i % 7},s{i % 3}" for i in ids[:-1]) + "\n")
-    cfg = config_from_dict({
+    cfg = small_config({
         "data": {"dataset": "synthetic", "item_features": str(path), "item_features_on": "movie_id"},
         "model": {"candidate_features": ["item_id", "movie_length", "item:studio"], "embedding_dim": 8},
     })

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from towerrec.config import config_from_dict
+from config_helpers import small_config
 from towerrec.data import Dataset
 from towerrec.data.synthetic import make_synthetic
 from towerrec.data.tables import frame_fingerprint
@@ -147,7 +147,7 @@ def test_a_frame_dataset_prepares_and_trains() -> None:
     frame["product"] = frame["product"].astype("float64")  # as pandas stores ids after a merge with gaps
     ds = Dataset.from_frame(frame, user="customer", item="product", rating="rating", timestamp="timestamp")
     assert ds.interactions.equals(synthetic.interactions)
-    config = config_from_dict({
+    config = small_config({
         "name": "frame", "data": {"dataset": "synthetic", "split": "tfrs-random", "seed": 1},
         "model": {"query_features": ["user_id"], "candidate_features": ["item_id"], "embedding_dim": 8},
         "train": {"epochs": 1, "batch_size": 256, "eval_every": 1}, "eval": {"ks": [1, 10]},
@@ -161,7 +161,7 @@ def test_a_frame_dataset_prepares_and_trains() -> None:
 def test_train_run_accepts_a_frame_dataset(tmp_path) -> None:
     frame = make_synthetic(60, 30, 900, seed=3).interactions.to_pandas()
     ds = Dataset.from_frame(frame, user="user_id", item="item_id")  # implicit, no timestamps
-    config = config_from_dict({
+    config = small_config({
         "name": "frame", "data": {"dataset": "synthetic", "split": "tfrs-random", "seed": 1},
         "model": {"query_features": ["user_id"], "candidate_features": ["item_id"], "embedding_dim": 8},
         "train": {"epochs": 1, "batch_size": 256, "eval_every": 1}, "eval": {"ks": [1, 10]},

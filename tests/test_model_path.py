@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from towerrec.config import config_from_dict
+from config_helpers import small_config
 from towerrec.data.synthetic import make_synthetic
 from towerrec.errors import ConfigError, TowerrecError
 from towerrec.layers.embedding import embedding
@@ -214,7 +214,7 @@ def synthetic():
 
 
 def test_a_two_tower_model_trains_from_a_towerrec_dataset_with_full_catalogue_evaluation(synthetic):
-    config = config_from_dict({"data": {"dataset": "synthetic"},
+    config = small_config({"data": {"dataset": "synthetic"},
                                "model": {"query_features": ["user_id"], "candidate_features": ["item_id"],
                                          "embedding_dim": 8}})
     data = prepare(config, synthetic, progress=False)
@@ -228,7 +228,7 @@ def test_a_two_tower_model_trains_from_a_towerrec_dataset_with_full_catalogue_ev
 
 def test_prepared_data_gives_the_same_loss_through_compute_loss_as_the_fused_unique_softmax(synthetic):
     """The two-tower model's compute_loss is the exact in-batch softmax of the B x B formulation."""
-    config = config_from_dict({"data": {"dataset": "synthetic"},
+    config = small_config({"data": {"dataset": "synthetic"},
                                "model": {"query_features": ["user_id"], "candidate_features": ["item_id"],
                                          "embedding_dim": 8}})
     data = prepare(config, synthetic, progress=False)

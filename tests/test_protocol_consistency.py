@@ -11,7 +11,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from towerrec.config import RunConfig
+from config_helpers import small_config
+
 from towerrec.data.tables import Dataset
 from towerrec.train.prepared import prepare
 from towerrec.train.sequential import prepare_sequences
@@ -48,8 +49,8 @@ def _known(data, examples) -> dict[str, list[int]]:
 
 
 def test_two_tower_leave_last_out_feeds_and_excludes_the_validation_item_at_test_time() -> None:
-    config = RunConfig().replace(data={"dataset": "timelines", "split": "leave-last-out"},
-                                 model={"query_features": ["user_id", "user_history"], "history_length": 4})
+    config = small_config(data={"dataset": "timelines", "split": "leave-last-out"},
+                         model={"query_features": ["user_id", "user_history"], "history_length": 4})
     data = prepare(config, _dataset(), progress=False)
     ids = np.asarray(data.features.catalogue_ids)
     assert _known(data, data.test) == {"a": [1, 2, 3, 4, 5], "b": [2, 3]}
@@ -65,8 +66,8 @@ def test_two_tower_leave_last_out_feeds_and_excludes_the_validation_item_at_test
 
 
 def test_sequential_leave_last_out_feeds_and_excludes_the_validation_item_at_test_time() -> None:
-    config = RunConfig().replace(data={"dataset": "timelines"}, model={"kind": "sequential"},
-                                 sequence={"protocol": "leave-last-out", "max_length": 4, "min_rating": 1.0})
+    config = small_config(data={"dataset": "timelines"}, model={"kind": "sequential"},
+                         sequence={"protocol": "leave-last-out", "max_length": 4, "min_rating": 1.0})
     data = prepare_sequences(config, _dataset(), progress=False)
     ids = data.item_ids
 
@@ -83,13 +84,13 @@ def test_sequential_leave_last_out_feeds_and_excludes_the_validation_item_at_tes
 
 def test_popularity_counts_training_events_on_both_paths() -> None:
     expected = {1: 2, 2: 2, 3: 1, 4: 1, 7: 1}  # a: 1..4, b: 2, c: 7, 1 (c is too short to hold out)
-    two_tower = prepare(RunConfig().replace(data={"dataset": "timelines", "split": "leave-last-out"}), _dataset(),
+    two_tower = prepare(small_config(data={"dataset": "timelines", "split": "leave-last-out"}), _dataset(),
                         progress=False)
     counts = {int(i): int(c) for i, c in zip(two_tower.features.catalogue_ids, two_tower.item_counts) if c}
     # the two-tower leave-last-out split holds out users with >= 3 events as well
     assert counts == expected
-    config = RunConfig().replace(data={"dataset": "timelines"}, model={"kind": "sequential"},
-                                 sequence={"protocol": "leave-last-out", "max_length": 2, "min_rating": 1.0})
+    config = small_config(data={"dataset": "timelines"}, model={"kind": "sequential"},
+                         sequence={"protocol": "leave-last-out", "max_length": 2, "min_rating": 1.0})
     sequential = prepare_sequences(config, _dataset(), progress=False)
     counts = {int(i): int(c) for i, c in zip(sequential.item_ids, sequential.item_counts) if c}
     assert counts == expected  # every training event, also the first of a timeline and beyond max_length

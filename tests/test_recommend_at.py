@@ -7,6 +7,7 @@ import re
 import pytest
 
 from cli_helpers import run_cli_text as run_cli
+from config_helpers import small_toml
 from towerrec.cli.app import main
 from towerrec.data.store import save_dataset
 from towerrec.data.synthetic import make_synthetic
@@ -19,11 +20,11 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("at")
     save_dataset(make_synthetic(200, 80, 3000, seed=2), root / "ds")
     config = root / "c.toml"
-    config.write_text(
+    config.write_text(small_toml(
         f'name = "with-time"\n[data]\ndataset = "{root / "ds"}"\n'
         '[model]\nquery_features = ["user_id", "timestamp"]\nlayer_sizes = [8]\nembedding_dim = 8\n'
         '[train]\nepochs = 1\nbatch_size = 256\noptimizer = "adam"\nlearning_rate = 0.05\n'
-    )
+    ))
     with pytest.raises(SystemExit):
         main(["train", str(config), "--runs", str(root / "runs")])
     return next(p for p in (root / "runs").iterdir() if p.is_dir() and not p.name.startswith("."))

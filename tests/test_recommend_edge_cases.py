@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cli_helpers import run_cli_text as run_cli
+from config_helpers import small_toml
 from towerrec.cli.app import main
 from towerrec.data.store import save_dataset
 from towerrec.data.synthetic import make_synthetic
@@ -46,11 +47,11 @@ def heavy(tmp_path_factory):
               "--out", str(root / "ds")])
     assert exit_info.value.code == 0
     config = root / "tt.toml"
-    config.write_text(
+    config.write_text(small_toml(
         f'name = "heavy"\n[data]\ndataset = "{root / "ds"}"\nsplit = "tfrs-random"\ntest_fraction = 0.05\n'
         '[model]\nquery_features = ["user_id"]\ncandidate_features = ["item_id"]\nembedding_dim = 8\n'
         '[train]\nepochs = 2\nbatch_size = 64\noptimizer = "adam"\nlearning_rate = 0.01\n'
-    )
+    ))
     with pytest.raises(SystemExit) as exit_info:
         main(["train", str(config), "--runs", str(root / "runs")])
     assert exit_info.value.code == 0
@@ -107,11 +108,11 @@ def int_ids(tmp_path_factory):
     root = tmp_path_factory.mktemp("int-ids")
     save_dataset(make_synthetic(60, 40, 600, seed=3), root / "ds")
     config = root / "c.toml"
-    config.write_text(
+    config.write_text(small_toml(
         f'name = "ints"\n[data]\ndataset = "{root / "ds"}"\n'
         '[model]\nquery_features = ["user_id"]\nembedding_dim = 8\n'
         '[train]\nepochs = 1\nbatch_size = 256\noptimizer = "adam"\nlearning_rate = 0.01\n'
-    )
+    ))
     with pytest.raises(SystemExit) as exit_info:
         main(["train", str(config), "--runs", str(root / "runs")])
     assert exit_info.value.code == 0

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from towerrec.config import config_from_dict
+from config_helpers import small_config
 from towerrec.data.synthetic import make_synthetic
 from towerrec.errors import TowerrecError
 from towerrec.layers.embedding import embedding
@@ -53,7 +53,7 @@ def test_a_custom_model_round_trips(tmp_path):
 
 
 def test_two_tower_sequential_and_baseline_models_round_trip(tmp_path):
-    config = config_from_dict({"data": {"dataset": "synthetic"},
+    config = small_config({"data": {"dataset": "synthetic"},
                                "model": {"query_features": ["user_id", "user_history"],
                                          "candidate_features": ["item_id"], "embedding_dim": 8,
                                          "layer_sizes": [16, 8], "similarity": "cosine", "history_length": 5}})

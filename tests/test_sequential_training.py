@@ -7,8 +7,8 @@ import polars as pl
 import pytest
 import torch
 
+from config_helpers import small_config, small_toml
 from cli_helpers import run_cli_text as run_cli
-from towerrec.config import config_from_dict
 from towerrec.data.sequences import build_sequence_examples
 from towerrec.data.store import save_dataset
 from towerrec.data.synthetic import make_synthetic
@@ -31,7 +31,7 @@ def _config(**sections):
             "train": {"epochs": 1, "batch_size": 64, "optimizer": "adam", "learning_rate": 0.01}}
     for key, values in sections.items():
         base.setdefault(key, {}).update(values)
-    return config_from_dict(base)
+    return small_config(base)
 
 
 def _tiny() -> Dataset:
@@ -168,13 +168,13 @@ def test_history_input_handling():
 def test_cli_train_and_recommend_history(capsys, tmp_path, encoder, user_embedding):
     save_dataset(make_synthetic(100, 60, 2500, seed=5), tmp_path / "ds")
     config = tmp_path / "c.toml"
-    config.write_text(
+    config.write_text(small_toml(
         f'name = "seq-{encoder}"\n[data]\ndataset = "{tmp_path / "ds"}"\n'
         '[model]\nkind = "sequential"\nembedding_dim = 16\n'
         f'[sequence]\nprotocol = "leave-last-out"\nencoder = "{encoder}"\nmax_length = 8\nobjective = "full-softmax"\n'
         f'step_features = ["genre", "year", "rating"]\nuser_embedding = {user_embedding}\n'
         '[train]\nepochs = 2\nbatch_size = 32\noptimizer = "adam"\nlearning_rate = 0.01\n[eval]\nks = [1, 10]\n'
-    )
+    ))
     code, out = run_cli(capsys, "train", str(config), "--runs", str(tmp_path / "runs"))
     assert code == 0, out
     (run_dir,) = [str(d) for d in (tmp_path / "runs").iterdir() if not d.name.startswith(".")]  # not the lock

@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 
-from towerrec.config import config_from_dict
+from config_helpers import small_config
 from towerrec.data.synthetic import make_synthetic
 from towerrec.runs import load_run, train_run
 from towerrec.serve import export_bundle, load_bundle
@@ -25,7 +25,7 @@ def served(request, tmp_path_factory):
     sequence, index = SETUPS[request.param]
     root = tmp_path_factory.mktemp(f"seq-{request.param}")
     dataset = make_synthetic(120, 50, 2500, seed=3)
-    config = config_from_dict({
+    config = small_config({
         "name": f"seq-{request.param}", "data": {"dataset": "synthetic"},
         "model": {"kind": "sequential", "embedding_dim": 8},
         "sequence": {"max_length": 5, "min_rating": MIN_RATING, **sequence},

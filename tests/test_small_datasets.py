@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from towerrec.config import config_from_dict
+from config_helpers import small_config
 from towerrec.data.store import save_dataset
 from towerrec.data.synthetic import make_synthetic
 from towerrec.errors import DataError
@@ -21,7 +21,7 @@ def two(tmp_path_factory):
 
 
 def _train(folder, tmp_path, **sections):
-    cfg = config_from_dict({"name": "t", "data": {"dataset": str(folder), **sections.pop("data", {})},
+    cfg = small_config({"name": "t", "data": {"dataset": str(folder), **sections.pop("data", {})},
                             "train": {"epochs": 1}, **sections})
     return train_run(cfg, runs_root=tmp_path / "runs", progress=False, log=lambda *_: None)
 
@@ -63,7 +63,7 @@ def test_a_dataset_without_interactions_is_refused(tmp_path, kind):
     full = make_synthetic(3, 4, 2)
     empty = type(full)(name="empty", interactions=full.interactions.clear(), items=full.items, users=full.users,
                        fingerprint="e" * 64, meta=full.meta)
-    cfg = config_from_dict({"name": "t", "model": {"kind": kind}, "train": {"epochs": 1}})
+    cfg = small_config({"name": "t", "model": {"kind": kind}, "train": {"epochs": 1}})
     with pytest.raises(DataError, match=r"^dataset 'empty' has no interactions$"):
         train_run(cfg, runs_root=tmp_path / "runs", dataset=empty, progress=False, log=lambda *_: None)
     assert isinstance(empty.interactions, pl.DataFrame)

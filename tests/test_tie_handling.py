@@ -15,6 +15,8 @@ import polars as pl
 import pytest
 import torch
 
+from config_helpers import small_config
+
 from towerrec.config import RunConfig
 from towerrec.data.tables import Dataset
 from towerrec.runs import train_run
@@ -41,7 +43,7 @@ def tiny_log() -> Dataset:
 
 
 def _config(kind: str) -> RunConfig:
-    return RunConfig().replace(
+    return small_config(
         name=f"{kind}-cold",
         data={"dataset": "tiny-cold", "split": "temporal", "test_fraction": 0.2857},
         model={"kind": kind, "ease_l2": 1.0},
@@ -75,7 +77,7 @@ def test_sequential_popularity_with_all_items_tied_gets_the_fair_value() -> None
         {"user_id": users, "item_id": items, "rating": [5.0] * 60, "timestamp": list(range(60))},
         schema={"user_id": pl.String, "item_id": pl.Int64, "rating": pl.Float32, "timestamp": pl.Int64},
     )
-    config = RunConfig().replace(model={"kind": "sequential"}, sequence={"protocol": "leave-last-out"})
+    config = small_config(model={"kind": "sequential"}, sequence={"protocol": "leave-last-out"})
     data = prepare_sequences(config, Dataset("seq", interactions, fingerprint="seq"), progress=False)
     assert torch.unique(data.item_counts).numel() == 1  # every item has the same training count
     metrics = popularity_metrics(data, data.test, ks=KS, exclude_seen=False)
@@ -90,7 +92,7 @@ def test_sequential_model_that_scores_everything_equally_gets_the_fair_value() -
         {"user_id": users, "item_id": items, "rating": [5.0] * 60, "timestamp": list(range(60))},
         schema={"user_id": pl.String, "item_id": pl.Int64, "rating": pl.Float32, "timestamp": pl.Int64},
     )
-    config = RunConfig().replace(model={"kind": "sequential"}, sequence={"protocol": "leave-last-out"})
+    config = small_config(model={"kind": "sequential"}, sequence={"protocol": "leave-last-out"})
     data = prepare_sequences(config, Dataset("seq", interactions, fingerprint="seq"), progress=False)
     from towerrec.train.sequential import build_sequential_model
 
@@ -108,7 +110,7 @@ ML100K = Path(os.environ.get("ML100K", Path(__file__).resolve().parents[1].paren
 @pytest.mark.skipif(not (ML100K / "u.data").is_file(), reason="MovieLens-100K is absent (set ML100K)")
 def test_ml100k_ease_temporal_split_gets_the_fair_values(tmp_path: Path) -> None:
     """field-01's reference config: EASE λ = 300, global time cut, last 20% test (85% cold users)."""
-    config = RunConfig().replace(
+    config = small_config(
         name="ease-temporal",
         data={"dataset": "movielens-100k", "data_dir": str(ML100K), "split": "temporal", "test_fraction": 0.2,
               "duplicate_titles": "keep"},  # field-01 measured the 1,682-id catalogue

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from towerrec.config import config_from_dict
+from config_helpers import small_config
 from towerrec.data.synthetic import make_synthetic
 from towerrec.errors import ConfigError, TowerrecError
 from towerrec.runs import load_run, train_run
@@ -31,7 +31,7 @@ def _config(**sections):
     }
     for key, values in sections.items():
         base[key] = {**base.get(key, {}), **values}
-    return config_from_dict(base)
+    return small_config(base)
 
 
 def _weights(model):

@@ -1,0 +1,73 @@
+"""``RunConfig()`` is the ``default`` preset, and no shipped preset or config changed meaning when it became so.
+
+Every preset and ``configs/*.toml`` run config states the keys whose default changed wherever it relied on
+the previous value: parsed with the previous defaults (:data:`config_helpers.OLD_DEFAULTS` laid under it)
+it gives the same values, hence the same hash and run folder, as parsed with today's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config_helpers import OLD_DEFAULTS, small, small_config
+from towerrec.config import RunConfig, config_from_dict, load_config, read_toml
+from towerrec.presets import PRESETS, preset
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# the [experiment] files (w2_*) build their runs from the w2 / w2-tfrs presets, checked below
+RUN_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.toml") if "experiment" not in read_toml(p))
+
+#: The hash of every preset and shipped run config before RunConfig() became `default` (it names the run
+#: folder, and benchmarks/results cite run folders): unchanged.
+HASHES = {
+    "w1-tutorial": "cc1c0d9da78b", "default": "7f7ff7e4335f", "w2": "5a5a4efed1c0", "w2-tfrs": "dd68fafbef86",
+    "popularity": "9fa73074a4a8", "ease": "1e331f286a03",
+    "w1_basic.toml": "cc1c0d9da78b", "w1_default.toml": "7f7ff7e4335f",
+    "w3_gru_leave_last_out.toml": "908d5560841f", "w3_sasrec.toml": "43198e726723",
+    "w3_sasrec_leave_last_out.toml": "bc7dac30dbe8", "w3_sasrec_ml1m.toml": "73c96b819adc",
+    "w3_tutorial_gru.toml": "14ba960f8fe0", "w3_tutorial_gru_ml1m.toml": "aa5db9a875af",
+}
+OLD_RUN_CONFIG_HASH = "6f63cd1ec2e3"  # RunConfig().hash() before
+
+
+def _without_name(config: RunConfig) -> dict:
+    values = config.to_dict()
+    values.pop("name")
+    return values
+
+
+def test_run_config_is_the_default_preset():
+    assert RunConfig().hash() == preset("default").hash() == HASHES["default"]
+    assert _without_name(RunConfig()) == _without_name(preset("default"))
+    assert RunConfig().name == "run" and preset("default").name == "default"
+    assert config_from_dict({}) == RunConfig()  # an empty TOML file is the default preset too
+
+
+def test_old_defaults_hold_exactly_the_changed_keys():
+    """Laid over today's defaults, OLD_DEFAULTS gives the old RunConfig() (same hash), and every key differs."""
+    assert config_from_dict(OLD_DEFAULTS).hash() == OLD_RUN_CONFIG_HASH != RunConfig().hash()
+    for section, values in OLD_DEFAULTS.items():
+        for key, old in values.items():
+            now = getattr(getattr(RunConfig(), section), key)
+            assert (list(now) if isinstance(now, tuple) else now) != old, f"[{section}] {key} did not change"
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_state_what_they_relied_on(name):
+    config = preset(name)
+    assert config_from_dict(small(PRESETS[name])).to_dict() == config.to_dict()
+    assert config.hash() == HASHES[name]
+
+
+@pytest.mark.parametrize("file", RUN_CONFIGS)
+def test_config_files_state_what_they_relied_on(file):
+    config = load_config(CONFIGS / file)
+    assert small_config(read_toml(CONFIGS / file)).to_dict() == config.to_dict()
+    assert config.hash() == HASHES[file]
+
+
+def test_every_shipped_config_and_preset_is_pinned():
+    assert set(HASHES) == set(PRESETS) | set(RUN_CONFIGS)
+
