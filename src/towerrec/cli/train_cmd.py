@@ -56,7 +56,8 @@ def metrics_table(title: str | Text, rows: dict[str, dict[str, float]], ks=KS) -
 
 @app.command()
 def train(
-    config: Annotated[str, typer.Argument(help="A TOML config file or a preset name: " + ", ".join(PRESETS))],
+    config: Annotated[str, typer.Argument(help="A TOML config file or a preset name: " + ", ".join(PRESETS)
+                                           + ". Keys a file leaves out take the default preset's values.")],
     data_dir: DataDirOption = None,
     dataset: DatasetOption = None,
     runs: RunsOption = Path("runs"),
