@@ -36,7 +36,8 @@ from _common import (
 from towerrec.config import load_config
 from towerrec.data.registry import load_dataset
 from towerrec.runs import train_run
-from towerrec.train.sequential import popularity_metrics, prepare_sequences
+from towerrec.train.evaluate import popularity_metrics
+from towerrec.train.sequence_data import prepare_sequences
 
 KS = (1, 5, 10, 50, 100)
 CONFIGS = REPO / "configs"

@@ -19,7 +19,7 @@ from pathlib import Path
 from _common import DEFAULT_DATA, machine, machine_line, write_results
 from towerrec.config import load_config
 from towerrec.data.registry import load_dataset
-from towerrec.train.sequential import prepare_sequences
+from towerrec.train.sequence_data import prepare_sequences
 from w3_sequential import CONFIGS, summary, train_once
 
 # name -> overrides of configs/w3_sasrec.toml (RunConfig.replace sections)

@@ -15,7 +15,7 @@ from towerrec.data.filters import filter_interactions
 from towerrec.data.tables import Dataset
 from towerrec.errors import ConfigError, DataError
 from towerrec.train.prepared import prepare
-from towerrec.train.sequential import prepare_sequences
+from towerrec.train.sequence_data import prepare_sequences
 
 SCHEMA = {"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float32, "timestamp": pl.Int64}
 

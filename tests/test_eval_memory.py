@@ -63,14 +63,16 @@ def test_two_tower_and_baseline_evaluation_work_in_bounded_chunks(monkeypatch):
 
 def test_sequential_evaluation_works_in_bounded_chunks():
     from towerrec.data.tables import Dataset
-    from towerrec.train.sequential import build_sequential_model, evaluate_sequence_protocols, prepare_sequences
+    from towerrec.train.evaluate import evaluate_protocols
+    from towerrec.train.models import build_model
+    from towerrec.train.sequence_data import prepare_sequences
 
     synthetic = make_synthetic(200, 60, 4000, seed=4)
     config = small_config(model={"kind": "sequential", "embedding_dim": 8},
                          sequence={"protocol": "leave-last-out", "min_rating": 0.0})
     data = prepare_sequences(config, Dataset("s", synthetic.interactions, synthetic.items, fingerprint="s"),
                              progress=False)
-    model = build_sequential_model(config, data)
+    model = build_model(config, data)
     encoded = []
     real_encode = model.encode
 
@@ -79,9 +81,9 @@ def test_sequential_evaluation_works_in_bounded_chunks():
         return real_encode(inputs, *args, **kwargs)
 
     model.encode = encode
-    whole = evaluate_sequence_protocols(model, data.test, ks=(1, 10))
+    whole = evaluate_protocols(model, data, data.test, ks=(1, 10))
     encoded.clear()
-    chunked = evaluate_sequence_protocols(model, data.test, ks=(1, 10), score_budget=data.num_items * 16)
+    chunked = evaluate_protocols(model, data, data.test, ks=(1, 10), score_budget=data.num_items * 16)
     assert encoded and max(encoded) <= 16 and sum(encoded) == len(data.test)
     assert chunked == whole
     assert torch.is_tensor(data.test.targets)

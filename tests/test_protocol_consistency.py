@@ -15,7 +15,7 @@ from config_helpers import small_config
 
 from towerrec.data.tables import Dataset
 from towerrec.train.prepared import prepare
-from towerrec.train.sequential import prepare_sequences
+from towerrec.train.sequence_data import prepare_sequences
 
 # user a: items 1..6 in time order (test 6, validation 5); user b: 2, 3, 4 (test 4, validation 3);
 # user c: 1, 2 (too short for leave-last-out on the sequential path: trains only)

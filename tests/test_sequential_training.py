@@ -14,16 +14,12 @@ from towerrec.data.store import save_dataset
 from towerrec.data.synthetic import make_synthetic
 from towerrec.data.tables import Dataset
 from towerrec.errors import TowerrecError
+from towerrec.recommend import history_to_indices
+from towerrec.train.batches import SequenceBatches
+from towerrec.train.evaluate import evaluate_examples, popularity_metrics
+from towerrec.train.models import build_model
+from towerrec.train.sequence_data import left_pad, prepare_sequences
 from towerrec.train.trainer import Trainer
-from towerrec.train.sequential import (
-    SequenceBatches,
-    build_sequential_model,
-    evaluate_sequences,
-    history_to_indices,
-    left_pad,
-    popularity_metrics,
-    prepare_sequences,
-)
 
 
 def _config(**sections):
@@ -147,10 +143,10 @@ def test_model_learns_beyond_popularity(walks, encoder, objective):
         train={"epochs": 5, "batch_size": 32, "learning_rate": 0.02, "eval_every": 100},
     )
     data = prepare_sequences(config, walks)
-    model = build_sequential_model(config, data)
+    model = build_model(config, data)
     Trainer.from_config(config, SequenceBatches(data), model, progress=False).fit()
     ks = (10,)
-    learned = evaluate_sequences(model, data.test, ks=ks, exclude_seen=False)["top_10_accuracy"]
+    learned = evaluate_examples(model, data, data.test, ks=ks, exclude_seen=False)["top_10_accuracy"]
     popular = popularity_metrics(data, data.test, ks=ks, exclude_seen=False)["top_10_accuracy"]
     assert learned > max(0.5, 2 * popular), (learned, popular)
 
@@ -211,15 +207,15 @@ def test_cli_train_and_recommend_history(capsys, tmp_path, encoder, user_embeddi
 
 
 def test_user_embedding_personalises_training_users_only(tmp_path):
-    from towerrec.runs import load_run
-    from towerrec.train.sequential import recommend_from_histories, train_sequential_run
+    from towerrec.recommend import recommend_from_histories
+    from towerrec.runs import load_run, train_run
 
     dataset = make_synthetic(60, 80, 1500, seed=3)
     config = _config(sequence={"protocol": "leave-last-out", "max_length": 6, "objective": "full-softmax",
                                "user_embedding": True, "min_rating": 0.0},  # TOML has no null: 0 keeps all
                      train={"epochs": 2, "batch_size": 32})
-    result = train_sequential_run(config, runs_root=tmp_path, retrain=True, progress=False, dataset=dataset,
-                                  log=lambda *_: None)
+    result = train_run(config, runs_root=tmp_path, retrain=True, progress=False, dataset=dataset,
+                       log=lambda *_: None)
     data = result.data
     assert data.user_vocabulary == sorted(data.user_vocabulary) and (data.train.users > 0).all()
     assert data.test.users.tolist() == [data.user_vocabulary.index(u) + 1 for u in data.test.user_ids]

@@ -11,7 +11,7 @@ from towerrec.runs import load_run, train_run
 from towerrec.serve import export_bundle, load_bundle
 from towerrec.serve.app import create_app
 from towerrec.serve.sequential import SequentialBundle
-from towerrec.train.sequential import recommend_from_histories
+from towerrec.recommend import recommend_from_histories
 
 MIN_RATING = 2.0
 SETUPS = {

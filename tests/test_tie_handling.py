@@ -20,12 +20,8 @@ from config_helpers import small_config
 from towerrec.config import RunConfig
 from towerrec.data.tables import Dataset
 from towerrec.runs import train_run
-from towerrec.train.evaluate import evaluate_protocols
-from towerrec.train.sequential import (
-    evaluate_sequence_protocols,
-    popularity_metrics,
-    prepare_sequences,
-)
+from towerrec.train.evaluate import evaluate_protocols, popularity_metrics
+from towerrec.train.sequence_data import prepare_sequences
 
 FAIR = {"top_1_accuracy": 0.05, "top_5_accuracy": 0.25, "top_10_accuracy": 0.50, "ndcg@10": 0.2272, "mrr": 0.1799}
 KS = (1, 5, 10, 50, 100)
@@ -94,12 +90,12 @@ def test_sequential_model_that_scores_everything_equally_gets_the_fair_value() -
     )
     config = small_config(model={"kind": "sequential"}, sequence={"protocol": "leave-last-out"})
     data = prepare_sequences(config, Dataset("seq", interactions, fingerprint="seq"), progress=False)
-    from towerrec.train.sequential import build_sequential_model
+    from towerrec.train.models import build_model
 
-    model = build_sequential_model(config, data)
+    model = build_model(config, data)
     with torch.no_grad():  # a collapsed model: every item embedding the same
         model.candidate_weight().copy_(torch.ones_like(model.candidate_weight()))
-    metrics = evaluate_sequence_protocols(model, data.test, ks=KS)["tfrs"]
+    metrics = evaluate_protocols(model, data, data.test, ks=KS)["tfrs"]
     assert _rounded(metrics) == FAIR
 
 

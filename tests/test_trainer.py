@@ -101,10 +101,10 @@ def test_broken_run_directories_are_clear_errors(dataset, tmp_path):
     config = _config(train={"epochs": 1})
     result = train_run(config, runs_root=tmp_path, dataset=dataset, progress=False, log=lambda *_: None)
     (result.run_dir / "model.safetensors").unlink()
-    with pytest.raises(TowerrecError, match="model weights are missing"):
+    with pytest.raises(TowerrecError, match="model.safetensors: missing"):
         load_run(result.run_dir)
     meta = result.run_dir / "meta.json"
-    meta.write_text(meta.read_text().replace('"format_version": 2', '"format_version": 99'))
+    meta.write_text(meta.read_text().replace('"format_version": 3', '"format_version": 99'))
     with pytest.raises(TowerrecError, match="run format 99"):
         load_run(result.run_dir)
     with pytest.raises(TowerrecError, match="no such run directory"):

@@ -125,7 +125,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class SequenceConfig:
-    """Sequential retrieval (``[model] kind = "sequential"``; see towerrec.train.sequential).
+    """Sequential retrieval (``[model] kind = "sequential"``; see towerrec.train.sequence_data and towerrec.models.sequential).
 
     ``protocol``: ``tfrs-sequences`` is the TFRS tutorial's (ratings >= min_rating,
     timelines >= min_timeline_length, one example per position with the previous

@@ -1,8 +1,16 @@
 """Run directories: train once, reuse only while configuration AND data match exactly.
 
-``runs/<name>-<config hash>-<data key>/`` holds config.toml, features.json,
-model.safetensors, history.jsonl, metrics.json, meta.json, catalogue.parquet
-(item ids and titles, for printing) and, while training, checkpoints/. The data
+Every kind of run (two-tower, baseline, sequential) takes one path: prepare the
+data of the config's kind, build the model, train it (:class:`towerrec.train.trainer.Trainer`;
+baselines are fitted in closed form), evaluate test (and validation, when the data
+has one) under both protocols, finish the run.
+
+``runs/<name>-<config hash>-<data key>/`` holds config.toml, model.json +
+model.safetensors (the model as :func:`towerrec.saving.write_model_files` stores any
+model: :func:`load_run` rebuilds it from JSON), history.jsonl, metrics.json, meta.json,
+catalogue.parquet (item ids, titles and training counts), features.json (two-tower and
+baseline runs: the fitted features), users.parquet (sequential runs with a user
+embedding: the training users in embedding order) and, while training, checkpoints/. The data
 key hashes the FULL data fingerprint (item/user feature tables included), and
 ``meta.json``, written when training starts, records the config hash and that
 fingerprint: a run is reused or resumed only when both match, never on a name
@@ -20,34 +28,36 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-from torch import nn
+import torch
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-from towerrec import __version__, fsio
+from towerrec import __version__, fsio, saving
 from towerrec.config import RunConfig, config_from_dict, load_config
-from towerrec.data.tables import Dataset
+from towerrec.data.tables import Dataset, item_aliases
 from towerrec.errors import ConfigError, TowerrecError, first_line, listing
 from towerrec.features import FittedFeatures
-from towerrec.train.checkpoint import RETRAIN_HINT, load_json, load_weights, save_json, save_weights
+from towerrec.model import Model
+from towerrec.train.checkpoint import RETRAIN_HINT, load_json, save_json
 from towerrec.train.evaluate import evaluate_both_protocols
-from towerrec.models.baselines import EASEModel, PopularityModel
-from towerrec.train.models import build_model, fit_baseline, two_tower_for
+from towerrec.train.models import build_model, fit_baseline
 from towerrec.train.prepared import PreparedData, prepare
-from towerrec.train.trainer import Trainer
+from towerrec.train.sequence_data import SequenceData, prepare_sequences, require_examples
+from towerrec.train.trainer import Trainer, resolve_device
 
-RUN_FORMAT_VERSION = 2  # 2: meta.json written first; SHA-256 of every file; key = hash of the full fingerprint
+RUN_FORMAT_VERSION = 3  # 3: the model as model.json + model.safetensors (towerrec.saving), any kind of model
 META = "meta.json"
-RUN_FILES = ("config.toml", "features.json", "model.safetensors", "history.jsonl", "metrics.json", META,
-             "catalogue.parquet", "sequence.json", "users.parquet", "checkpoints")
+USERS_FILE = "users.parquet"  # a sequential run's training users, when it has a user embedding
+RUN_FILES = ("config.toml", "features.json", "model.json", "model.safetensors", "history.jsonl", "metrics.json",
+             META, "catalogue.parquet", USERS_FILE, "checkpoints")
 """Everything :func:`train_run` writes into a run directory (plus ``index-*`` folders of ``index build``)."""
 
 
@@ -183,7 +193,7 @@ def finish_run(run_dir: Path, config: RunConfig, fingerprint: str, metrics: dict
 
 
 def train_in_run_dir(config: RunConfig, fingerprint: str, runs_root: Path, *, retrain: bool, log,
-                     data: Any, train: Callable[[Path], tuple[dict[str, Any], nn.Module]]) -> RunResult:
+                     data: Any, train: Callable[[Path], tuple[dict[str, Any], Model]]) -> RunResult:
     """The bookkeeping every kind of run shares: lock, reuse / resume / retrain, finish.
 
     Holds an inter-process lock on the run directory: a second ``train`` of the same
@@ -219,11 +229,31 @@ def _drop_if_nothing_to_resume(run_dir: Path, existed: bool) -> None:
 
 @dataclass
 class RunResult:
+    """What :func:`train_run` gives back: the run's folder, its metrics, whether a finished run was
+    reused, the prepared data (two-tower / baseline: ``PreparedData``; sequential: ``SequenceData``)
+    and the trained model (None when reused)."""
+
     run_dir: Path
     metrics: dict[str, Any]
     reused: bool
-    data: PreparedData | None
-    model: nn.Module | None
+    data: PreparedData | SequenceData | None
+    model: Model | None
+
+
+def prepare_run_data(config: RunConfig, dataset: Dataset | None = None, *,
+                     progress: bool = True) -> PreparedData | SequenceData:
+    """The data of the config's kind: :func:`~towerrec.train.sequence_data.prepare_sequences` for
+    ``[model] kind = "sequential"`` (refusing a protocol that leaves a part without examples),
+    :func:`~towerrec.train.prepared.prepare` for every other kind.
+
+    Raises:
+        DataError / ConfigError: the data or configuration cannot give the run its splits.
+    """
+    if config.model.kind != "sequential":
+        return prepare(config, dataset, progress=progress)
+    data = prepare_sequences(config, dataset, progress=progress)
+    require_examples(config, config.data.dataset if dataset is None else dataset.name, data)
+    return data
 
 
 def train_run(
@@ -234,35 +264,37 @@ def train_run(
     progress: bool = True,
     dataset: Dataset | None = None,
     log=print,
+    device: str | torch.device | None = None,
 ) -> RunResult:
-    """Train (or reuse, or resume) the run this configuration names, then evaluate it on test.
+    """Train (or reuse, or resume) the run this configuration names, then evaluate it on test (and validation).
 
-    Relative data paths in ``config`` are made absolute first (the run's stored config then
-    works from any folder; see :func:`towerrec.data.registry.with_absolute_paths`).
+    One path for every kind: :func:`prepare_run_data` -> :func:`~towerrec.train.models.build_model` ->
+    :meth:`Trainer.from_config <towerrec.train.trainer.Trainer.from_config>` (baselines: fitted) ->
+    both evaluation protocols -> :func:`finish_run`. Relative data paths in ``config`` are made
+    absolute first (the run's stored config then works from any folder; see
+    :func:`towerrec.data.registry.with_absolute_paths`). ``device`` (default ``"cpu"``; ``"cuda"``...)
+    is where the model trains and is evaluated; it is not part of the configuration (nor of its hash).
+
+    Raises:
+        TowerrecError: the device is not available (checked before any data is prepared).
     """
     from towerrec.data.registry import with_absolute_paths
 
+    target = resolve_device(device)
     config = with_absolute_paths(config)
-    if config.model.kind == "sequential":
-        from towerrec.train.sequential import train_sequential_run
+    data = prepare_run_data(config, dataset, progress=progress)
 
-        return train_sequential_run(config, runs_root=runs_root, retrain=retrain, progress=progress,
-                                    dataset=dataset, log=log)
-    data = prepare(config, dataset, progress=progress)
-
-    def train(run_dir: Path) -> tuple[dict[str, Any], nn.Module]:
-        save_json(data.features.to_json(), run_dir / "features.json")
-        _save_catalogue(data, run_dir)
+    def train(run_dir: Path) -> tuple[dict[str, Any], Model]:
+        _write_data_files(run_dir, config, data)
         model = build_model(config, data)
         started = time.perf_counter()
-        fit: dict[str, Any] = {}
         if model.trainable:
-            trainer = Trainer.from_config(config, data, model, checkpoint_dir=run_dir / "checkpoints",
+            trainer = Trainer.from_config(config, data, model, device=target, checkpoint_dir=run_dir / "checkpoints",
                                           history_path=run_dir / "history.jsonl", progress=progress)
             if trainer.checkpointer is not None and trainer.checkpointer.exists():
                 log(f"resuming {run_dir} from its last checkpoint")
             result = trainer.fit()
-            fit = {
+            fit: dict[str, Any] = {
                 "train_seconds": round(result.train_seconds, 3),
                 "examples_per_s": round(result.examples_per_s, 1),
                 "epochs_run": len(result.history),
@@ -271,35 +303,57 @@ def train_run(
                 "resumed_from_epoch": result.resumed_from_epoch,
             }
         else:
-            fit_baseline(model, data)
+            fit_baseline(model, data)  # closed form, on the CPU
             fit = {"train_seconds": round(time.perf_counter() - started, 3)}
-        save_weights(model, run_dir / "model.safetensors")
-        return {**fit, "test": evaluate_both_protocols(model, data, data.test, config.eval.ks)}, model
+        saving.write_model_files(model, run_dir, metadata={"run": run_dir.name,
+                                                           "item_aliases": item_aliases(data.dataset)})
+        metrics = {**fit, "test": evaluate_both_protocols(model, data, data.test, config.eval.ks)}
+        if data.validation is not None:
+            metrics["validation"] = evaluate_both_protocols(model, data, data.validation, config.eval.ks)
+        return metrics, model
 
     return train_in_run_dir(config, data.dataset.fingerprint, runs_root, retrain=retrain, log=log, data=data,
                             train=train)
 
 
-def _save_catalogue(data: PreparedData, run_dir: Path) -> None:
-    ids = data.features.catalogue_ids
-    frame = pl.DataFrame({"item_id": ids})
-    items = data.dataset.items
-    if items is not None:
-        frame = frame.join(items.select("item_id", "title"), on="item_id", how="left", maintain_order="left")
+def _write_data_files(run_dir: Path, config: RunConfig, data: PreparedData | SequenceData) -> None:
+    """What a run keeps of its data: the catalogue (ids, titles, training counts), and the fitted
+    features (two-tower / baseline runs) or the training users (sequential runs with a user embedding)."""
+    if isinstance(data, PreparedData):
+        save_json(data.features.to_json(), run_dir / "features.json")
+        frame = pl.DataFrame({"item_id": data.features.catalogue_ids})
+        items = data.dataset.items
+        if items is not None:
+            frame = frame.join(items.select("item_id", "title"), on="item_id", how="left", maintain_order="left")
+        else:
+            frame = frame.with_columns(pl.col("item_id").cast(pl.String).alias("title"))
     else:
-        frame = frame.with_columns(pl.col("item_id").cast(pl.String).alias("title"))
+        frame = pl.DataFrame({"item_id": pl.Series(data.item_ids.tolist(),
+                                                   dtype=data.dataset.interactions.schema["item_id"]),
+                              "title": data.titles})
+    frame = frame.with_columns(train_count=pl.Series(data.item_counts.numpy()))
     with fsio.io_errors(run_dir):
         frame.write_parquet(run_dir / "catalogue.parquet")
+        if isinstance(data, SequenceData) and config.sequence.user_embedding:
+            pl.DataFrame({"user_id": pl.Series(data.user_vocabulary,
+                                               dtype=data.dataset.interactions.schema["user_id"])}
+                         ).write_parquet(run_dir / USERS_FILE)
 
 
 @dataclass
 class LoadedRun:
+    """A finished run, checked: its config, model (eval mode, on the CPU), catalogue
+    (``item_id``, ``title``, ``train_count``), ``meta.json``, fitted features (None for sequential
+    runs) and ``item_aliases`` (``{merged twin id as text: catalogue id}``, see
+    :func:`towerrec.data.tables.item_aliases`)."""
+
     run_dir: Path
     config: RunConfig
-    features: FittedFeatures
-    model: nn.Module
+    features: FittedFeatures | None
+    model: Model
     catalogue: pl.DataFrame
     meta: dict[str, Any]
+    item_aliases: dict[str, Any] = field(default_factory=dict)
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
@@ -328,23 +382,21 @@ def load_run(run_dir: str | Path) -> LoadedRun:
                             hint="run the same `towerrec train` again: it resumes from the last checkpoint")
     config = load_run_config(run_dir / "config.toml", meta.get("config_hash"), folder_name=run_dir.name,
                              hint="retrain, or restore the file")
-    if config.model.kind == "sequential":
-        from towerrec.train.sequential import load_sequential_model
-
-        model = load_sequential_model(config, run_dir)
-        features = None
-    else:
+    features = None
+    if config.model.kind != "sequential":
         features_path = run_dir / "features.json"
         features = read_features(features_path, load_json(features_path), hint=RETRAIN_HINT)
-        model = _empty_model(config, features)
     catalogue_path = run_dir / "catalogue.parquet"
     if not catalogue_path.is_file():
         raise TowerrecError(f"{catalogue_path}: missing", hint=f"the run directory is incomplete: {RETRAIN_HINT}")
-    load_weights(model, run_dir / "model.safetensors")
-    model.eval()
+    try:
+        model = saving.load(run_dir)
+    except TowerrecError as exc:  # the run's remedy, not a saved model's
+        raise TowerrecError(exc.message, hint=RETRAIN_HINT) from None
     catalogue = fsio.read_parquet(catalogue_path, hint=RETRAIN_HINT)
     verify_run_files(run_dir, meta)
-    return LoadedRun(run_dir, config, features, model, catalogue, meta)  # type: ignore[arg-type]
+    aliases = (load_json(run_dir / saving.MANIFEST).get("metadata") or {}).get("item_aliases") or {}
+    return LoadedRun(run_dir, config, features, model, catalogue, meta, dict(aliases))
 
 
 def load_run_config(path: Path, recorded_hash: Any, *, folder_name: str | None = None,
@@ -383,12 +435,3 @@ def read_features(path: Path, value: Any, *, hint: str) -> FittedFeatures:
 
 def _shape_error(exc: BaseException) -> str:
     return f"missing {exc}" if isinstance(exc, KeyError) else first_line(exc, limit=120)
-
-
-def _empty_model(config: RunConfig, features: FittedFeatures) -> nn.Module:
-    m = config.model
-    if m.kind == "popularity":
-        return PopularityModel(len(features.catalogue_ids))
-    if m.kind == "ease":
-        return EASEModel(features.num_users, len(features.catalogue_ids), m.ease_l2)
-    return two_tower_for(config, features)

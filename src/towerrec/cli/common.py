@@ -35,6 +35,15 @@ RunDataDirOption = Annotated[
     ),
 ]
 
+DeviceOption = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Where the model runs: cpu (default), cuda, cuda:1, mps... Not part of the configuration "
+        "(a run trained on a GPU is the same run).",
+    ),
+]
+
 
 def check_folder_option(folder: Path, option: str) -> None:
     """Refuse a folder option (``--runs``, ``--out``) that names a file, before any work starts."""

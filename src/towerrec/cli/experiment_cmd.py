@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from towerrec.cli.app import app
-from towerrec.cli.common import DataDirOption, check_folder_option, console, say
+from towerrec.cli.common import DataDirOption, DeviceOption, check_folder_option, console, say
 from towerrec.config import MAX_COUNT, MAX_WIDTH
 from towerrec.errors import ConfigError
 
@@ -55,6 +55,7 @@ def experiment(
     runs: Annotated[Optional[Path], typer.Option("--runs", help="Folder that holds run directories.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Where the chart and tables go (default experiments/NAME).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Train one model per feature set and compare them: curves (HTML + PNG), a results table, recommendations.
 
@@ -101,7 +102,7 @@ def experiment(
         out_dir=None if out is None else str(out),
         overrides={"data": data},
     )
-    result = run_experiment(exp, retrain=retrain, progress=not quiet, log=say)
+    result = run_experiment(exp, retrain=retrain, progress=not quiet, log=say, device=device)
     console.print(results_markdown(exp, result.runs), markup=False, highlight=False, soft_wrap=True)
     if result.recommendations is not None:
         console.print(recommendations_markdown(result.recommendations), markup=False, highlight=False, soft_wrap=True)

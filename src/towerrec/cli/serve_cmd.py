@@ -200,16 +200,8 @@ def export(
 
 
 def _run_data(run_dir: Path, data_dir: Path):
-    """A run's prepared data read from ``data_dir`` (its new place), checked against the run's fingerprint."""
-    from towerrec.config import load_config
-
-    if load_config(Path(run_dir) / "config.toml").model.kind == "sequential":
-        from towerrec.data.registry import relocated
-        from towerrec.runs import load_run
-        from towerrec.train.sequential import prepare_sequences
-
-        run = load_run(run_dir)
-        return prepare_sequences(relocated(run.config, data_dir), progress=False)
+    """A run's data (prepared or sequence data, by its kind) read from ``data_dir`` (its new place),
+    checked against the run's fingerprint."""
     from towerrec.recommend import open_run_with_data
 
     return open_run_with_data(run_dir, data_dir)[1]

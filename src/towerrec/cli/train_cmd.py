@@ -12,7 +12,7 @@ from towerrec.cli.app import app
 from rich.markup import escape
 from rich.text import Text
 
-from towerrec.cli.common import DataDirOption, RunDataDirOption, check_folder_option, console, say
+from towerrec.cli.common import DataDirOption, DeviceOption, RunDataDirOption, check_folder_option, console, say
 from towerrec.config import MAX_COUNT, RunConfig, load_config
 from towerrec.presets import PRESETS, preset
 
@@ -63,12 +63,15 @@ def train(
     runs: RunsOption = Path("runs"),
     retrain: Annotated[bool, typer.Option("--retrain", help="Train again even if a finished run matches.")] = False,
     epochs: Annotated[Optional[int], typer.Option(min=1, max=MAX_COUNT, help="Override [train] epochs.")] = None,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Train the model a config describes (reusing a finished identical run, resuming an interrupted one).
 
     Examples:
 
       towerrec train configs/w1_basic.toml --data-dir ../shared/datasets/ml-100k
+
+      towerrec train configs/w3_sasrec.toml --device cuda
 
       towerrec train default --epochs 5
 
@@ -80,7 +83,7 @@ def train(
     cfg = _resolve_config(config, data_dir, dataset)
     if epochs is not None:
         cfg = cfg.replace(train={"epochs": epochs})
-    result = train_run(cfg, runs_root=runs, retrain=retrain, log=say)
+    result = train_run(cfg, runs_root=runs, retrain=retrain, log=say, device=device)
     _print_run_metrics(cfg.name, result.metrics, cfg.eval.ks)
     console.print(f"run directory: [bold]{escape(str(result.run_dir))}[/bold]", soft_wrap=True, highlight=False)  # paths stay copyable
 
@@ -102,8 +105,9 @@ def evaluate(
     ] = False,
     split: Annotated[str, typer.Option(help="test or validation")] = "test",
     data_dir: RunDataDirOption = None,
+    device: DeviceOption = "cpu",
 ) -> None:
-    """Evaluate a trained run over the full catalogue.
+    """Evaluate a trained run (any kind) over the full catalogue.
 
     Examples:
 
@@ -115,22 +119,11 @@ def evaluate(
     from towerrec.recommend import open_run_with_data
     from towerrec.train.evaluate import evaluate_examples
 
-    config_path = Path(run_dir) / "config.toml"
-    if config_path.is_file() and load_config(config_path).model.kind == "sequential":
-        from towerrec.runs import load_run
-        from towerrec.train.sequential import evaluate_sequential_run
-
-        from towerrec.data.registry import relocated
-
-        run = load_run(run_dir)
-        run.config = relocated(run.config, data_dir)
-        metrics = evaluate_sequential_run(run, split, include_seen)
-    else:
-        run, data = open_run_with_data(run_dir, data_dir)
-        examples = {"test": data.test, "validation": data.validation}.get(split)
-        if examples is None:
-            raise TowerrecError(f"split {split!r} does not exist for this run", hint="use --split test")
-        metrics = evaluate_examples(run.model, data, examples, ks=run.config.eval.ks, exclude_seen=not include_seen)
+    run, data = open_run_with_data(run_dir, data_dir, device=device)
+    examples = {"test": data.test, "validation": data.validation}.get(split)
+    if examples is None:
+        raise TowerrecError(f"split {split!r} does not exist for this run", hint="use --split test")
+    metrics = evaluate_examples(run.model, data, examples, ks=run.config.eval.ks, exclude_seen=not include_seen)
     protocol = "TFRS protocol" if include_seen else "seen items excluded"
     console.print(metrics_table(f"{split}, {protocol}", {run.config.name: metrics}, run.config.eval.ks))
     extra = {k: v for k, v in metrics.items() if not k.startswith("top_")}
@@ -162,6 +155,7 @@ def recommend(
         typer.Option("--at", help="Query time (Unix seconds) for models with a timestamp feature; "
                                   "default: the dataset's latest timestamp."),
     ] = None,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Print the top-k items for one or more users, or (sequential runs) for an item history.
 
@@ -192,12 +186,12 @@ def recommend(
     if config_path.is_file() and load_config(config_path).model.kind == "sequential":
         if at is not None:
             console.print("note: --at has no effect: sequential runs have no timestamp feature", highlight=False)
-        _recommend_sequential(run_dir, user or [], history, k, exclude_seen, fallback, data_dir, all_users)
+        _recommend_sequential(run_dir, user or [], history, k, exclude_seen, fallback, data_dir, all_users, device)
         return
     if history is not None:
         raise TowerrecError("--history works with sequential runs ([model] kind = \"sequential\")",
                             hint="use --user ID for this run")
-    run, data = open_run_with_data(run_dir, data_dir)
+    run, data = open_run_with_data(run_dir, data_dir, device=device)
     users = list(user or [])
     if all_users:
         users += [str(u) for u in data.features.user_ids.tolist()]
@@ -241,25 +235,22 @@ def print_recommendations(results: dict, k: int, exclude_seen: bool = True) -> N
 
 
 def _recommend_sequential(run_dir: Path, users: list[str], history: Optional[str], k: int, exclude_seen: bool,
-                          fallback: Optional[str], data_dir: Optional[Path] = None, all_users: bool = False) -> None:
-    from towerrec.data.registry import relocated
-    from towerrec.runs import load_run
-    from towerrec.train.sequential import (
-        _coerce_items, history_to_indices, recommend_from_histories, user_histories,
+                          fallback: Optional[str], data_dir: Optional[Path] = None, all_users: bool = False,
+                          device: str = "cpu") -> None:
+    from towerrec.recommend import (
+        history_to_indices, open_run, parse_history, recommend_from_histories, user_histories,
     )
 
-    run = load_run(run_dir)
-    run.config = relocated(run.config, data_dir)
+    run = open_run(run_dir, data_dir, device)
     histories: dict[str, list[int]] = {}
     if users or all_users:
         found = user_histories(run, users, fallback=fallback, all_users=all_users)[0]
         histories.update({f"user {u}": h for u, h in found.items()})
         users = list(found)
     if history is not None:
-        raw = [part.strip() for part in history.split(",") if part.strip()]
-        items = _coerce_items(raw, run.catalogue)
         histories["history"] = history_to_indices(
-            items, run.catalogue, unknown=run.config.sequence.unknown_items,
+            parse_history(history, run.catalogue), run.catalogue, unknown=run.config.sequence.unknown_items,
+            aliases=run.item_aliases,
             warn=lambda m: console.print(f"[yellow]warning:[/yellow] {escape(m)}", highlight=False, soft_wrap=True))
     results = recommend_from_histories(run, histories, k=k, exclude_seen=exclude_seen, fallback=fallback,
                                        users={f"user {u}": u for u in users})
@@ -275,6 +266,7 @@ def quickstart(
         Optional[str], typer.Option(help="Whose recommendations to print (default 42, or the data's first user).")
     ] = None,
     retrain: Annotated[bool, typer.Option("--retrain", help="Train again even if cached.")] = False,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Workload W1 end to end: MovieLens-100K (or --dataset), two-tower model, test metrics beside popularity,
     top 3 for a user.
@@ -297,14 +289,14 @@ def quickstart(
     last_dir = None
     for name in ("popularity", "default"):
         cfg = with_data(preset(name), data_dir, dataset)
-        result = train_run(cfg, runs_root=runs, retrain=retrain, log=say)
+        result = train_run(cfg, runs_root=runs, retrain=retrain, log=say, device=device)
         rows_excluded[name] = result.metrics["test"]["seen_excluded"]
         rows_tfrs[name] = result.metrics["test"]["tfrs"]
         last_dir = result.run_dir
     label = "MovieLens-100K" if dataset is None else Path(dataset).name
     console.print(metrics_table(Text(f"{label} test (20%), full catalogue, seen items excluded"), rows_excluded))
     console.print(metrics_table("same, TFRS protocol (seen items not excluded)", rows_tfrs))
-    run, data = open_run_with_data(last_dir)
+    run, data = open_run_with_data(last_dir, device=device)
     if user is None:
         known = [str(u) for u in data.features.user_ids.tolist()]
         user = "42" if "42" in known or not known else known[0]

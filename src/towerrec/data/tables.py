@@ -191,3 +191,16 @@ def frame_fingerprint(*frames: pl.DataFrame | None) -> str:
             else:  # strings, lists, nullable columns: a text rendering is stable across versions
                 h.update(repr(col.to_list()).encode())
     return h.hexdigest()
+
+
+def item_aliases(dataset: Dataset) -> dict[str, Any]:
+    """``{merged twin id (as text): the id it was merged into}``, from a MovieLens dataset's duplicate titles.
+
+    With ``duplicate_titles = "merge"`` (the default) MovieLens movies listed twice
+    become one (268 -> 246 in ML-100K); ids clients already know keep naming the movie
+    (``towerrec recommend --history``, served bundles). Empty for every other dataset.
+    """
+    info = dataset.meta.get("duplicate_titles") or {}
+    if info.get("mode") != "merge":
+        return {}
+    return {str(twin): ids[0] for ids in (info.get("ids") or {}).values() for twin in ids[1:]}

@@ -264,12 +264,21 @@ def run_experiment(
     progress: bool = True,
     log: Callable[[str], None] = print,
     dataset: Dataset | None = None,
+    device: str | None = None,
 ) -> ExperimentResult:
-    """Train (or reuse) one model per feature set, then write the chart, the table and recommendations."""
+    """Train (or reuse) one model per feature set, then write the chart, the table and recommendations.
+
+    ``device`` (default CPU): where each model trains and is evaluated (see :func:`towerrec.runs.train_run`).
+
+    Raises:
+        TowerrecError: the device is not available (before any data is loaded).
+    """
     from towerrec.experiments.plots import write_curves
     from towerrec.experiments.report import write_recommendations, write_results
     from towerrec.runs import train_run
+    from towerrec.train.trainer import resolve_device
 
+    resolve_device(device)
     started = time.perf_counter()
     configs = run_configs(config)
     if dataset is None:
@@ -295,7 +304,7 @@ def run_experiment(
             log(f"  reusing the finished run {result.run_dir} (same configuration and data; --retrain to train again)")
         else:
             result = train_run(cfg, runs_root=runs_root, retrain=retrain, progress=progress, dataset=dataset,
-                               log=lambda m: log(f"  {m}"))
+                               log=lambda m: log(f"  {m}"), device=device)
         if result.model is not None:
             trained[label] = result
         summaries.append(RunSummary(label, result.run_dir, result.reused, result.metrics,

@@ -346,7 +346,7 @@ class FaissIndex(Index):
         vectors = torch.from_numpy(self.vectors())
         chunk = torch.from_numpy(q[rows]) @ vectors.T
         if exclusions is not None:
-            from towerrec.train.prepared import gather_rows
+            from towerrec.metrics.topk import gather_rows
 
             gather_rows(exclusions, torch.from_numpy(rows)).masked_fill_(chunk, -torch.inf)
         best = chunk.topk(width, dim=1)

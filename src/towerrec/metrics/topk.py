@@ -129,6 +129,24 @@ ExclusionsFor = Callable[[int, int], "CSR | None"]
 """``exclusions(start, stop)`` -> per-query CSR of the items removed from those queries' rankings."""
 
 
+def gather_rows(csr: CSR, rows: Tensor) -> CSR:
+    """A CSR whose row j is ``csr`` row ``rows[j]`` (empty when ``rows[j]`` is -1 or out of range)."""
+    indptr = csr.indptr
+    num_rows = indptr.shape[0] - 1
+    valid = (rows >= 0) & (rows < num_rows)
+    safe = torch.where(valid, rows, torch.zeros_like(rows))
+    starts = indptr[safe]
+    lengths = torch.where(valid, indptr[safe + 1] - starts, torch.zeros_like(rows))
+    new_indptr = torch.zeros(rows.shape[0] + 1, dtype=torch.int64)
+    torch.cumsum(lengths, 0, out=new_indptr[1:])
+    total = int(new_indptr[-1])
+    # position k of the output belongs to row r = searchsorted; its source is starts[r] + offset
+    owner = torch.repeat_interleave(torch.arange(rows.shape[0]), lengths)
+    offsets = torch.arange(total) - new_indptr[owner]
+    indices = csr.indices[starts[owner] + offsets]
+    return CSR(new_indptr, indices)
+
+
 @dataclass(frozen=True, eq=False)
 class TargetRanks:
     """Where each query's target lands among all candidates, with ties kept apart.

@@ -37,10 +37,10 @@ from towerrec.errors import RequestError, TowerrecError, first_line, shorten, sh
 from towerrec.features import FittedFeatures
 from towerrec.features.fitted import DERIVED
 from towerrec.index import Index, load_index
-from towerrec.metrics.topk import CSR
+from towerrec.metrics.topk import CSR, gather_rows
 from towerrec.models.tower import Tower
 from towerrec.serve.request_features import INT64, check_feature_value
-from towerrec.train.prepared import HISTORY, gather_rows, history_input
+from towerrec.train.prepared import HISTORY, history_input
 
 if TYPE_CHECKING:
     from towerrec.serve.sequential import SequentialBundle

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from towerrec import __version__, fsio
+from towerrec.data.tables import item_aliases
 from towerrec.errors import TowerrecError
 from towerrec.index import BruteForceIndex, FaissIndex, Index
 from towerrec.models.two_tower import TwoTowerModel
@@ -212,17 +213,6 @@ def _export_sequential(run: LoadedRun, out: Path, index: str, index_params: dict
         facts["index"]["build_seconds"] = round(seconds[0], 3)
         save_json(_manifest(run, similarity="dot", item_aliases=item_aliases(dataset), **facts), staging / MANIFEST)
     return out
-
-
-def item_aliases(dataset) -> dict[str, Any]:
-    """{merged twin id (as text): the id it was merged into}, from a MovieLens dataset's duplicate titles.
-
-    Served bundles accept the twin ids clients already know (MovieLens 268 = 246).
-    """
-    info = dataset.meta.get("duplicate_titles") or {}
-    if info.get("mode") != "merge":
-        return {}
-    return {str(twin): ids[0] for ids in (info.get("ids") or {}).values() for twin in ids[1:]}
 
 
 def _items_frame(run: LoadedRun, data: PreparedData) -> pl.DataFrame:

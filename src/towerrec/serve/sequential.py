@@ -4,8 +4,8 @@ Layout (beside the two-tower files' names where they mean the same)::
 
     bundle.json            manifest, with "model_kind": "sequential"
     config.toml            the run's configuration
-    sequence.json          model shape (items, genres, year buckets, users)
-    model.safetensors      the sequential model (history encoder, item tables)
+    model.json             the sequential model as towerrec.saving stores it (class, config, checksums)
+    model.safetensors      its weights (history encoder, item tables)
     candidates.safetensors [N, d] candidate embeddings, [N] train counts
     users.safetensors      per known user: seen items (CSR), left-padded history row, user-embedding index
     users.parquet          known user ids, in row order
@@ -21,7 +21,6 @@ adds the user's learned vector. A new user is a history alone.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from torch import Tensor
 
 from towerrec import fsio
 from towerrec.config import RunConfig
-from towerrec.errors import RequestError, TowerrecError, first_line, shorten_text
+from towerrec.errors import RequestError, TowerrecError, shorten_text
 from towerrec.index import Index, load_index
 from towerrec.metrics.topk import CSR
 from towerrec.models.sequential import SequentialModel
@@ -43,7 +42,7 @@ from towerrec.serve.bundle import BundleFacts
 from towerrec.train.prepared import HISTORY
 
 USERS = "users"  # query key: user-embedding index + 1 (0 = none)
-FILES = ("config.toml", "sequence.json", "model.safetensors", "candidates.safetensors", "users.safetensors",
+FILES = ("config.toml", "model.json", "model.safetensors", "candidates.safetensors", "users.safetensors",
          "users.parquet", "items.parquet")
 
 
@@ -145,7 +144,8 @@ def write_sequential_bundle(run, folder: Path, dataset, index_builder) -> dict[s
         dataset: the run's dataset (timelines of the known users come from it).
         index_builder: ``embeddings, ids -> Index`` (the export's index choice).
     """
-    from towerrec.train.sequential import timeline_events, run_user_indices
+    from towerrec.recommend import run_user_indices
+    from towerrec.train.sequence_data import timeline_events
 
     model: SequentialModel = run.model
     model.eval()
@@ -162,8 +162,8 @@ def write_sequential_bundle(run, folder: Path, dataset, index_builder) -> dict[s
     built = index_builder(embeddings, catalogue["item_id"].to_list())
     built.save(folder / "index")
     shutil.copy(run.run_dir / "config.toml", folder / "config.toml")
-    shutil.copy(run.run_dir / "sequence.json", folder / "sequence.json")
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    shutil.copy(run.run_dir / "model.json", folder / "model.json")
+    shutil.copy(run.run_dir / "model.safetensors", folder / "model.safetensors")
     counts = torch.as_tensor(catalogue["train_count"].to_numpy().copy(), dtype=torch.float32)
     save_file({"embeddings": embeddings, "item_counts": counts}, str(folder / "candidates.safetensors"))
     save_file({"seen_indptr": seen.indptr.contiguous(), "seen_indices": seen.indices.contiguous(),
@@ -190,23 +190,19 @@ def load_sequential_bundle(folder: Path, manifest: dict[str, Any]) -> Sequential
     the checksums after this returns). Every table the service indexes is range-checked."""
     from towerrec.runs import load_run_config
     from towerrec.serve.bundle import AGAIN, EDITED, _tensors, check_candidates, check_rows, check_seen
-    from towerrec.train.sequential import sequential_model_from_shape
+    from towerrec import saving
 
     for name in FILES:
         if not (folder / name).is_file():
             raise TowerrecError(f"{folder / name}: missing", hint="the bundle is incomplete: export it again")
     config = load_run_config(folder / "config.toml", manifest.get("config_hash"), hint=EDITED)
-    shape_path = folder / "sequence.json"
     try:
-        shape = json.loads(fsio.read_text(shape_path, hint=AGAIN))
-    except json.JSONDecodeError as error:
-        raise TowerrecError(f"{shape_path}: not valid JSON ({error})", hint=AGAIN) from None
-    model = sequential_model_from_shape(config, shape, shape_path, hint=AGAIN)
-    try:
-        model.load_state_dict(_tensors(folder / "model.safetensors"))
-    except RuntimeError as error:
-        raise TowerrecError(f"{folder / 'model.safetensors'}: weights do not fit the bundle's config "
-                            f"({first_line(error)})", hint=AGAIN) from None
+        model = saving.load(folder)
+    except TowerrecError as error:  # the bundle's remedy, not a saved model's
+        raise TowerrecError(error.message, hint=AGAIN) from None
+    if not isinstance(model, SequentialModel):
+        raise TowerrecError(f"{folder / 'model.json'}: holds a {type(model).__name__}, not a sequential model",
+                            hint=AGAIN)
     candidates = _tensors(folder / "candidates.safetensors")
     users_path = folder / "users.safetensors"
     users = _tensors(users_path)

@@ -6,11 +6,12 @@
 - a Polars or pandas DataFrame of numeric columns: the same, one tensor per column;
 - prepared data (:func:`towerrec.train.prepared.prepare`): query features, the
   ``candidate_index`` of each row's positive, full-catalogue evaluation;
+- sequence data (:func:`towerrec.train.sequence_data.prepare_sequences`): padded
+  histories and next-item targets, the same full-catalogue evaluation;
 - a towerrec :class:`~towerrec.data.tables.Dataset`, for a two-tower model whose
   towers read built-in feature names: prepared with those features;
 - any object with ``__len__``, ``batch(index)`` (and optionally ``attach(model)``,
-  ``evaluate(model, split)``, ``has_validation``, ``metric_names``): used as is
-  (sequential data implements it).
+  ``evaluate(model, split)``, ``has_validation``, ``metric_names``): used as is.
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from towerrec.metrics.topk import DEFAULT_KS
 from towerrec.model import CANDIDATE_INDEX
+from towerrec.models.sequential import TARGETS
+from towerrec.train.evaluate import evaluate_examples
+from towerrec.train.prepared import PreparedData
+from towerrec.train.sequence_data import SequenceData
 
 Evaluate = Callable[[nn.Module], dict[str, float]]
 
@@ -87,7 +93,8 @@ class PreparedBatches:
     train counts of each item (for logQ).
     """
 
-    def __init__(self, data, *, ks: Sequence[int], exclude_seen: bool, evaluate: Evaluate | None = None) -> None:
+    def __init__(self, data: PreparedData, *, ks: Sequence[int], exclude_seen: bool,
+                 evaluate: Evaluate | None = None) -> None:
         self.data = data
         self.ks = tuple(ks)
         self.exclude_seen = exclude_seen
@@ -115,12 +122,32 @@ class PreparedBatches:
         """Full-catalogue metrics of ``split`` ("validation" / "test"; None when absent)."""
         if self._evaluate is not None:
             return self._evaluate(model) if split == "validation" else None
-        from towerrec.train.evaluate import evaluate_examples
-
         examples = self.data.validation if split == "validation" else self.data.test
         if examples is None:
             return None
         return evaluate_examples(model, self.data, examples, ks=self.ks, exclude_seen=self.exclude_seen)
+
+
+class SequenceBatches(PreparedBatches):
+    """Sequence data: ``history`` (+ ``history_ratings``, ``user``) and ``targets`` ``[batch, L]`` rows;
+    the same full-catalogue evaluation as prepared data.
+
+    ``attach(model)`` gives a sequential model the training targets per item (logQ and the
+    sampled negatives' distribution, :meth:`~towerrec.models.sequential.SequentialModel.set_candidate_counts`).
+    """
+
+    def __init__(self, data: SequenceData, *, ks: Sequence[int] = DEFAULT_KS, exclude_seen: bool = True,
+                 evaluate: Evaluate | None = None) -> None:
+        super().__init__(data, ks=ks, exclude_seen=exclude_seen, evaluate=evaluate)  # type: ignore[arg-type]
+
+    def batch(self, index: Tensor) -> dict[str, Tensor]:
+        train = self.data.train
+        return {**train.select(index), TARGETS: train.targets[index]}
+
+    def attach(self, model: nn.Module) -> None:
+        if hasattr(model, "set_candidate_counts"):
+            data = self.data
+            model.set_candidate_counts(data.target_counts if data.target_counts is not None else data.item_counts)
 
 
 def training_data(data: Any, *, model: nn.Module | None = None, evaluate: Evaluate | None = None,
@@ -132,10 +159,11 @@ def training_data(data: Any, *, model: nn.Module | None = None, evaluate: Evalua
             towers do not name built-in features.
     """
     from towerrec.data.tables import Dataset
-    from towerrec.train.prepared import PreparedData
 
     if isinstance(data, PreparedData):
         return PreparedBatches(data, ks=ks, exclude_seen=exclude_seen, evaluate=evaluate)
+    if isinstance(data, SequenceData):
+        return SequenceBatches(data, ks=ks, exclude_seen=exclude_seen, evaluate=evaluate)
     if isinstance(data, Dataset):
         return PreparedBatches(_prepare_for(model, data), ks=ks, exclude_seen=exclude_seen, evaluate=evaluate)
     if isinstance(data, dict):
@@ -146,7 +174,8 @@ def training_data(data: Any, *, model: nn.Module | None = None, evaluate: Evalua
         return data
     raise TypeError(
         f"the trainer cannot read {type(data).__name__}: give a dict of tensors, a Polars or pandas DataFrame, "
-        "a towerrec Dataset, prepared data (towerrec.train.prepared.prepare) or an object with __len__ and batch(index)"
+        "a towerrec Dataset, prepared or sequence data (towerrec.train.prepared.prepare / "
+        "towerrec.train.sequence_data.prepare_sequences) or an object with __len__ and batch(index)"
     )
 
 

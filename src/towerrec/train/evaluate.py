@@ -1,4 +1,10 @@
-"""Full-catalogue evaluation of any model, under both protocols, in one scoring pass.
+"""Full-catalogue evaluation of any retrieval model, under both protocols, in one scoring pass.
+
+The same code evaluates two-tower models and baselines on prepared data
+(:class:`~towerrec.train.prepared.PreparedData`) and sequential models on sequence
+data (:class:`~towerrec.train.sequence_data.SequenceData`): a split's examples give
+query batches (``select``), the data gives the catalogue's candidate features
+(``catalogue``) and each example's known items (``known_items``).
 
 ``seen_excluded`` removes each user's known items from the ranking (what a user
 experiences); ``tfrs`` is the TFRS tutorials' protocol, where a model that
@@ -26,15 +32,18 @@ from towerrec.metrics.topk import (
 from towerrec.models.baselines import EASEModel
 from towerrec.train.models import catalogue_embeddings, query_embeddings
 from towerrec.train.prepared import EncodedExamples, PreparedData
+from towerrec.train.sequence_data import SequenceData, SequenceExamples
 
+Data = PreparedData | SequenceData
+Examples = EncodedExamples | SequenceExamples
 PROTOCOLS = ("seen_excluded", "tfrs")
 
 
 @torch.no_grad()
 def evaluate_protocols(
     model: nn.Module,
-    data: PreparedData,
-    examples: EncodedExamples,
+    data: Data,
+    examples: Examples,
     *,
     ks: Sequence[int] = DEFAULT_KS,
     protocols: Sequence[str] = PROTOCOLS,
@@ -44,8 +53,8 @@ def evaluate_protocols(
     """Metrics of one split under each protocol (``"seen_excluded"``, ``"tfrs"``).
 
     Args:
-        model: a two-tower model or a baseline.
-        data: the prepared data the model was trained on.
+        model: a two-tower, sequential or baseline model.
+        data: the prepared (or sequence) data the model was trained on.
         examples: the split to evaluate (``data.test`` or ``data.validation``).
         ks: cut-offs; K at or above the catalogue size gives top-K accuracy 1.
         protocols: which protocols to compute, from :data:`PROTOCOLS`.
@@ -68,7 +77,7 @@ def evaluate_protocols(
     return {name: summarize(ranks[name], ks, ties=ties) for name in protocols}
 
 
-def scorer(model: nn.Module, data: PreparedData, examples: EncodedExamples, known):
+def scorer(model: nn.Module, data: Data, examples: Examples, known):
     """``scores(start, stop)`` -> [stop - start, N] scores of those examples against the catalogue.
 
     EASE scores a query as the sum of B's rows over the user's known items (a
@@ -87,8 +96,8 @@ def scorer(model: nn.Module, data: PreparedData, examples: EncodedExamples, know
 
 def evaluate_examples(
     model: nn.Module,
-    data: PreparedData,
-    examples: EncodedExamples,
+    data: Data,
+    examples: Examples,
     *,
     ks: Sequence[int] = DEFAULT_KS,
     exclude_seen: bool = True,
@@ -100,7 +109,29 @@ def evaluate_examples(
 
 
 def evaluate_both_protocols(
-    model: nn.Module, data: PreparedData, examples: EncodedExamples, ks: Sequence[int]
+    model: nn.Module, data: Data, examples: Examples, ks: Sequence[int]
 ) -> dict[str, dict[str, float]]:
     """``{"seen_excluded": ..., "tfrs": ...}`` metrics for one split, from one scoring pass."""
     return evaluate_protocols(model, data, examples, ks=ks)
+
+
+def popularity_metrics(
+    data: Data,
+    examples: Examples,
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    exclude_seen: bool = True,
+    ties: Ties = "random",
+) -> dict[str, float]:
+    """The popularity baseline (``data.item_counts``: training events per item) under one protocol,
+    without building a model (the W3 benchmark's popularity rows)."""
+    counts = data.item_counts.float()
+
+    def scores(start: int, stop: int) -> Tensor:
+        return counts.expand(stop - start, -1).clone()
+
+    protocol = "seen_excluded" if exclude_seen else "tfrs"
+    known = data.known_items(examples)
+    ranks = rank_targets(scores, examples.targets, data.num_items,
+                         protocols={protocol: known if exclude_seen else None})
+    return summarize(ranks[protocol], ks, ties=ties)

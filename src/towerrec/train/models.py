@@ -1,6 +1,6 @@
-"""Build the configured model, and embed a split's queries and the catalogue in chunks.
+"""Build the configured model (any kind), and embed a split's queries and the catalogue in chunks.
 
-Every model, baselines included, is a :class:`towerrec.model.RetrievalModel`:
+Every model, baselines and sequential models included, is a :class:`towerrec.model.RetrievalModel`:
 batches go in, embeddings come out; loss, metrics, index and recommend see
 only embeddings. Chunks are moved to the model's device and the embeddings back
 to the CPU.
@@ -15,22 +15,36 @@ from towerrec.config import RunConfig
 from towerrec.features import FittedFeatures
 from towerrec.model import CANDIDATE_INDEX, Model
 from towerrec.models.baselines import EASEModel, PopularityModel
+from towerrec.models.sequential import SequentialModel
 from towerrec.models.two_tower import TwoTowerModel, build_two_tower
 from towerrec.tasks.retrieval import Retrieval
 from towerrec.train.prepared import EncodedExamples, PreparedData, history_input
+from towerrec.train.sequence_data import SequenceData, SequenceExamples
 
 EVAL_CHUNK = 65_536
 
 
-def build_model(config: RunConfig, data: PreparedData) -> Model:
-    """The untrained model ``config`` describes, shaped by the prepared data (seeded by ``[train] seed``)."""
+def build_model(config: RunConfig, data: PreparedData | SequenceData) -> Model:
+    """The untrained model ``config`` describes, shaped by its data (seeded by ``[train] seed``).
+
+    ``data``: :func:`towerrec.train.prepared.prepare` output for two-tower and baseline kinds,
+    :func:`towerrec.train.sequence_data.prepare_sequences` output for ``kind = "sequential"``.
+
+    Raises:
+        TypeError: data of the other kind than ``[model] kind`` needs.
+    """
     m = config.model
+    wanted = SequenceData if m.kind == "sequential" else PreparedData
+    if not isinstance(data, wanted):
+        raise TypeError(f"a [model] kind = {m.kind!r} model is built from {wanted.__name__}, got {type(data).__name__}")
     if m.kind == "popularity":
         return PopularityModel(data.num_items)
     if m.kind == "ease":
         return EASEModel(data.num_users, data.num_items, m.ease_l2)
     torch.manual_seed(config.train.seed)
-    return two_tower_for(config, data.features)
+    if m.kind == "sequential":
+        return sequential_model_for(config, data)  # type: ignore[arg-type]
+    return two_tower_for(config, data.features)  # type: ignore[union-attr]
 
 
 def retrieval_task(config: RunConfig) -> Retrieval:
@@ -54,6 +68,35 @@ def two_tower_for(config: RunConfig, features: FittedFeatures) -> TwoTowerModel:
         extra_query_inputs=history_input(config, len(features.catalogue_ids)),
         task=retrieval_task(config),
     )
+
+
+def sequential_model_for(config: RunConfig, data: SequenceData) -> SequentialModel:
+    """The (untrained) sequential model of ``[model]`` + ``[sequence]``, sized by the data (items, genres,
+    year buckets, training users) and holding the items' genre / year tables."""
+    s, m = config.sequence, config.model
+    model = SequentialModel(
+        data.num_items,
+        embedding_dim=m.embedding_dim,
+        encoder=s.encoder,
+        max_length=s.max_length,
+        hidden_dim=s.hidden_dim,
+        num_blocks=s.num_blocks,
+        num_heads=s.num_heads,
+        dropout=m.dropout,
+        shared_embeddings=s.shared_embeddings,
+        init=m.init,
+        step_features=s.step_features,
+        num_genres=data.num_genres,
+        num_year_buckets=data.num_year_buckets,
+        genre_width=data.genre_width,
+        num_users=len(data.user_vocabulary or []) if s.user_embedding else 0,
+        task=retrieval_task(config),
+        objective=s.objective,
+        num_sampled=s.num_sampled,
+        all_positions=s.all_positions or s.protocol == "leave-last-out",
+    )
+    model.set_item_features(data.genres, data.years)
+    return model
 
 
 def fit_baseline(model: nn.Module, data: PreparedData) -> None:
@@ -88,8 +131,10 @@ def catalogue_embeddings(model: nn.Module, catalogue: dict[str, Tensor], num_ite
 
 
 @torch.no_grad()
-def query_embeddings(model: nn.Module, examples: EncodedExamples, rows: slice = slice(None)) -> Tensor:
-    """``[n, d]`` query embeddings (on the CPU) of a split's examples (``rows``: a contiguous part of them)."""
+def query_embeddings(model: nn.Module, examples: EncodedExamples | SequenceExamples,
+                     rows: slice = slice(None)) -> Tensor:
+    """``[n, d]`` query embeddings (on the CPU) of a split's examples (``rows``: a contiguous part of them);
+    the examples' ``select(rows)`` gives the model's query batch."""
     start, stop, _ = rows.indices(len(examples))
     stop = max(stop, start)
     model.eval()

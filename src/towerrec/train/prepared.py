@@ -24,7 +24,7 @@ from towerrec.data.tables import Dataset
 from towerrec.errors import DataError, shorten
 from towerrec.features import FeatureSet, FittedFeatures, builtin_feature
 from towerrec.features.spec import InputSpec
-from towerrec.metrics.topk import CSR
+from towerrec.metrics.topk import CSR, gather_rows
 from towerrec.model import USER_ROW
 
 
@@ -91,6 +91,11 @@ class PreparedData:
     def num_items(self) -> int:
         """N, the catalogue size (candidate indices 0..N-1)."""
         return len(self.features.catalogue_ids)
+
+    @property
+    def catalogue_ids(self) -> np.ndarray:
+        """``[N]`` item ids in catalogue order."""
+        return self.features.catalogue_ids
 
     @property
     def num_users(self) -> int:
@@ -313,24 +318,6 @@ def _split(config: RunConfig, dataset: Dataset, label: str) -> Split:
         split = make_split(dataset.interactions, d.split, **options)
     require_parts(split, label, dataset.interactions.height)
     return split
-
-
-def gather_rows(csr: CSR, rows: Tensor) -> CSR:
-    """A CSR whose row j is ``csr`` row ``rows[j]`` (empty when ``rows[j]`` is -1 or out of range)."""
-    indptr = csr.indptr
-    num_rows = indptr.shape[0] - 1
-    valid = (rows >= 0) & (rows < num_rows)
-    safe = torch.where(valid, rows, torch.zeros_like(rows))
-    starts = indptr[safe]
-    lengths = torch.where(valid, indptr[safe + 1] - starts, torch.zeros_like(rows))
-    new_indptr = torch.zeros(rows.shape[0] + 1, dtype=torch.int64)
-    torch.cumsum(lengths, 0, out=new_indptr[1:])
-    total = int(new_indptr[-1])
-    # position k of the output belongs to row r = searchsorted; its source is starts[r] + offset
-    owner = torch.repeat_interleave(torch.arange(rows.shape[0]), lengths)
-    offsets = torch.arange(total) - new_indptr[owner]
-    indices = csr.indices[starts[owner] + offsets]
-    return CSR(new_indptr, indices)
 
 
 def history_lists(csr: CSR, rows: np.ndarray) -> list[np.ndarray]:

@@ -162,7 +162,7 @@ class Trainer:
                                                     not isinstance(early_stopping_patience, int) or
                                                     early_stopping_patience < 1):
             raise ConfigError(f"early_stopping_patience must be an integer >= 1 or None, got {early_stopping_patience!r}")
-        self.device = _device(device, model)
+        self.device = resolve_device(device, model)
         self.model = model.to(self.device)
         self.data = training_data(data, model=model, evaluate=evaluate, ks=ks, exclude_seen=exclude_seen)
         if len(self.data) == 0:
@@ -423,9 +423,15 @@ class Trainer:
         )
 
 
-def _device(device: str | torch.device | None, model: nn.Module) -> torch.device:
-    """The training device: ``device``, else where the model is; an absent GPU is a clear error."""
+def resolve_device(device: str | torch.device | None, model: nn.Module | None = None) -> torch.device:
+    """The device to train / evaluate / serve on: ``device``, else where ``model`` is (else the CPU).
+
+    Raises:
+        TowerrecError: a name PyTorch does not know, or a GPU this machine does not have (one line).
+    """
     if device is None:
+        if model is None:
+            return torch.device("cpu")
         return next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
     try:
         resolved = torch.device(device)
@@ -433,9 +439,9 @@ def _device(device: str | torch.device | None, model: nn.Module) -> torch.device
         raise TowerrecError(f"device {device!r} is not a device PyTorch knows ({exc})") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise TowerrecError(f"device {device!r} is not available: PyTorch sees no CUDA GPU here",
-                            hint="train on device='cpu' (the default)")
+                            hint="use device 'cpu' (the default; --device cpu)")
     if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise TowerrecError(f"device {device!r} is not available here", hint="train on device='cpu' (the default)")
+        raise TowerrecError(f"device {device!r} is not available here", hint="use device 'cpu' (the default; --device cpu)")
     return resolved
 
 
