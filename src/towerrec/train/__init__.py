@@ -1,4 +1,5 @@
-"""Training: data prepared from a config, the training loop, checkpoints and evaluation.
+"""Training: data prepared from a config (two-tower or sequence data), models built from it, the training
+loop, checkpoints and evaluation.
 
 Names load lazily (PEP 562): importing ``towerrec.train.prepared`` does not pull in the trainer.
 """
@@ -9,6 +10,9 @@ _EXPORTS = {
     "prepare": "towerrec.train.prepared",
     "PreparedData": "towerrec.train.prepared",
     "EncodedExamples": "towerrec.train.prepared",
+    "prepare_sequences": "towerrec.train.sequence_data",
+    "SequenceData": "towerrec.train.sequence_data",
+    "build_model": "towerrec.train.models",
     "Trainer": "towerrec.train.trainer",
     "Callback": "towerrec.train.trainer",
     "TrainingData": "towerrec.train.batches",

@@ -109,6 +109,7 @@ class SequenceData:
 
     @property
     def num_items(self) -> int:
+        """Catalogue size N."""
         return len(self.item_ids)
 
     @property
@@ -226,6 +227,12 @@ def prepare_sequences(config: RunConfig, dataset: Dataset | None = None, *, prog
     item, under ``tfrs-sequences`` the label event of every training example.
     ``target_counts`` (what training predicts, inner positions included) sets logQ
     and sampled negatives.
+
+    Raises:
+        ConfigError: ``[sequence]`` settings that contradict each other (heads, shared embeddings,
+            unknown step features; leave-last-out with ``min_timeline_length`` < 3).
+        DataError: an empty dataset, items missing from the item table, genre/year features
+            without one, leave-last-out without timestamps.
     """
     s = config.sequence
     _check_sequence_config(config)
