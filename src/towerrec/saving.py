@@ -61,32 +61,33 @@ def save(model: Model, path: str | Path, *, metadata: dict[str, Any] | None = No
         TypeError: not a Model, or its configuration or metadata is not JSON.
         TowerrecError: ``path`` exists and is not a towerrec model folder, or cannot be written.
     """
+    if not isinstance(model, Model):
+        raise TypeError(f"towerrec.save stores towerrec.Model subclasses, got {type(model).__name__}")
     manifest = _manifest(model, metadata)
     path = Path(path)
     if path.exists() and not overwrite and not (path.is_dir() and not any(path.iterdir())):
         raise TowerrecError(f"{path}: already exists", hint="pass overwrite=True or choose another path")
     fsio.check_replaceable(path, MANIFEST, what="saved model")
     with fsio.replacing(path, MANIFEST, what="saved model") as staging:
-        _write(model, manifest, staging)
+        _write(model, staging, manifest)
     return path
 
 
-def write_model_files(model: Model, folder: str | Path, *, metadata: dict[str, Any] | None = None) -> None:
-    """Write ``model.json`` and ``model.safetensors`` into an existing ``folder`` (each file atomically),
-    beside whatever else it holds: how a run directory stores its model. :func:`load` reads it back.
+def write_model_files(model: Model, folder: Path, *, metadata: dict[str, Any] | None = None) -> None:
+    """Write ``model.json`` and ``model.safetensors`` into ``folder`` (created), a fresh folder inside
+    something being staged already (e.g. a serving bundle's ``model/``); :func:`save` adds the atomic swap.
 
     Raises:
         TypeError: not a Model, or its configuration or metadata is not JSON.
-        TowerrecError: the files cannot be written (named).
     """
+    if not isinstance(model, Model):
+        raise TypeError(f"towerrec.save stores towerrec.Model subclasses, got {type(model).__name__}")
     manifest = _manifest(model, metadata)
-    with fsio.io_errors(Path(folder)):
-        _write(model, manifest, Path(folder))
+    folder.mkdir(parents=True, exist_ok=True)
+    _write(model, folder, manifest)
 
 
 def _manifest(model: Model, metadata: dict[str, Any] | None) -> dict[str, Any]:
-    if not isinstance(model, Model):
-        raise TypeError(f"towerrec.save stores towerrec.Model subclasses, got {type(model).__name__}")
     manifest = {"kind": "towerrec-model", "format_version": MODEL_FORMAT_VERSION, "towerrec_version": __version__,
                 "class": class_name(type(model)), "config": model.get_config(), "metadata": metadata or {}}
     try:
@@ -96,8 +97,7 @@ def _manifest(model: Model, metadata: dict[str, Any] | None) -> dict[str, Any]:
     return manifest
 
 
-def _write(model: Model, manifest: dict[str, Any], folder: Path) -> None:
-    """The weights, then the manifest with their SHA-256 (written last: a folder without it is no model)."""
+def _write(model: Model, folder: Path, manifest: dict[str, Any]) -> None:
     fsio.atomic_write_bytes(folder / WEIGHTS, safetensors_bytes(model_state(model)))
     manifest["checksums"] = fsio.checksums(folder, [WEIGHTS])
     fsio.atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2))
