@@ -37,8 +37,7 @@ import torch
 from torch import nn
 
 from _common import DEFAULT_DATA, RESULTS, machine, median
-from towerrec.data.registry import load_dataset  # not yet re-exported by towerrec.data
-from towerrec.data.splits import split_random  # not yet re-exported by towerrec.data
+from towerrec.data import load_dataset, split_random
 from towerrec.presets import preset
 from towerrec.runs import train_run
 from towerrec.tasks import Retrieval
