@@ -33,7 +33,7 @@ config = tr.config_from_dict({
     "data": {"split": "tfrs-random", "test_fraction": 0.2, "seed": 42},
     "model": {"query_features": ["user_id"], "candidate_features": ["movie_title"]},
 })
-data = tr.train.prepare(config, dataset, progress=False)  # vocabularies fitted on train; tensors
+data = tr.prepare(config, dataset, progress=False)  # vocabularies fitted on train; tensors
 print(f"{len(data.train):,} train / {len(data.test):,} test ratings, {data.num_items:,} movies")
 
 # Model: one embedding per user id and per movie title (TFRS: StringLookup + Embedding), dot product.
@@ -51,7 +51,7 @@ print(f"trained {len(fit.history)} epoch(s) at {fit.examples_per_s:,.0f} example
 model_metrics = trainer.evaluate("test")
 
 # Always report a baseline: popularity ranks every user's list by the movies' train counts.
-popularity = tr.models.PopularityModel(data.num_items).fit(data.train.targets.numpy())
+popularity = tr.PopularityModel(data.num_items).fit(data.train.targets.numpy())
 popular_metrics = tr.train.evaluate_examples(popularity, data, data.test, ks=(10, 100), exclude_seen=False)
 for name, metrics in (("two-tower", model_metrics), ("popularity", popular_metrics)):
     print(f"{name:>10}: top-10 accuracy {metrics['top_10_accuracy']:.4f}, "

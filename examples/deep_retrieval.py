@@ -28,15 +28,15 @@ config = tr.config_from_dict({
     "data": {"split": "tfrs-random", "test_fraction": 0.2, "seed": 42},
     "model": {"query_features": ["user_id", "timestamp"], "candidate_features": ["movie_title", "movie_title_text"]},
 })
-data = tr.train.prepare(config, dataset, progress=False)
+data = tr.prepare(config, dataset, progress=False)
 print("query inputs:", ", ".join(i.name for i in data.features.inputs("query")),
       "| candidate inputs:", ", ".join(i.name for i in data.features.inputs("candidate")))
 
 for layer_sizes in ([32], [64, 32]):
     # Both towers: embeddings of 32 per feature, concatenated, then Dense layers (ReLU between them).
     # Cosine similarity with temperature 0.1: scores are cos / 0.1, a sharper softmax than plain dot products.
-    model = tr.models.build_two_tower(data.features, embedding_dim=32, layer_sizes=layer_sizes,
-                                      similarity="cosine", task=tr.tasks.Retrieval(temperature=0.1))
+    model = tr.build_two_tower(data.features, embedding_dim=32, layer_sizes=layer_sizes,
+                               similarity="cosine", task=tr.tasks.Retrieval(temperature=0.1))
     trainer = tr.Trainer(model, data, epochs=epochs, batch_size=2048, optimizer="adam", learning_rate=0.005,
                          ks=(10, 100), exclude_seen=False, eval_every=epochs, progress=False)
     fit = trainer.fit()
@@ -44,7 +44,7 @@ for layer_sizes in ([32], [64, 32]):
     print(f"layers {layer_sizes}: top-10 accuracy {metrics['top_10_accuracy']:.4f}, "
           f"top-100 accuracy {metrics['top_100_accuracy']:.4f} ({fit.examples_per_s:,.0f} examples/s)")
 
-popularity = tr.models.PopularityModel(data.num_items).fit(data.train.targets.numpy())
+popularity = tr.PopularityModel(data.num_items).fit(data.train.targets.numpy())
 metrics = tr.train.evaluate_examples(popularity, data, data.test, ks=(10, 100), exclude_seen=False)
 print(f"popularity: top-10 accuracy {metrics['top_10_accuracy']:.4f}, "
       f"top-100 accuracy {metrics['top_100_accuracy']:.4f}")
