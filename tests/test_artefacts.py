@@ -451,7 +451,7 @@ def _set_users(folder: Path, change) -> None:
         (lambda t: t["seen_indices"].__setitem__(0, -1), "seen_indices out of range (-1 < 0)"),
         (lambda t: t["seen_indptr"].__setitem__(1, 10**6), "seen_indptr"),
         (lambda t: t.__setitem__("seen_indptr", t["seen_indptr"].flip(0)), "seen_indptr must run from 0"),
-        (lambda t: t["history"].__setitem__((0, 0), 51), "history out of range (51 >= 51)"),
+        (lambda t: t["query.user_history"].__setitem__((0, 0), 51), "query.user_history out of range (51 >= 51)"),
     ],
 )
 def test_a_bundle_with_out_of_range_indexes_refuses_to_start(bundle_copy, change, words):

@@ -23,9 +23,10 @@ def test_bundle_reproduces_the_run_for_known_users(run, tmp_path):
     bundle = load_bundle(out)
     data = run.data
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["bundle.json", "config.toml", "features.json", "query_tower.safetensors", "candidates.safetensors",
-         "users.safetensors", "items.parquet", "index"]
+        ["bundle.json", "config.toml", "features.json", "model", "candidates.safetensors",
+         "users.safetensors", "users.parquet", "items.parquet", "index"]
     )
+    assert sorted(p.name for p in (out / "model").iterdir()) == ["model.json", "model.safetensors"]
     assert not list(out.rglob("*.pt")) and not list(out.rglob("*.pkl"))
     torch.testing.assert_close(bundle.candidate_embeddings, catalogue_embeddings(run.model, data.catalogue, data.num_items))
     rows = np.arange(bundle.num_users)
@@ -35,7 +36,7 @@ def test_bundle_reproduces_the_run_for_known_users(run, tmp_path):
     mine = query_embeddings(run.model, examples)
     known = examples.user_rows >= 0
     torch.testing.assert_close(theirs[examples.user_rows[known]], mine[known], rtol=1e-5, atol=1e-5)
-    assert torch.equal(bundle.seen.indptr, data.seen.indptr) and torch.equal(bundle.history, data.history)
+    assert torch.equal(bundle.seen.indptr, data.seen.indptr) and torch.equal(bundle.user_queries["user_history"], data.history)
     manifest = json.loads((out / "bundle.json").read_text())
     assert manifest["num_items"] == data.num_items and manifest["index"]["kind"] == "brute_force"
     assert bundle.items.columns[:2] == ["item_id", "title"] and "genres" in bundle.items.columns

@@ -52,7 +52,7 @@ def test_healthz_and_openapi(client, bundle):
 
 
 def test_known_user_matches_the_bundle_and_excludes_seen(client, bundle):
-    user = int(bundle.features.user_ids[3])
+    user = int(bundle.user_ids[3])
     body = client.get(f"/recommend?user_id={user}&k=5").json()
     assert body["known_user"] and body["user_id"] == user
     assert [item["item_id"] for item in body["items"]] == _direct(bundle, user, 5)
@@ -62,6 +62,9 @@ def test_known_user_matches_the_bundle_and_excludes_seen(client, bundle):
     assert scores == sorted(scores, reverse=True)
     included = client.get(f"/recommend?user_id={user}&k=5&exclude_seen=false").json()
     assert [i["item_id"] for i in included["items"]] == _direct(bundle, user, 5, exclude_seen=False)
+    assert [r["item_id"] for r in bundle.recommend(user, k=5)] == _direct(bundle, user, 5)
+    assert [r["item_id"] for r in bundle.recommend(str(user), k=5, exclude_seen=False)] == \
+        _direct(bundle, user, 5, exclude_seen=False)
     same = client.post("/recommend", json={"user_id": user, "k": 5}).json()
     assert same["items"] == body["items"]
 
@@ -71,6 +74,7 @@ def test_new_user_from_history_and_similar_items(client, bundle):
     body = client.post("/recommend", json={"history": history, "k": 4}).json()
     assert not body["known_user"] and len(body["items"]) == 4
     assert not set(history) & {item["item_id"] for item in body["items"]}
+    assert [r["item_id"] for r in bundle.recommend(history=history, k=4)] == [i["item_id"] for i in body["items"]]
     similar = client.get(f"/similar?item_id={history[0]}&k=3").json()
     assert len(similar["items"]) == 3 and history[0] not in {i["item_id"] for i in similar["items"]}
 
@@ -78,7 +82,7 @@ def test_new_user_from_history_and_similar_items(client, bundle):
 def test_fewer_items_left_than_k_gives_the_items_left(client, bundle):
     """field-04: HTTP GET/POST and /similar answer min(k, items left) with k = what came back, never 422."""
     n = bundle.num_items
-    user = int(bundle.features.user_ids[0])
+    user = int(bundle.user_ids[0])
     left = n - len(np.unique(bundle.seen_positions(0)))
     body = client.get(f"/recommend?user_id={user}&k=1000")
     assert body.status_code == 200, body.text
@@ -157,7 +161,7 @@ def test_concurrent_jobs_are_batched_and_match_one_by_one(bundle):
     assert asyncio.run(together()) == alone
     assert batcher.batches == len(rows) + 1  # all concurrent requests shared one batch
     ids = bundle.items["item_id"].to_list()
-    assert [[ids[p] for p in found] for found in alone] == [_direct(bundle, int(bundle.features.user_ids[r]), 5) for r in rows]
+    assert [[ids[p] for p in found] for found in alone] == [_direct(bundle, int(bundle.user_ids[r]), 5) for r in rows]
 
 
 def test_batching_disabled_runs_jobs_one_at_a_time(bundle):

@@ -13,7 +13,7 @@ from _serve_helpers import tiny_run
 from towerrec.index import BruteForceIndex
 from towerrec.serve import export_bundle, load_bundle
 from towerrec.serve.app import create_app
-from towerrec.serve.bundle import HISTORY
+from towerrec.train.prepared import HISTORY
 from towerrec.serve.precomputed import Catalogue, KnownUsers
 
 
@@ -84,7 +84,7 @@ def test_ties_come_out_by_position(bundle):
 
 def test_id_lookups_agree_with_the_bundle_for_odd_spellings(bundle, users):
     catalogue = users.catalogue
-    user, item = int(bundle.features.user_ids[4]), int(bundle.items["item_id"][5])
+    user, item = int(bundle.user_ids[4]), int(bundle.items["item_id"][5])
     for value in (user, str(user), f"0{user}", f" {user}", f"+{user}", "nobody", "", -1, 2**70, True, float(user)):
         assert users.row(value) == int(bundle.user_rows([value])[0]), value
     for value in (item, str(item), f"00{item}", "x", 2**70, False, float(item)):
@@ -117,7 +117,7 @@ def test_app_over_an_hnsw_index_answers_through_the_index(run, tmp_path):
     assert not isinstance(bundle.index, BruteForceIndex)
     with TestClient(create_app(bundle)) as client:
         for row in range(0, bundle.num_users, 15):
-            user = int(bundle.features.user_ids[row])
+            user = int(bundle.user_ids[row])
             body = client.get(f"/recommend?user_id={user}&k=5").json()
             expected, _ = _tower_path(bundle, row, 5, True)
             assert [i["item_id"] for i in body["items"]] == [bundle.items["item_id"][p] for p in expected]

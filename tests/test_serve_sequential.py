@@ -8,9 +8,8 @@ from fastapi.testclient import TestClient
 from config_helpers import small_config
 from towerrec.data.synthetic import make_synthetic
 from towerrec.runs import load_run, train_run
-from towerrec.serve import export_bundle, load_bundle
+from towerrec.serve import Bundle, export_bundle, load_bundle
 from towerrec.serve.app import create_app
-from towerrec.serve.sequential import SequentialBundle
 from towerrec.recommend import recommend_from_histories
 
 MIN_RATING = 2.0
@@ -54,7 +53,8 @@ def _expected(run, history_ids: list[int], k: int, user=None, seen_ids=None) -> 
 
 def test_bundle_is_sequential_and_knows_every_user_with_a_timeline(served):
     _, bundle, client, dataset = served
-    assert isinstance(bundle, SequentialBundle) and bundle.manifest["model_kind"] == "sequential"
+    assert isinstance(bundle, Bundle) and bundle.manifest["model_kind"] == "sequential"
+    assert bundle.manifest["query_builder"] == "sequential" and type(bundle.model).__name__ == "SequentialModel"
     assert sorted(bundle.user_ids.tolist()) == sorted(_timelines(dataset))
     health = client.get("/healthz").json()
     assert health["uses_history"] and health["user_features"] == [] and health["num_items"] == bundle.num_items
@@ -67,6 +67,7 @@ def test_known_users_get_what_recommend_gives_for_their_timeline(served):
         body = client.get(f"/recommend?user_id={user}&k=5").json()
         assert body["known_user"] and body["user_id"] == user
         assert [i["item_id"] for i in body["items"]] == _expected(run, timelines[user], 5, user=user)
+        assert [r["item_id"] for r in bundle.recommend(user, k=5)] == _expected(run, timelines[user], 5, user=user)
         assert not set(timelines[user]) & {i["item_id"] for i in body["items"]}
         assert client.post("/recommend", json={"user_id": user, "k": 5}).json()["items"] == body["items"]
 
@@ -78,6 +79,7 @@ def test_new_user_history_and_known_user_with_recent_items(served):
     body = client.post("/recommend", json={"history": history, "k": 6}).json()
     assert not body["known_user"]
     assert [i["item_id"] for i in body["items"]] == _expected(run, history, 6)
+    assert [r["item_id"] for r in bundle.recommend(history=history, k=6)] == _expected(run, history, 6)
     user, timeline = next(iter(_timelines(dataset).items()))
     recent = [i for i in items if i not in timeline][:2]
     both = client.post("/recommend", json={"user_id": user, "history": recent, "k": 4}).json()

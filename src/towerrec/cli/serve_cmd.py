@@ -173,11 +173,12 @@ def export(
 ) -> None:
     """Export a trained two-tower or sequential (GRU / SASRec) run to a self-contained serving bundle.
 
-    The bundle holds the config, vocabularies, query tower weights (safetensors),
-    candidate embeddings, the index, item metadata and each train user's seen
-    items and history: serving needs nothing else, and loading never unpickles.
-    A sequential run's bundle holds its history encoder and each user's timeline;
-    it serves known users and POST /recommend with a "history" list.
+    The bundle holds the model (saved by towerrec.save: JSON + safetensors), the
+    candidate embeddings, the index, item metadata, each known user's seen items
+    and query (features and history; a sequential run's timelines) and, for
+    two-tower runs, the vocabularies new users' features need: serving needs
+    nothing else, and loading never unpickles. Python-built models are exported
+    with towerrec.serve.export_bundle(model=...).
 
     Examples:
 
@@ -215,6 +216,7 @@ def serve(
     threads: Annotated[int, typer.Option("--threads", min=1, max=4096, help="Torch/FAISS threads per batch.")] = 1,
     batching: Annotated[bool, typer.Option("--batching/--no-batching", help="Batch concurrent requests that need the query tower (new users).")] = True,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
+    device: Annotated[str, typer.Option("--device", help="Where the model and query embedding run: cpu, cuda, cuda:1 (the index stays on the CPU).")] = "cpu",
 ) -> None:
     """Answer top-K requests over HTTP (FastAPI + uvicorn); docs at /docs.
 
@@ -244,7 +246,7 @@ def serve(
         faiss.omp_set_num_threads(threads)
     except ImportError:  # pragma: no cover
         pass
-    application = create_app(bundle, batching=batching)
+    application = create_app(bundle, batching=batching, device=device)
     info = application.state.bundle.manifest
     console.print(
         f"serving [bold]{escape(str(info.get('run')))}[/bold] ({info.get('num_items'):,} items) on http://{host}:{port} "

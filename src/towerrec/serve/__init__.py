@@ -1,4 +1,5 @@
-"""Serving: export a trained run to a self-contained bundle, and answer top-K requests over HTTP.
+"""Serving: export a trained run or a Python-built retrieval model to a self-contained bundle, and answer
+top-K requests in Python (``load_bundle(folder).recommend(user_id, k)``) or over HTTP.
 
 ``export_bundle`` and ``load_bundle`` need only torch/safetensors/polars; the
 HTTP app (:mod:`towerrec.serve.app`) needs FastAPI and is imported on demand.

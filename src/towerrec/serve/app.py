@@ -32,9 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from towerrec import __version__
 from towerrec.errors import RequestError, ServingError, TowerrecError
 from towerrec.serve.batching import Batcher, Job
-from towerrec.serve.bundle import HISTORY, Bundle, load_bundle
+from towerrec.serve.bundle import Bundle, load_bundle
 from towerrec.serve.precomputed import Catalogue, KnownUsers
-from towerrec.serve.sequential import SequentialBundle
 
 MAX_K = 1000
 MAX_HISTORY = 1000
@@ -197,24 +196,24 @@ def _replay(messages: list[dict], then=None):
 
 
 def create_app(
-    bundle: Bundle | SequentialBundle | str | Path,
+    bundle: Bundle | str | Path,
     *,
     batching: bool = True,
     max_batch: int = 256,
     max_body_bytes: int = MAX_BODY_BYTES,
+    device: str = "cpu",
 ) -> FastAPI:
-    """The FastAPI app serving ``bundle`` (a loaded two-tower or sequential bundle, or its folder)."""
-    if not isinstance(bundle, (Bundle, SequentialBundle)):
-        bundle = load_bundle(bundle)
+    """The FastAPI app serving ``bundle`` (a loaded bundle, or its folder, loaded with its model on ``device``)."""
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle, device=device)
     catalogue = Catalogue(bundle)
     users = KnownUsers(bundle, catalogue)
     batcher = Batcher(bundle, catalogue, max_batch=max_batch, enabled=batching)
-    known_queries = bundle.known_user_queries(np.arange(bundle.num_users))  # for known users with recent items
     user_features = bundle.feature_columns()
     app = FastAPI(
         title="towerrec",
         version=__version__,
-        description=f"Top-K recommendations from the {bundle.manifest.get('model_kind', 'two-tower')} run "
+        description=f"Top-K recommendations from the {bundle.manifest.get('model_kind')} model "
                     f"`{bundle.manifest.get('run')}`.",
     )
     app.state.bundle = bundle
@@ -249,11 +248,7 @@ def create_app(
         return Response(body, media_type="application/json")
 
     def known_job(row: int, k: int, exclude_seen: bool, extra: np.ndarray | None = None) -> Job:
-        queries = {name: value[row : row + 1] for name, value in known_queries.items()}
-        if extra is not None and extra.size and HISTORY in queries:
-            stored = queries[HISTORY][0]
-            merged = np.concatenate([stored[stored > 0].numpy() - 1, extra])
-            queries[HISTORY] = bundle.history_row(merged)
+        queries = bundle.known_with_recent(row, extra if extra is not None else np.empty(0, dtype=np.int64))
         exclude = bundle.seen_positions(row) if exclude_seen else np.empty(0, dtype=np.int64)
         if exclude_seen and extra is not None:
             exclude = np.concatenate([exclude, extra])
@@ -274,7 +269,7 @@ def create_app(
             "num_users": bundle.num_users,
             "index": str(index.get("variant") or index.get("kind")),
             "user_features": user_features,
-            "uses_history": bundle.history is not None,
+            "uses_history": bundle.uses_history,
         }
 
     @app.get("/recommend", response_model=Recommendations, responses=ERRORS, summary="Top-K items for a known user")

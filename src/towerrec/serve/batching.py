@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from towerrec.serve.precomputed import AnyBundle, Catalogue
+from towerrec.serve.bundle import Bundle
+from towerrec.serve.precomputed import Catalogue
 
 Result = tuple[list[int], list[float]]
 
@@ -34,7 +35,7 @@ class Job:
 class Batcher:
     """Runs tower jobs in batches of up to ``max_batch`` (1 when disabled); counts batches and jobs."""
 
-    def __init__(self, bundle: AnyBundle, catalogue: Catalogue | None = None, *, max_batch: int = 256,
+    def __init__(self, bundle: Bundle, catalogue: Catalogue | None = None, *, max_batch: int = 256,
                  enabled: bool = True) -> None:
         self.bundle = bundle
         self.catalogue = catalogue or Catalogue(bundle)

@@ -1,21 +1,27 @@
-"""A serving bundle: everything needed to answer top-K requests, and nothing that unpickles.
+"""A serving bundle: any retrieval model with its catalogue and known users, and nothing that unpickles.
 
-A bundle is a folder written by :func:`towerrec.serve.export.export_bundle`::
+One layout for every :class:`~towerrec.model.RetrievalModel` (two-tower and
+sequential runs, Python-built models), written by
+:func:`towerrec.serve.export.export_bundle`::
 
-    bundle.json              manifest: format version, run, config hash, sizes, id types, index kind,
-                             SHA-256 of every other file (checked by load_bundle)
-    config.toml              the run's configuration
-    features.json            fitted vocabularies / buckets / stats, catalogue ids, train users
-    query_tower.safetensors  query tower weights
-    candidates.safetensors   [N, d] candidate embeddings, [N] train counts per item
-    users.safetensors        seen items per train user (CSR) and, for history models, their history rows
+    bundle.json              manifest: format version, source (run or Python), sizes, id types, query
+                             builder and its facts, index kind, item aliases, SHA-256 of every other file
+    model/                   the whole model, saved by towerrec.save (model.json + model.safetensors)
+    candidates.safetensors   embeddings [N, d], item_counts [N] (training interactions: popular fallback)
+    users.safetensors        seen items per known user (CSR: seen_indptr, seen_indices) and each known
+                             user's query batch (query.<key> [U, ...])
+    users.parquet            known user ids (user_id), in row order
     items.parquet            item metadata (item_id, title, ...), catalogue order
-    index/                   a saved index (brute force or FAISS)
+    index/                   a saved index over the candidate embeddings (brute force or FAISS)
+    config.toml              runs only: the run's configuration (checked against config_hash)
+    features.json            two-tower runs only: fitted vocabularies, for new users' features
 
-:class:`Bundle` loads it (safetensors, JSON, Parquet and FAISS's binary format
-only) and turns requests into query embeddings: known users by their id, new
-users from user features and/or a history of item ids. Sequential runs export a
-different layout (:mod:`towerrec.serve.sequential`); :func:`load_bundle` opens both.
+:func:`load_bundle` opens it (JSON, safetensors, Parquet and FAISS's binary format
+only) and :class:`Bundle` answers: ``bundle.recommend(user_id, k)`` for a known
+user, ``bundle.recommend(history=[...])`` / ``features={...}`` for a new one. A
+request becomes the model's query batch through the bundle's query builder
+(:mod:`towerrec.serve.queries`); the model runs on the bundle's device, the index
+stays on the CPU.
 """
 
 from __future__ import annotations
@@ -23,68 +29,69 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from towerrec import fsio
 from towerrec.config import RunConfig
-from towerrec.errors import RequestError, TowerrecError, first_line, shorten, shorten_text
-from towerrec.features import FittedFeatures
-from towerrec.features.fitted import DERIVED
+from towerrec.errors import RequestError, TowerrecError, first_line
 from towerrec.index import Index, load_index
-from towerrec.metrics.topk import CSR, gather_rows
-from towerrec.models.tower import Tower
-from towerrec.serve.request_features import INT64, check_feature_value
-from towerrec.train.prepared import HISTORY, history_input
+from towerrec.metrics.topk import CSR
+from towerrec.model import RetrievalModel
+from towerrec.serve.queries import AGAIN, QUERY_PREFIX, QueryBuilder, TensorQueries, builder_from_manifest, in_range
 
-if TYPE_CHECKING:
-    from towerrec.serve.sequential import SequentialBundle
-
-BUNDLE_FORMAT_VERSION = 2  # 2: SHA-256 of every file in bundle.json
+BUNDLE_FORMAT_VERSION = 3  # 3: one layout for every retrieval model (model/ saved by towerrec.save)
 MANIFEST = "bundle.json"
-FILES = (
-    "config.toml",
-    "features.json",
-    "query_tower.safetensors",
-    "candidates.safetensors",
-    "users.safetensors",
-    "items.parquet",
-)
+MODEL_FOLDER = "model"
+FILES = ("candidates.safetensors", "users.safetensors", "users.parquet", "items.parquet")
+EDITED = "export the bundle again, or restore the file"
+UNKNOWN_ITEMS = ("error", "ignore")
 
 
-class QueryEncoder(nn.Module):
-    """The query tower plus the model's final normalisation (cosine similarity)."""
+@dataclass
+class Bundle:
+    """A loaded serving bundle: turns requests into query batches, embeds them, searches the index.
 
-    def __init__(self, tower: Tower, similarity: str) -> None:
-        super().__init__()
-        self.tower = tower
-        self.similarity = similarity
+    Attributes:
+        model: the retrieval model (eval mode, on ``device``).
+        queries: the query builder (:mod:`towerrec.serve.queries`).
+        candidate_embeddings: ``[N, d]`` float32, CPU.
+        item_counts: ``[N]`` training interactions per item.
+        seen: rows = known users, columns = catalogue positions of their seen items.
+        user_queries: each known user's query batch, ``{key: [U, ...]}``.
+        user_ids_series: known user ids in row order.
+        items: ``item_id``, ``title`` (and more), catalogue order.
+        config: the run's configuration (None for a Python-built model).
+    """
 
-    @torch.no_grad()
-    def forward(self, features: dict[str, Tensor]) -> Tensor:
-        x = self.tower(features)
-        return F.normalize(x, dim=-1) if self.similarity == "cosine" else x
-
-
-def query_tower_for(config: RunConfig, features: FittedFeatures) -> Tower:
-    """The untrained query tower of a two-tower config (same layout as training built)."""
-    m = config.model
-    inputs = list(features.inputs("query")) + history_input(config, len(features.catalogue_ids))
-    return Tower(inputs, m.embedding_dim, m.layer_sizes, m.dropout, m.init)
-
-
-class BundleFacts:
-    """Facts every bundle kind answers from its manifest, candidates and seen-items table."""
-
+    folder: Path
     manifest: dict[str, Any]
+    model: RetrievalModel
+    queries: QueryBuilder
     candidate_embeddings: Tensor
+    item_counts: Tensor
     seen: CSR
+    user_queries: dict[str, Tensor]
+    user_ids_series: pl.Series
+    items: pl.DataFrame
+    index: Index
+    config: RunConfig | None = None
+    device: torch.device = torch.device("cpu")
 
+    def __post_init__(self) -> None:
+        self._item_ids = self.items["item_id"].to_list()
+        self._titles = [str(t) if t is not None else str(i) for i, t in zip(self._item_ids, self.items["title"].to_list())]
+        self._item_rows = {_key(i): p for p, i in enumerate(self._item_ids)}
+        for twin, canonical in (self.manifest.get("item_aliases") or {}).items():  # merged duplicate titles
+            if _key(canonical) in self._item_rows:
+                self._item_rows.setdefault(str(twin), self._item_rows[_key(canonical)])
+        self._user_rows = {_key(u): r for r, u in enumerate(self.user_ids_series.to_list())}
+
+    # ---------------------------------------------------------------- facts
     @property
     def num_items(self) -> int:
         return int(self.candidate_embeddings.shape[0])
@@ -101,157 +108,179 @@ class BundleFacts:
     def item_id_type(self) -> str:
         return self.manifest["item_id_type"]
 
-
-@dataclass
-class Bundle(BundleFacts):
-    """A loaded serving bundle. Build queries, embed them, search the index."""
-
-    folder: Path
-    manifest: dict[str, Any]
-    config: RunConfig
-    features: FittedFeatures
-    encoder: QueryEncoder
-    candidate_embeddings: Tensor  # [N, d]
-    item_counts: Tensor  # [N]
-    seen: CSR  # rows = train users
-    history: Tensor | None  # [num_users, L] catalogue index + 1, 0-padded
-    items: pl.DataFrame
-    index: Index
-
-    # ---------------------------------------------------------------- facts
-    @property
-    def history_length(self) -> int | None:
-        """L, the length of the ``user_history`` feature; None when the model has none."""
-        return None if self.history is None else int(self.history.shape[1])
-
     @property
     def user_ids(self) -> np.ndarray:
-        """Raw ids of the train users, in row order."""
-        return self.features.user_ids
+        """Raw ids of the known users, in row order."""
+        return self.user_ids_series.to_numpy()
+
+    @property
+    def uses_history(self) -> bool:
+        """Whether requests may carry an item history (the model reads one)."""
+        return self.queries.uses_history
+
+    @property
+    def history_length(self) -> int | None:
+        return self.queries.history_length
 
     def feature_columns(self) -> list[str]:
-        """User-side columns a new user's request may give (e.g. age, gender, timestamp)."""
-        columns = []
-        for feature in self.features.side("query"):
-            column = feature.spec.column
-            column = DERIVED[column][0] if column in DERIVED else column
-            if column != "user_id" and column not in columns:
-                columns.append(column)
-        return columns
+        """What a new user's ``features`` may give (user columns, or a Python model's query features)."""
+        return self.queries.feature_columns()
 
     # ------------------------------------------------------------------ ids
     def user_rows(self, user_ids: list[Any]) -> np.ndarray:
-        """Train-user row of each raw id (str ids of int-typed users are parsed); -1 unknown."""
-        return self.features.user_index(_typed(user_ids, self.user_id_type))
+        """Known-user row of each raw id (str ids of int-typed users are parsed: "042" -> 42); -1 unknown."""
+        typed = _typed(user_ids, self.user_id_type).tolist()
+        return np.array([self._user_rows.get(_key(v), -1) for v in typed], dtype=np.int64)
 
     def item_positions(self, item_ids: list[Any]) -> np.ndarray:
-        """Catalogue position of each raw item id; -1 unknown."""
-        return self.features.item_index(_typed(item_ids, self.item_id_type))
+        """Catalogue position of each raw item id (merged twins map to their canonical item); -1 unknown."""
+        lookup = self._item_rows
+        out = np.array([lookup.get(_key(i), -1) for i in item_ids], dtype=np.int64)
+        misses = np.flatnonzero(out < 0)
+        if misses.size:  # non-canonical spellings ("042") of int ids
+            typed = _typed([item_ids[j] for j in misses], self.item_id_type).tolist()
+            out[misses] = [lookup.get(_key(v), -1) for v in typed]
+        return out
 
     def seen_positions(self, row: int) -> np.ndarray:
-        """Catalogue positions of the items train user ``row`` saw (internal: positions, not ids)."""
+        """Catalogue positions of known user ``row``'s seen items."""
         return self.seen.indices[self.seen.indptr[row] : self.seen.indptr[row + 1]].numpy()
 
     # -------------------------------------------------------------- queries
     def known_user_queries(self, rows: np.ndarray) -> dict[str, Tensor]:
-        """Query features of train users (by row), as the model saw them at the end of training."""
-        ids = self.features.user_ids[rows]
-        frame = pl.DataFrame(
-            {
-                "user_id": pl.Series(ids.tolist(), dtype=self.features._user_ids.dtype),
-                "timestamp": pl.Series([self.manifest["latest_timestamp"]] * len(rows), dtype=pl.Int64),
-            }
-        )
-        queries = self.features.encode_queries(frame)
-        if self.history is not None:
-            queries[HISTORY] = self.history[torch.as_tensor(rows, dtype=torch.int64)]
-        return queries
+        """``{key: [len(rows), ...]}`` query batch of known users (by row), as stored at export."""
+        index = torch.as_tensor(rows, dtype=torch.int64)
+        return {key: value[index] for key, value in self.user_queries.items()}
+
+    def known_with_recent(self, row: int, recent: np.ndarray) -> dict[str, Tensor]:
+        """``[1, ...]`` query batch of known user ``row`` with ``recent`` catalogue positions added to their history."""
+        return self.queries.with_recent(self.known_user_queries(np.array([row])), recent)
 
     def new_user_queries(self, features: dict[str, Any], history: np.ndarray) -> dict[str, Tensor]:
-        """Query features of one user unseen in training: their features (id -> OOV) and item history.
-
-        Args:
-            features: raw user columns (see :meth:`feature_columns`); missing ones are unknown.
-            history: catalogue positions of the user's items, oldest first.
-        """
-        if features:
-            queries = self._encode_new_user(features)
-        else:  # a history alone: the other query features (OOV id, latest timestamp) never change
-            if self._anonymous is None:
-                self._anonymous = self._encode_new_user({})
-            queries = dict(self._anonymous)
-        if self.history is not None:
-            queries[HISTORY] = history_row(history, self.history_length)
+        """``[1, ...]`` query batch of a user unseen in training: their features and/or history (catalogue
+        positions, oldest first; ignored by a model that reads no history). Raises RequestError naming a bad
+        field."""
+        queries = self.queries.new_user(features, history)
+        if isinstance(self.queries, TensorQueries):  # a Python model's own features: values it cannot embed are the request's fault
+            try:
+                self.embed(queries)
+            except (IndexError, RuntimeError, ValueError, TypeError, KeyError) as exc:
+                raise RequestError("features", f"the model cannot embed these query features "
+                                   f"({type(exc).__name__}: {first_line(exc)})") from None
         return queries
 
-    def _encode_new_user(self, features: dict[str, Any]) -> dict[str, Tensor]:
-        allowed = self.feature_columns()
-        unknown = sorted(set(features) - set(allowed))
-        if unknown:
-            raise RequestError(
-                "features", f"unknown user feature(s) {shorten_text(str(unknown))}; this model reads "
-                f"{allowed or 'no user features'}"
-            )
-        columns: dict[str, pl.Series] = {"user_id": pl.Series([None], dtype=self.features._user_ids.dtype)}
-        users = self.features._users
-        numeric = {f.spec.column for f in self.features.side("query") if f.spec.kind in ("bucketized", "normalized")}
-        for name in allowed:
-            dtype = users.schema[name] if users is not None and name in users.columns else None
-            integer = INT64 if name == "timestamp" else _int_range(dtype)
-            value = check_feature_value(name, features.get(name), numeric=name in numeric, integer=integer)
-            if name == "timestamp" and value is None:
-                value = self.manifest["latest_timestamp"]
-            try:
-                series = pl.Series(name, [value], dtype=pl.Float64 if isinstance(value, float) else None)
-                if dtype is not None and series.dtype != dtype and value is not None:
-                    series = series.cast(dtype, strict=True)
-            except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
-                raise RequestError(f"features.{name}", f"{shorten(value)} is not a valid {dtype}") from None
-            columns[name] = series
-        return self.features.encode_queries(pl.DataFrame(columns))
-
     def history_row(self, positions: np.ndarray) -> Tensor:
-        """[1, L] history input of catalogue positions (oldest first), as the tower was trained."""
-        return history_row(positions, self.history_length)
+        """``[1, L]`` history input of catalogue positions (oldest first), as the model was trained."""
+        return self.queries.history_row(positions)
 
+    @torch.no_grad()
     def embed(self, queries: dict[str, Tensor]) -> Tensor:
-        """[n, d] query embeddings."""
-        return self.encoder(queries)
-
-    def exclusions(self, rows: np.ndarray) -> CSR:
-        """The seen items of train users ``rows`` as a CSR of catalogue positions (one row per user)."""
-        return gather_rows(self.seen, torch.as_tensor(rows, dtype=torch.int64))
+        """``[n, d]`` float32 query embeddings on the CPU (the model runs on the bundle's device)."""
+        device = self.device
+        if device.type != "cpu":
+            queries = {k: v.to(device, non_blocking=True) for k, v in queries.items()}
+        return self.model.query_embeddings(queries).float().cpu()
 
     def records(self, indices: list[int], scores: list[float]) -> list[dict[str, Any]]:
-        """Item metadata for catalogue positions, with scores."""
-        ids = self._item_ids
-        titles = self._titles
+        """``{"item_id", "title", "score"}`` of catalogue positions, with their scores."""
+        ids, titles = self._item_ids, self._titles
         return [{"item_id": ids[i], "title": titles[i], "score": s} for i, s in zip(indices, scores)]
 
-    def __post_init__(self) -> None:
-        self._anonymous: dict[str, Tensor] | None = None
-        self._item_ids = self.items["item_id"].to_list()
-        self._titles = [str(t) if t is not None else str(i) for i, t in zip(self._item_ids, self.items["title"].to_list())]
+    def popular(self, k: int, exclude: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """The ``k`` items with the most training interactions (ties by position), skipping ``exclude``; score = count."""
+        counts = self.item_counts.double().clone()
+        if exclude is not None and exclude.size:
+            counts[torch.as_tensor(exclude, dtype=torch.int64)] = -torch.inf
+        order = torch.sort(-counts, stable=True).indices
+        top = order[torch.isfinite(counts[order])][:k]
+        return self.records(top.tolist(), counts[top].tolist())
+
+    # ------------------------------------------------------------ recommend
+    def recommend(
+        self,
+        user_id: Any = None,
+        k: int = 10,
+        *,
+        history: list[Any] | None = None,
+        features: dict[str, Any] | None = None,
+        exclude_seen: bool = True,
+        exclude_ids: list[Any] | None = None,
+        unknown_items: str = "error",
+        fallback: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Top ``k`` items for one user, in one call: ``[{"item_id", "title", "score"}, ...]``, best first.
+
+        - ``recommend(user_id, k)``: a known user (their stored query; their seen items excluded);
+          with ``history``, items they interacted with since (added to their history, excluded too).
+        - ``recommend(history=[item ids], k=...)`` and/or ``features={...}``: a new user
+          (see :meth:`feature_columns`); ``history`` is oldest first.
+
+        Args:
+            exclude_seen: leave out the known user's seen items and the given history.
+            exclude_ids: more item ids never to return (unknown ids are ignored).
+            unknown_items: ``"error"`` (default) or ``"ignore"`` history ids not in the catalogue.
+            fallback: ``"popular"``: an unknown user without features or history (or with a history
+                of only unknown items) gets the most popular items instead of an error.
+        Returns:
+            ``min(k, items left)`` records; scores are dot products (train counts for the fallback).
+        Raises:
+            TowerrecError: unknown user (without fallback), unknown history items (with ``"error"``),
+                bad ``k``; RequestError: a bad feature value.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        if unknown_items not in UNKNOWN_ITEMS:
+            raise ValueError(f"unknown_items must be one of {UNKNOWN_ITEMS}, got {unknown_items!r}")
+        if fallback not in (None, "popular"):
+            raise ValueError(f"fallback must be None or 'popular', got {fallback!r}")
+        positions = np.empty(0, dtype=np.int64)
+        if history:
+            positions = self.item_positions(list(history))
+            unknown = [i for i, p in zip(history, positions.tolist()) if p < 0]
+            if unknown and unknown_items == "error":
+                raise TowerrecError(f"history item id(s) {unknown[:10]} are not in the catalogue",
+                                    hint="pass unknown_items='ignore' to drop them")
+            positions = positions[positions >= 0]
+        extra = self.item_positions(list(exclude_ids)) if exclude_ids else np.empty(0, dtype=np.int64)
+        extra = extra[extra >= 0]
+        row = -1 if user_id is None else int(self.user_rows([user_id])[0])
+        if row >= 0:
+            if features:
+                raise TowerrecError(f"user {user_id!r} is known: their features come from the training data",
+                                    hint="drop features=, or drop the user id to serve them as a new user")
+            queries = self.known_with_recent(row, positions)
+            exclude = np.concatenate([self.seen_positions(row), positions]) if exclude_seen else positions[:0]
+        elif features or positions.size:
+            queries = self.new_user_queries(dict(features or {}), positions)
+            exclude = positions if exclude_seen else positions[:0]
+        elif fallback == "popular":
+            return self.popular(k, extra)
+        elif user_id is not None:
+            raise TowerrecError(f"user {user_id!r} is not a known user of this bundle",
+                                hint="give the user's history= or features= to serve them as a new user, "
+                                     "or fallback='popular'")
+        else:
+            raise TowerrecError("give a known user id, or a new user's history= and/or features=")
+        exclude = np.concatenate([exclude, extra])
+        query = self.embed(queries)
+        if not torch.isfinite(query).all():
+            raise TowerrecError("the query embedding contains NaN or infinity: the model cannot score this request")
+        found = self.index.search(query, k, exclude_positions=[np.unique(exclude)])
+        count = int(found.counts[0])
+        return self.records(found.indices[0, :count].tolist(), found.scores[0, :count].tolist())
 
 
-def history_row(positions: np.ndarray, length: int) -> Tensor:
-    """[1, length] history row: the last ``length`` positions (+1), oldest first, 0-padded."""
-    recent = np.asarray(positions, dtype=np.int64)[-length:] + 1
-    row = torch.zeros(1, length, dtype=torch.int64)
-    row[0, : recent.size] = torch.from_numpy(recent)
-    return row
-
-
-def _int_range(dtype: pl.DataType | None) -> tuple[int, int] | None:
-    """(low, high) of an integer polars dtype; None for any other."""
-    if dtype is None or not dtype.is_integer():
-        return None
-    info = np.iinfo(pl.Series([], dtype=dtype).to_numpy().dtype)
-    return int(info.min), int(info.max)
+def _key(value: Any) -> str | None:
+    """The canonical spelling of an id (str ids as is, ints as str(int)); None for bools and floats."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, np.integer):
+        return str(int(value))
+    return None if isinstance(value, (bool, float)) else str(value)
 
 
 def _typed(values: list[Any], kind: str) -> np.ndarray:
-    """Raw ids as the dataset types them; an int-typed id that does not parse can match no user."""
+    """Raw ids as the bundle types them; an int-typed id that does not parse can match nothing."""
     if kind == "int":
         out = np.full(len(values), _NO_ID, dtype=np.int64)
         for i, value in enumerate(values):
@@ -270,21 +299,46 @@ def _typed(values: list[Any], kind: str) -> np.ndarray:
 _NO_ID = -(2**62)
 
 
-def load_bundle(folder: str | Path) -> Bundle | SequentialBundle:
-    """Opens a bundle (two-tower or sequential), refusing one that is damaged, edited or inconsistent.
-
-    Checks, before serving a single request: the manifest's format; ``config.toml``
-    against the ``config_hash`` recorded at export; every file readable; every index
-    the service will look up within its table (seen-items CSR, history rows, sizes of
-    vocabularies, embeddings, index and item table); and every file's SHA-256.
+def serving_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device; an absent GPU is one clear error.
 
     Raises:
-        TowerrecError: one line naming the file and what is wrong, hint "export the bundle again".
+        TowerrecError: a device PyTorch does not know, or a CUDA / MPS device this machine lacks.
+    """
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise TowerrecError(f"device {device!r} is not a device PyTorch knows ({first_line(exc)})") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise TowerrecError(f"device {str(device)!r} is not available: PyTorch sees no CUDA GPU here",
+                            hint="serve on device 'cpu' (the default)")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise TowerrecError(f"device {str(device)!r} is not available here", hint="serve on device 'cpu' (the default)")
+    return resolved
+
+
+def load_bundle(folder: str | Path, *, device: str | torch.device = "cpu") -> Bundle:
+    """Opens a bundle, refusing one that is damaged, edited or inconsistent.
+
+    Checks, before serving a single request: the manifest's format and facts;
+    ``config.toml`` against the ``config_hash`` recorded at export (runs); the saved
+    model (class, config, its own checksums); every file readable; every index the
+    service will look up within its table (seen-items CSR, history rows, user
+    indices; sizes of embeddings, index, item and user tables); and every file's SHA-256.
+
+    Args:
+        folder: a bundle written by :func:`~towerrec.serve.export.export_bundle`.
+        device: where the model and query embedding run ("cpu", "cuda", "cuda:1"); the index stays on the CPU.
+    Raises:
+        TowerrecError: one line naming the file and what is wrong, hint "export the bundle again";
+            or the device is not available.
     """
     folder = Path(folder)
+    device = serving_device(device)
     path = folder / MANIFEST
     if not path.is_file():
-        raise TowerrecError(f"{folder}: not a serving bundle (no {MANIFEST})", hint="write one with `towerrec export RUN_DIR --out BUNDLE`")
+        raise TowerrecError(f"{folder}: not a serving bundle (no {MANIFEST})",
+                            hint="write one with `towerrec export RUN_DIR --out BUNDLE` or towerrec.export_bundle")
     try:
         manifest = json.loads(fsio.read_text(path, hint=AGAIN))
     except json.JSONDecodeError as error:
@@ -297,88 +351,72 @@ def load_bundle(folder: str | Path) -> Bundle | SequentialBundle:
     if not isinstance(manifest.get("checksums"), dict):
         raise TowerrecError(f"{path}: lists no file checksums", hint=AGAIN)
     _check_manifest_facts(path, manifest)
-    if manifest.get("model_kind") == "sequential":
-        from towerrec.serve.sequential import load_sequential_bundle
+    for name in FILES:
+        if not (folder / name).is_file():
+            raise TowerrecError(f"{folder / name}: missing", hint="the bundle is incomplete: export it again")
+    config = None
+    if manifest.get("config_hash") is not None:
+        from towerrec.runs import load_run_config
 
-        bundle: Bundle | SequentialBundle = load_sequential_bundle(folder, manifest)
-    else:
-        bundle = _load_two_tower_bundle(folder, manifest)
+        config = load_run_config(folder / "config.toml", manifest.get("config_hash"), hint=EDITED)
+    queries = builder_from_manifest(folder, manifest)
+    model = _load_model(folder / MODEL_FOLDER, device)
+    candidates = _tensors(folder / "candidates.safetensors")
+    users_path = folder / "users.safetensors"
+    users = _tensors(users_path)
+    index = load_index(folder / "index")
+    items = fsio.read_parquet(folder / "items.parquet", hint=AGAIN)
+    embeddings, item_counts = check_candidates(folder, candidates, index, items, manifest["dim"])
+    num_items = int(embeddings.shape[0])
+    seen = check_seen(users_path, users, num_items)
+    user_ids = fsio.read_parquet(folder / "users.parquet", hint=AGAIN)
+    if "user_id" not in user_ids.columns or user_ids.height != seen.num_rows:
+        raise TowerrecError(f"{folder / 'users.parquet'}: needs a user_id column with one row per known user "
+                            f"({seen.num_rows})", hint=AGAIN)
+    stored = {k.removeprefix(QUERY_PREFIX): v for k, v in users.items() if k.startswith(QUERY_PREFIX)}
+    for key, value in stored.items():
+        if value.dim() == 0 or value.shape[0] != seen.num_rows:
+            raise TowerrecError(f"{users_path}: {QUERY_PREFIX}{key} must have one row per known user "
+                                f"({seen.num_rows}), has shape {list(value.shape)}", hint=AGAIN)
+    queries.check(users_path, stored, num_items, model)
+    bundle = Bundle(
+        folder=folder, manifest=manifest, model=model, queries=queries, candidate_embeddings=embeddings,
+        item_counts=item_counts, seen=seen, user_queries=stored, user_ids_series=user_ids["user_id"], items=items,
+        index=index, config=config, device=device,
+    )
     fsio.verify_checksums(folder, manifest["checksums"], hint=AGAIN)
     return bundle
 
 
-def _load_two_tower_bundle(folder: Path, manifest: dict[str, Any]) -> Bundle:
-    from towerrec.runs import load_run_config, read_features
+def _load_model(folder: Path, device: torch.device) -> RetrievalModel:
+    from towerrec.saving import load
 
-    for name in FILES:
-        if not (folder / name).is_file():
-            raise TowerrecError(f"{folder / name}: missing", hint="the bundle is incomplete: export it again")
-    config = load_run_config(folder / "config.toml", manifest.get("config_hash"), hint=EDITED)
-    features_path = folder / "features.json"
+    if not (folder / "model.json").is_file():
+        raise TowerrecError(f"{folder / 'model.json'}: missing", hint="the bundle is incomplete: export it again")
     try:
-        raw_features = json.loads(fsio.read_text(features_path, hint=AGAIN))
-    except json.JSONDecodeError as error:
-        raise TowerrecError(f"{features_path}: not valid JSON ({error})", hint=AGAIN) from None
-    features = read_features(features_path, raw_features, hint=AGAIN)
-    tower = query_tower_for(config, features)
-    weights = _tensors(folder / "query_tower.safetensors")
-    try:
-        tower.load_state_dict(weights)
-    except RuntimeError as error:
-        raise TowerrecError(
-            f"{folder / 'query_tower.safetensors'}: weights do not fit the bundle's config ({first_line(error)})",
-            hint=AGAIN,
-        ) from None
-    encoder = QueryEncoder(tower.eval(), config.model.similarity)
-    candidates = _tensors(folder / "candidates.safetensors")
-    users = _tensors(folder / "users.safetensors")
-    index = load_index(folder / "index")
-    items = fsio.read_parquet(folder / "items.parquet", hint=AGAIN)
-    embeddings, item_counts = check_candidates(folder, candidates, index, items, len(features.catalogue_ids),
-                                               manifest["dim"])
-    num_items = int(embeddings.shape[0])
-    seen = check_seen(folder / "users.safetensors", users, num_items)
-    if seen.num_rows != len(features.user_ids):
-        raise TowerrecError(f"{folder / 'users.safetensors'}: seen items for {seen.num_rows} users, "
-                            f"features.json has {len(features.user_ids)} train users", hint=AGAIN)
-    history = users.get("history")
-    if history is not None:
-        check_rows(folder / "users.safetensors", "history", history, seen.num_rows, num_items)
-    return Bundle(
-        folder=folder,
-        manifest=manifest,
-        config=config,
-        features=features,
-        encoder=encoder,
-        candidate_embeddings=embeddings,
-        item_counts=item_counts,
-        seen=seen,
-        history=history,
-        items=items,
-        index=index,
-    )
-
-
-AGAIN = "export the bundle again"
-EDITED = "export the bundle again, or restore the file"
+        model = load(folder, map_location=device)
+    except TowerrecError as error:  # the remedy is the bundle's, not the saved model's
+        raise TowerrecError(error.message, hint=error.hint if "import" in (error.hint or "") else AGAIN) from None
+    if not isinstance(model, RetrievalModel):
+        raise TowerrecError(f"{folder}: a {type(model).__name__} is not a RetrievalModel: it cannot embed queries",
+                            hint=AGAIN)
+    return model
 
 
 def _check_manifest_facts(path: Path, manifest: dict[str, Any]) -> None:
-    """The manifest entries requests read: id types, embedding size, latest timestamp (two-tower)."""
+    """The manifest entries requests read: id types and embedding size."""
     for key in ("user_id_type", "item_id_type"):
         if manifest.get(key) not in ("int", "str"):
             raise TowerrecError(f"{path}: {key} must be \"int\" or \"str\"", hint=AGAIN)
-    needed = ["dim"] + ([] if manifest.get("model_kind") == "sequential" else ["latest_timestamp"])
-    for key in needed:
-        value = manifest.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise TowerrecError(f"{path}: {key} must be a non-negative integer", hint=AGAIN)
+    value = manifest.get("dim")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise TowerrecError(f"{path}: dim must be a non-negative integer", hint=AGAIN)
 
 
 def check_candidates(folder: Path, candidates: dict[str, Tensor], index: Index, items: pl.DataFrame,
-                     num_items: int, dim: int) -> tuple[Tensor, Tensor]:
-    """``embeddings [N, d]`` and ``item_counts [N]`` of ``candidates.safetensors``; the index, catalogue and
-    item table agree on N, the manifest and index on d."""
+                     dim: int) -> tuple[Tensor, Tensor]:
+    """``embeddings [N, d]`` and ``item_counts [N]`` of ``candidates.safetensors``; the index and item
+    table agree on N, the manifest and index on d."""
     path = folder / "candidates.safetensors"
     embeddings, counts = candidates.get("embeddings"), candidates.get("item_counts")
     if embeddings is None or counts is None or embeddings.dim() != 2 or counts.shape != (embeddings.shape[0],):
@@ -391,13 +429,13 @@ def check_candidates(folder: Path, candidates: dict[str, Tensor], index: Index, 
     if len({d for d in dims.values() if d is not None}) != 1:
         raise TowerrecError(f"{folder}: embedding sizes disagree ({', '.join(f'{k} {v}' for k, v in dims.items())})",
                             hint=AGAIN)
-    if not (index.num_candidates == n == num_items == items.height):
+    if not (index.num_candidates == n == items.height):
         raise TowerrecError(
-            f"{folder}: index ({index.num_candidates}), embeddings ({n}), catalogue ({num_items}) and "
-            f"items.parquet ({items.height}) disagree in size", hint=AGAIN)
+            f"{folder}: index ({index.num_candidates}), embeddings ({n}) and items.parquet ({items.height}) "
+            "disagree in size", hint=AGAIN)
     if "item_id" not in items.columns or "title" not in items.columns:
         raise TowerrecError(f"{folder / 'items.parquet'}: needs columns item_id and title", hint=AGAIN)
-    return embeddings, counts
+    return embeddings.float(), counts
 
 
 def check_seen(path: Path, users: dict[str, Tensor], num_items: int) -> CSR:
@@ -417,26 +455,8 @@ def check_seen(path: Path, users: dict[str, Tensor], num_items: int) -> CSR:
                             hint=AGAIN)
     if bool((indptr[1:] < indptr[:-1]).any()):
         raise TowerrecError(f"{path}: seen_indptr decreases", hint=AGAIN)
-    _in_range(path, "seen_indices", indices, 0, num_items)
+    in_range(path, "seen_indices", indices, 0, num_items)
     return CSR(indptr, indices)
-
-
-def check_rows(path: Path, name: str, rows: Tensor, num_rows: int, num_items: int) -> None:
-    """A ``[num_rows, L]`` int64 table of catalogue index + 1 (0 = padding)."""
-    if rows.dim() != 2 or rows.dtype != torch.int64 or rows.shape[0] != num_rows:
-        raise TowerrecError(f"{path}: {name} must be int64 [{num_rows}, L], is {rows.dtype} {list(rows.shape)}",
-                            hint=AGAIN)
-    _in_range(path, name, rows, 0, num_items + 1)
-
-
-def _in_range(path: Path, name: str, values: Tensor, low: int, high: int) -> None:
-    if values.numel() == 0:
-        return
-    smallest, largest = int(values.min()), int(values.max())
-    if smallest < low:
-        raise TowerrecError(f"{path}: {name} out of range ({smallest} < {low})", hint=AGAIN)
-    if largest >= high:
-        raise TowerrecError(f"{path}: {name} out of range ({largest} >= {high})", hint=AGAIN)
 
 
 def bundle_files(folder: Path) -> list[str]:

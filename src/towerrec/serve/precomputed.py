@@ -21,9 +21,6 @@ import torch
 from towerrec.errors import ServingError, TowerrecError
 from towerrec.index import BruteForceIndex
 from towerrec.serve.bundle import Bundle
-from towerrec.serve.sequential import SequentialBundle
-
-AnyBundle = Bundle | SequentialBundle
 
 USER_CHUNK = 65_536
 
@@ -35,12 +32,9 @@ class Catalogue:
     results stay what the index returns.
     """
 
-    def __init__(self, bundle: AnyBundle) -> None:
+    def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
-        self._item_positions = {str(i): p for p, i in enumerate(bundle.items["item_id"].to_list())}
-        for twin, canonical in (bundle.manifest.get("item_aliases") or {}).items():  # merged duplicate titles
-            if str(canonical) in self._item_positions:
-                self._item_positions.setdefault(str(twin), self._item_positions[str(canonical)])
+        self._item_positions = bundle._item_rows  # canonical spellings and merged twins' ids
         self.exact = isinstance(bundle.index, BruteForceIndex)
         source = bundle.index.embeddings if self.exact else bundle.candidate_embeddings
         self.candidates = np.ascontiguousarray(source.detach().cpu().float().numpy())
@@ -111,7 +105,7 @@ class Catalogue:
 class KnownUsers:
     """Every train user's query embedding (the tower run once at load), row lookup and seen items."""
 
-    def __init__(self, bundle: AnyBundle, catalogue: Catalogue) -> None:
+    def __init__(self, bundle: Bundle, catalogue: Catalogue) -> None:
         self.bundle = bundle
         self.catalogue = catalogue
         self._rows = {str(u): r for r, u in enumerate(bundle.user_ids.tolist())}
@@ -144,7 +138,7 @@ def _key(value: Any) -> str | None:
 
 
 @torch.no_grad()
-def _user_embeddings(bundle: AnyBundle) -> np.ndarray:
+def _user_embeddings(bundle: Bundle) -> np.ndarray:
     """[num_users, d] float32 query embeddings, encoded in chunks (memory stays bounded)."""
     parts = []
     for start in range(0, bundle.num_users, USER_CHUNK):
