@@ -94,18 +94,22 @@ class Bundle:
     # ---------------------------------------------------------------- facts
     @property
     def num_items(self) -> int:
+        """N, the catalogue size."""
         return int(self.candidate_embeddings.shape[0])
 
     @property
     def num_users(self) -> int:
+        """U, the number of known users (answered by id)."""
         return self.seen.num_rows
 
     @property
     def user_id_type(self) -> str:
+        """``"int"`` or ``"str"``: how user ids are typed (str spellings of int ids are parsed)."""
         return self.manifest["user_id_type"]
 
     @property
     def item_id_type(self) -> str:
+        """``"int"`` or ``"str"``: how item ids are typed."""
         return self.manifest["item_id_type"]
 
     @property
@@ -120,6 +124,7 @@ class Bundle:
 
     @property
     def history_length(self) -> int | None:
+        """L, the length of the model's history input; None when it reads none."""
         return self.queries.history_length
 
     def feature_columns(self) -> list[str]:
