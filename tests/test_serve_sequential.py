@@ -80,6 +80,9 @@ def test_new_user_history_and_known_user_with_recent_items(served):
     assert not body["known_user"]
     assert [i["item_id"] for i in body["items"]] == _expected(run, history, 6)
     assert [r["item_id"] for r in bundle.recommend(history=history, k=6)] == _expected(run, history, 6)
+    with pytest.warns(UserWarning, match=r"ignoring history item id\(s\) not in the catalogue: \[999999\]"):
+        unknown_dropped = bundle.recommend(history=[999999, *history], k=6)  # the run's unknown_items = "warn"
+    assert [r["item_id"] for r in unknown_dropped] == _expected(run, history, 6)
     user, timeline = next(iter(_timelines(dataset).items()))
     recent = [i for i in items if i not in timeline][:2]
     both = client.post("/recommend", json={"user_id": user, "history": recent, "k": 4}).json()

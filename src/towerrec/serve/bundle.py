@@ -27,6 +27,7 @@ stays on the CPU.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ MANIFEST = "bundle.json"
 MODEL_FOLDER = "model"
 FILES = ("candidates.safetensors", "users.safetensors", "users.parquet", "items.parquet")
 EDITED = "export the bundle again, or restore the file"
-UNKNOWN_ITEMS = ("error", "ignore")
+UNKNOWN_ITEMS = ("error", "warn", "ignore")
 
 
 @dataclass
@@ -210,7 +211,7 @@ class Bundle:
         features: dict[str, Any] | None = None,
         exclude_seen: bool = True,
         exclude_ids: list[Any] | None = None,
-        unknown_items: str = "error",
+        unknown_items: str | None = None,
         fallback: str | None = None,
     ) -> list[dict[str, Any]]:
         """Top ``k`` items for one user, in one call: ``[{"item_id", "title", "score"}, ...]``, best first.
@@ -223,7 +224,9 @@ class Bundle:
         Args:
             exclude_seen: leave out the known user's seen items and the given history.
             exclude_ids: more item ids never to return (unknown ids are ignored).
-            unknown_items: ``"error"`` (default) or ``"ignore"`` history ids not in the catalogue.
+            unknown_items: history ids not in the catalogue: ``"error"``, ``"warn"`` (dropped with a
+                warning) or ``"ignore"`` (dropped); default: a sequential run's ``[sequence] unknown_items``,
+                else ``"error"``.
             fallback: ``"popular"``: an unknown user without features or history (or with a history
                 of only unknown items) gets the most popular items instead of an error.
         Returns:
@@ -234,6 +237,9 @@ class Bundle:
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        if unknown_items is None:
+            sequence = getattr(self.config, "sequence", None) if self.manifest.get("model_kind") == "sequential" else None
+            unknown_items = sequence.unknown_items if sequence is not None else "error"
         if unknown_items not in UNKNOWN_ITEMS:
             raise ValueError(f"unknown_items must be one of {UNKNOWN_ITEMS}, got {unknown_items!r}")
         if fallback not in (None, "popular"):
@@ -245,6 +251,8 @@ class Bundle:
             if unknown and unknown_items == "error":
                 raise TowerrecError(f"history item id(s) {unknown[:10]} are not in the catalogue",
                                     hint="pass unknown_items='ignore' to drop them")
+            if unknown and unknown_items == "warn":
+                warnings.warn(f"ignoring history item id(s) not in the catalogue: {unknown[:10]}", stacklevel=2)
             positions = positions[positions >= 0]
         extra = self.item_positions(list(exclude_ids)) if exclude_ids else np.empty(0, dtype=np.int64)
         extra = extra[extra >= 0]
