@@ -234,7 +234,7 @@ def main() -> None:
     from towerrec.serve import load_bundle
 
     loaded = load_bundle(bundle)
-    users = [int(u) for u in loaded.features.user_ids.tolist()]
+    users = [int(u) for u in loaded.user_ids.tolist()]
     items = [int(i) for i in loaded.items["item_id"].to_list()]
     del loaded
 
