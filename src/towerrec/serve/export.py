@@ -208,10 +208,9 @@ def _sequential_run_parts(run, data) -> dict[str, Any]:
 
     dataset = getattr(data, "dataset", None)
     if dataset is None:
-        from towerrec.data.registry import load_dataset
+        from towerrec.recommend import run_dataset
 
-        dataset = load_dataset(run.config.data.dataset, run.config.data.data_dir, progress=False,
-                               duplicate_titles=run.config.data.duplicate_titles)
+        dataset = run_dataset(run)
     if dataset.fingerprint != run.meta.get("data_fingerprint"):
         raise TowerrecError(f"{run.run_dir}: the data given is not the data this run was trained on",
                             hint="retrain the run on the current data")
