@@ -239,3 +239,8 @@ def test_a_served_bundle_answers_the_merged_twin_ids(tmp_path):
         new = client.post("/recommend", json={"history": [3], "k": 5})
         assert new.status_code == 200 and 1 not in {i["item_id"] for i in new.json()["items"]}
         assert client.get("/similar?item_id=5").status_code == 404
+    from towerrec.serve import load_bundle
+
+    loaded = load_bundle(bundle)  # the Python API takes the twin ids too
+    assert loaded.recommend(history=[3], k=5) == loaded.recommend(history=[1], k=5)
+    assert 1 not in {r["item_id"] for r in loaded.recommend(history=[3], k=5)}
