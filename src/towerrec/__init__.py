@@ -86,6 +86,7 @@ _EXPORTS = {
     "load_run": "towerrec.runs",
     "export_bundle": "towerrec.serve",
     "load_bundle": "towerrec.serve",
+    "Bundle": "towerrec.serve",
     # errors
     "TowerrecError": "towerrec.errors",
     "DataError": "towerrec.errors",
