@@ -42,6 +42,9 @@ EXPECTED = {
                          r"100 rows\)", rf"  {TOP_K}", rf"popularity: {TOP_K}"],
     "deep_retrieval.py": [r"query inputs: user_id, timestamp_bucketized, timestamp_normalized", rf"layers \[32\]: {TOP_K}",
                           rf"layers \[64, 32\]: {TOP_K}", rf"popularity: {TOP_K}"],
+    "sequential_retrieval.py": [r"[\d,]+ train / [\d,]+ test contexts over 1,664 movies", rf"gru: {TOP_K}",
+                                rf"popularity: {TOP_K}",
+                                r"after Star Wars \(1977\), Return of the Jedi \(1983\), Contact \(1997\) -> .+; .+; .+"],
     "custom_training_loop.py": [rf"Trainer: {TOP_K}", rf"plain loop: {TOP_K}", rf"popularity: {TOP_K}",
                                 r"saved and loaded a MovieModel: same weights True"],
 }
