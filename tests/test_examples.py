@@ -45,6 +45,11 @@ EXPECTED = {
     "sequential_retrieval.py": [r"[\d,]+ train / [\d,]+ test contexts over 1,664 movies", rf"gru: {TOP_K}",
                                 rf"popularity: {TOP_K}",
                                 r"after Star Wars \(1977\), Return of the Jedi \(1983\), Contact \(1997\) -> .+; .+; .+"],
+    "efficient_serving.py": [r"[\d,]+ users searched over 3,664 items \(2,000 decoys\)",
+                             r"brute force: [\d,]+ queries/s, recall@10 against brute force 1\.000",
+                             r"HNSW: [\d,]+ queries/s, recall@10 against brute force (0\.[5-9]\d\d|1\.000)",
+                             r"IVF: [\d,]+ queries/s, recall@10 against brute force [01]\.\d{3}",
+                             r"HNSW index saved and loaded: same answers True", r"bundle\.recommend\(\d+, k=3\): .+; .+; .+"],
     "custom_training_loop.py": [rf"Trainer: {TOP_K}", rf"plain loop: {TOP_K}", rf"popularity: {TOP_K}",
                                 r"saved and loaded a MovieModel: same weights True"],
 }
