@@ -83,6 +83,24 @@ def test_the_device_reaches_the_trainer_and_is_not_part_of_the_run(tmp_path, dat
     assert again.reused and again.run_dir == first.run_dir
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_sequential_run_trains_evaluates_and_recommends_on_a_gpu(tmp_path, dataset):
+    from towerrec.recommend import recommend_from_histories
+    from towerrec.train.evaluate import evaluate_protocols
+
+    result = train_run(_config("sequential", train={"epochs": 2}), runs_root=tmp_path, dataset=dataset,
+                       device="cuda", **QUIET)
+    assert all(p.device.type == "cuda" for p in result.model.parameters())
+    run = load_run(result.run_dir)  # loads on the CPU, whatever it trained on
+    assert all(p.device.type == "cpu" for p in run.model.parameters())
+    on_cpu = evaluate_protocols(run.model, result.data, result.data.test, ks=(1, 10))
+    for protocol, metrics in result.metrics["test"].items():  # evaluated on the GPU during train_run
+        assert metrics == pytest.approx(on_cpu[protocol], abs=0.02), protocol
+    run.model.to("cuda")
+    recs = recommend_from_histories(run, {"h": [0, 1, 2]}, k=3)["h"]
+    assert len(recs) == 3 and {0, 1, 2}.isdisjoint(run.catalogue["item_id"].to_list().index(r.item_id) for r in recs)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
 def test_device_cuda_without_a_gpu_is_one_clear_line_on_every_command(capsys, tmp_path):
     save_dataset(make_synthetic(40, 40, 600, seed=2), tmp_path / "ds")
