@@ -30,8 +30,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("serve", "experiments"),
     ("cli",),
 ]
-#: Modules whose imports must form no circle (every module at or above ``model`` on the training path).
-STACK = ("model", "models", "tasks", "saving", "train", "runs", "recommend")
+#: Modules whose imports must form no circle (the model, training, run, recommend, serving and experiment layers).
+STACK = ("model", "models", "tasks", "saving", "train", "runs", "recommend", "serve", "experiments")
 
 
 def _modules() -> dict[str, Path]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -11,19 +12,40 @@ from towerrec.fsio import atomic_write_text, io_errors
 KS = (1, 5, 10, 50, 100)
 
 
+def summary_row(summary, ks: tuple[int, ...] = (1, 5, 10, 50, 100)) -> dict[str, Any]:
+    """One results-table row of a run (a :class:`towerrec.experiments.runner.RunSummary`): top-K under both
+    protocols, train time and speed, whether it was reused."""
+    m = summary.metrics
+    test = m.get("test", {})
+    return {
+        "feature_set": summary.label,
+        "tfrs_protocol": {f"top_{k}": test.get("tfrs", {}).get(f"top_{k}_accuracy") for k in ks},
+        "seen_excluded": {f"top_{k}": test.get("seen_excluded", {}).get(f"top_{k}_accuracy") for k in ks},
+        "train_seconds": m.get("train_seconds"),
+        "examples_per_s": m.get("examples_per_s"),
+        "epochs": m.get("epochs_run"),
+        "reused": summary.reused,
+        "run_dir": str(summary.run_dir),
+    }
+
+
+def experiment_dict(config) -> dict[str, Any]:
+    """An :class:`~towerrec.experiments.runner.ExperimentConfig` as JSON values."""
+    d = asdict(config)
+    d["feature_sets"] = list(config.feature_sets)
+    d["layer_sizes"] = list(config.layer_sizes)
+    return d
+
+
 def _fmt(value: Any, spec: str = ".4f") -> str:
     return "—" if value is None else format(value, spec)
 
 
 def results_payload(config, runs) -> dict[str, Any]:
-    from towerrec.experiments.runner import experiment_dict, summary_row
-
     return {"experiment": experiment_dict(config), "runs": [summary_row(r, KS) for r in runs]}
 
 
 def results_markdown(config, runs) -> str:
-    from towerrec.experiments.runner import summary_row
-
     rows = [summary_row(r, KS) for r in runs]
     lines = [
         f"# Experiment {config.name}",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -368,25 +368,3 @@ def recommendations(
         if uses_query_time(data):  # timestamp features: the query is asked at the data's latest time
             out.setdefault("query_time", {})[summary.label] = query_time(data)
     return out
-
-
-def summary_row(summary: RunSummary, ks: tuple[int, ...] = (1, 5, 10, 50, 100)) -> dict[str, Any]:
-    m = summary.metrics
-    test = m.get("test", {})
-    return {
-        "feature_set": summary.label,
-        "tfrs_protocol": {f"top_{k}": test.get("tfrs", {}).get(f"top_{k}_accuracy") for k in ks},
-        "seen_excluded": {f"top_{k}": test.get("seen_excluded", {}).get(f"top_{k}_accuracy") for k in ks},
-        "train_seconds": m.get("train_seconds"),
-        "examples_per_s": m.get("examples_per_s"),
-        "epochs": m.get("epochs_run"),
-        "reused": summary.reused,
-        "run_dir": str(summary.run_dir),
-    }
-
-
-def experiment_dict(config: ExperimentConfig) -> dict[str, Any]:
-    d = asdict(config)
-    d["feature_sets"] = list(config.feature_sets)
-    d["layer_sizes"] = list(config.layer_sizes)
-    return d
