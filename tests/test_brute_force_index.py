@@ -251,5 +251,5 @@ def test_load_rejects_corrupt_or_mismatched_files(tmp_path: Path) -> None:
     with pytest.raises(TowerrecError, match="do not match"):
         BruteForceIndex.load(folder)
     (folder / "index.json").write_text("{not json")
-    with pytest.raises(TowerrecError, match="not valid JSON"):
+    with pytest.raises(TowerrecError, match="invalid JSON at line"):
         BruteForceIndex.load(folder)

@@ -452,3 +452,13 @@ def read_tensors(path: Path, *, hint: str) -> dict:
         raise TowerrecError(f"{path}: unreadable ({first_line(exc)})", hint=hint) from None
     except OSError as exc:
         raise io_error(exc, path, hint) from None
+
+
+def read_json(path: Path, *, hint: str) -> object:
+    """A JSON file's value; an unreadable file or invalid JSON is one error naming the file and line."""
+    import json
+
+    try:
+        return json.loads(read_text(path, hint=hint))
+    except json.JSONDecodeError as exc:
+        raise TowerrecError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}", hint=hint) from None

@@ -36,7 +36,7 @@ from towerrec.runs import USERS_FILE, LoadedRun, load_run, prepare_run_data
 from towerrec.train.models import catalogue_embeddings, query_embeddings
 from towerrec.train.prepared import EncodedExamples, PreparedData
 from towerrec.train.sequence_data import SequenceData, SequenceExamples, timeline_events, user_indices
-from towerrec.train.trainer import resolve_device
+from towerrec.devices import resolve_device
 
 
 @dataclass

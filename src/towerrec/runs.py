@@ -51,7 +51,8 @@ from towerrec.train.evaluate import evaluate_both_protocols
 from towerrec.train.models import build_model, fit_baseline
 from towerrec.train.prepared import PreparedData, prepare
 from towerrec.train.sequence_data import SequenceData, prepare_sequences, require_examples
-from towerrec.train.trainer import Trainer, resolve_device
+from towerrec.devices import resolve_device
+from towerrec.train.trainer import Trainer
 
 RUN_FORMAT_VERSION = 3  # 3: the model as model.json + model.safetensors (towerrec.saving), any kind of model
 META = "meta.json"

@@ -128,10 +128,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not manifest_path.is_file():
         raise TowerrecError(f"{path}: not a saved towerrec model (no {MANIFEST})",
                             hint="save one with towerrec.save(model, path)")
-    try:
-        manifest = json.loads(fsio.read_text(manifest_path, hint=AGAIN))
-    except json.JSONDecodeError as exc:
-        raise TowerrecError(f"{manifest_path}: invalid JSON at line {exc.lineno}: {exc.msg}", hint=AGAIN) from None
+    manifest = fsio.read_json(manifest_path, hint=AGAIN)
     if not isinstance(manifest, dict) or manifest.get("kind") != "towerrec-model":
         raise TowerrecError(f"{manifest_path}: not a towerrec model manifest", hint=AGAIN)
     if manifest.get("format_version") != MODEL_FORMAT_VERSION:

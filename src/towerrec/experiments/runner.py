@@ -276,7 +276,7 @@ def run_experiment(
     from towerrec.experiments.plots import write_curves
     from towerrec.experiments.report import write_recommendations, write_results
     from towerrec.runs import train_run
-    from towerrec.train.trainer import resolve_device
+    from towerrec.devices import resolve_device
 
     resolve_device(device)
     started = time.perf_counter()

@@ -198,10 +198,7 @@ def read_manifest(folder: str | Path, kind: str) -> dict[str, Any]:
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise TowerrecError(f"{path}: no saved index here (missing {MANIFEST})", hint="save an index into this folder first")
-    try:
-        manifest = json.loads(fsio.read_text(path, hint=CORRUPT))
-    except json.JSONDecodeError as error:
-        raise TowerrecError(f"{path}: not valid JSON ({error})", hint=CORRUPT) from None
+    manifest = fsio.read_json(path, hint=CORRUPT)
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if version != FORMAT_VERSION:
         raise TowerrecError(

@@ -26,7 +26,6 @@ stays on the CPU.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 from torch import Tensor
 
 from towerrec import fsio
+from towerrec.devices import resolve_device
 from towerrec.config import RunConfig
 from towerrec.errors import RequestError, TowerrecError, first_line
 from towerrec.index import Index, load_index
@@ -312,24 +312,6 @@ def _typed(values: list[Any], kind: str) -> np.ndarray:
 _NO_ID = -(2**62)
 
 
-def serving_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch.device; an absent GPU is one clear error.
-
-    Raises:
-        TowerrecError: a device PyTorch does not know, or a CUDA / MPS device this machine lacks.
-    """
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise TowerrecError(f"device {device!r} is not a device PyTorch knows ({first_line(exc)})") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise TowerrecError(f"device {str(device)!r} is not available: PyTorch sees no CUDA GPU here",
-                            hint="serve on device 'cpu' (the default)")
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise TowerrecError(f"device {str(device)!r} is not available here", hint="serve on device 'cpu' (the default)")
-    return resolved
-
-
 def load_bundle(folder: str | Path, *, device: str | torch.device = "cpu") -> Bundle:
     """Opens a bundle, refusing one that is damaged, edited or inconsistent.
 
@@ -347,15 +329,12 @@ def load_bundle(folder: str | Path, *, device: str | torch.device = "cpu") -> Bu
             or the device is not available.
     """
     folder = Path(folder)
-    device = serving_device(device)
+    device = resolve_device(device, hint="serve on device 'cpu' (the default)")
     path = folder / MANIFEST
     if not path.is_file():
         raise TowerrecError(f"{folder}: not a serving bundle (no {MANIFEST})",
                             hint="write one with `towerrec export RUN_DIR --out BUNDLE` or towerrec.export_bundle")
-    try:
-        manifest = json.loads(fsio.read_text(path, hint=AGAIN))
-    except json.JSONDecodeError as error:
-        raise TowerrecError(f"{path}: not valid JSON ({error})", hint=AGAIN) from None
+    manifest = fsio.read_json(path, hint=AGAIN)
     if not isinstance(manifest, dict) or manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
         raise TowerrecError(

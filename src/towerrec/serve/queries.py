@@ -308,7 +308,6 @@ def builder_from_manifest(folder: Path, manifest: dict[str, Any]) -> QueryBuilde
         return TensorQueries(keys)
     if not _natural(manifest.get("latest_timestamp")):
         raise TowerrecError(f"{path}: latest_timestamp must be a non-negative integer", hint=AGAIN)
-    import json
 
     from towerrec import fsio
     from towerrec.runs import read_features
@@ -316,10 +315,7 @@ def builder_from_manifest(folder: Path, manifest: dict[str, Any]) -> QueryBuilde
     features_path = folder / FEATURES_FILE
     if not features_path.is_file():
         raise TowerrecError(f"{features_path}: missing", hint="the bundle is incomplete: export it again")
-    try:
-        raw = json.loads(fsio.read_text(features_path, hint=AGAIN))
-    except json.JSONDecodeError as error:
-        raise TowerrecError(f"{features_path}: not valid JSON ({error})", hint=AGAIN) from None
+    raw = fsio.read_json(features_path, hint=AGAIN)
     features = read_features(features_path, raw, hint=AGAIN)
     return TwoTowerQueries(features, manifest["latest_timestamp"], length)
 

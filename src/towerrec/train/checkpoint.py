@@ -64,10 +64,7 @@ def load_json(path: Path, *, hint: str = RETRAIN_HINT) -> Any:
     """A JSON file's value; missing, unreadable or invalid files raise one error naming the file."""
     if not path.is_file():
         raise TowerrecError(f"{path}: missing", hint=f"the run directory is incomplete: {hint}")
-    try:
-        return json.loads(fsio.read_text(path, hint=hint))
-    except json.JSONDecodeError as exc:
-        raise TowerrecError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}", hint=hint) from None
+    return fsio.read_json(path, hint=hint)
 
 
 class Checkpointer:

@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from towerrec.config import RunConfig
+from towerrec.devices import resolve_device
 from towerrec.errors import ConfigError, TowerrecError
 from towerrec.metrics.topk import DEFAULT_KS
 from towerrec.model import Model
@@ -421,28 +422,6 @@ class Trainer:
             transient=True,
             disable=not self.progress,
         )
-
-
-def resolve_device(device: str | torch.device | None, model: nn.Module | None = None) -> torch.device:
-    """The device to train / evaluate / serve on: ``device``, else where ``model`` is (else the CPU).
-
-    Raises:
-        TowerrecError: a name PyTorch does not know, or a GPU this machine does not have (one line).
-    """
-    if device is None:
-        if model is None:
-            return torch.device("cpu")
-        return next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise TowerrecError(f"device {device!r} is not a device PyTorch knows ({exc})") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise TowerrecError(f"device {device!r} is not available: PyTorch sees no CUDA GPU here",
-                            hint="use device 'cpu' (the default; --device cpu)")
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise TowerrecError(f"device {device!r} is not available here", hint="use device 'cpu' (the default; --device cpu)")
-    return resolved
 
 
 def _optimizer(optimizer: Any, model: nn.Module, learning_rate: float | None,
