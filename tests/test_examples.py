@@ -79,6 +79,14 @@ def test_example_runs_in_fast_mode(script: str):
         assert re.search(pattern, done.stdout), f"{script}: no line matches {pattern!r} in:\n{done.stdout}"
 
 
+@pytest.mark.realdata
+@needs_ml100k
+def test_the_sequential_example_runs_sasrec_too():
+    done = _run("sequential_retrieval.py", "--data-dir", str(REAL_100K), "--fast", "--encoder", "sasrec")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(rf"sasrec: {TOP_K}", done.stdout) and "after Star Wars" in done.stdout, done.stdout
+
+
 def test_example_help_needs_no_data():
     done = _run("basic_retrieval.py", "--help")
     assert done.returncode == 0 and "--data-dir" in done.stdout and "--fast" in done.stdout and "--epochs" in done.stdout
