@@ -167,3 +167,21 @@ def test_examples_use_only_names_that_towerrec_packages_export(script: str):
     assert any(name.count(".") >= 1 for name in names), f"{script} uses no towerrec name"
     problems = sorted({f"{name}: {why}" for name in names if (why := deep_uses(name))})
     assert not problems, f"{script} reaches past the package exports: {problems}"
+
+
+@pytest.mark.realdata
+@needs_ml100k
+def test_the_readme_python_api_snippet_runs(tmp_path):
+    """README's "Python API" code, on the real data, one epoch: it trains, evaluates, indexes and saves."""
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"## Python API\n.*?```python\n(.*?)```", readme, re.S).group(1)
+    assert '"../shared/datasets/ml-100k"' in code and "epochs=5" in code
+    code = code.replace('"../shared/datasets/ml-100k"', repr(str(REAL_100K))).replace("epochs=5", "epochs=1")
+    code += "\nassert type(tr.load('movie-model')).__name__ == 'TwoTowerModel' and index.num_candidates == 1664\n"
+    script = tmp_path / "snippet.py"
+    script.write_text(code)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=900, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"'top_100_accuracy': 0\.\d+", done.stdout), done.stdout
