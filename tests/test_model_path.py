@@ -154,6 +154,16 @@ def test_construction_errors_name_what_is_wrong():
         Trainer(DotModel(NUM_USERS, NUM_ITEMS), [1, 2, 3], progress=False)
 
 
+def test_evaluate_names_a_misspelt_split_and_runs_the_users_evaluate_function_as_validation():
+    calls = []
+    trainer = Trainer(DotModel(NUM_USERS, NUM_ITEMS), _pairs(), evaluate=lambda m: calls.append(m) or {"score": 1.0},
+                      **_quiet())
+    with pytest.raises(ValueError, match="split must be one of 'validation', 'test', got 'tst'"):
+        trainer.evaluate("tst")
+    assert trainer.evaluate("validation") == {"score": 1.0} and len(calls) == 1
+    assert trainer.evaluate("test") is None and len(calls) == 1
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
 def test_an_absent_gpu_is_a_clear_error():
     with pytest.raises(TowerrecError, match="'cuda' is not available"):

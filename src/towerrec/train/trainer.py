@@ -34,6 +34,7 @@ from towerrec.train.batches import Evaluate, training_data
 from towerrec.train.checkpoint import Checkpointer, save_weights
 
 OPTIMIZERS = ("adagrad", "adam", "adamw")
+SPLITS = ("validation", "test")
 DEFAULT_LEARNING_RATES = {"adagrad": 0.1, "adam": 0.001, "adamw": 0.001}
 
 
@@ -386,7 +387,15 @@ class Trainer:
         return total / max(batches, 1)
 
     def evaluate(self, split: str = "test") -> dict[str, float] | None:
-        """Metrics of the current model on ``"validation"`` or ``"test"`` (None when the data has no evaluation)."""
+        """Metrics of the current model on ``"validation"`` or ``"test"`` (None when the data has no evaluation).
+
+        An ``evaluate=`` function given to the trainer is the ``"validation"`` split.
+
+        Raises:
+            ValueError: ``split`` is neither ``"validation"`` nor ``"test"``.
+        """
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
         evaluate = getattr(self.data, "evaluate", None)
         return None if evaluate is None else evaluate(self.model, split)
 
