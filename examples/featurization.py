@@ -64,7 +64,8 @@ for name, query_features in (("user id", ["user_id"]),
                              ("+ context and user features", ["user_id", "timestamp", "user_age",
                                                               "user_gender", "user_occupation", zip_hashed])):
     metrics, features = fit_and_evaluate(query_features)
-    inputs = ", ".join(f"{i.name} ({i.kind}, {i.cardinality} rows)" for i in features.inputs("query"))
+    inputs = ", ".join(f"{i.name} ({i.kind}" + (f", {i.cardinality} rows)" if i.cardinality else ")")
+                       for i in features.inputs("query"))  # numeric (normalized) inputs have no embedding table
     print(f"{name}: query inputs {inputs}")
     print(f"  top-10 accuracy {metrics['top_10_accuracy']:.4f}, top-100 accuracy {metrics['top_100_accuracy']:.4f}")
 

@@ -38,7 +38,8 @@ EXPECTED = {
     "basic_retrieval.py": [r"\d[\d,]* train / [\d,]+ test ratings, 1,664 movies", rf"two-tower: {TOP_K}",
                            rf"popularity: {TOP_K}", r"top 3 for user 42: .+\(\d{4}\); .+; .+"],
     "featurization.py": [r"built-in features: user_id, timestamp, .*movie_title", r"user id: query inputs user_id",
-                         r"query inputs .*timestamp_bucketized \(bucketized, \d+ rows\).*user_zip_hashed \(hashed, "
+                         r"query inputs .*timestamp_bucketized \(bucketized, \d+ rows\), timestamp_normalized \(normalized\),"
+                         r".*user_zip_hashed \(hashed, "
                          r"100 rows\)", rf"  {TOP_K}", rf"popularity: {TOP_K}"],
     "deep_retrieval.py": [r"query inputs: user_id, timestamp_bucketized, timestamp_normalized", rf"layers \[32\]: {TOP_K}",
                           rf"layers \[64, 32\]: {TOP_K}", rf"popularity: {TOP_K}"],
