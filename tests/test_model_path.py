@@ -254,3 +254,41 @@ def test_prepared_data_gives_the_same_loss_through_compute_loss_as_the_fused_uni
     slow = task(query, candidates, candidate_ids=targets, candidate_log_q=model.candidate_log_q[targets])
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
     assert np.isfinite(fast.item())
+
+
+def test_feature_specs_in_a_model_config_train_and_round_trip_through_toml(synthetic, tmp_path):
+    """FeatureSpec objects (Python) and spec tables (TOML) are features like the built-in names."""
+    from towerrec.config import ModelConfig, RunConfig, load_config
+    from towerrec.features.spec import FeatureSpec
+    from towerrec.runs import load_run, train_run
+
+    hashed = FeatureSpec(name="user_hashed", side="query", kind="hashed", column="user_id", num_buckets=64)
+    config = RunConfig(name="spec", model=ModelConfig(query_features=("user_id", hashed), candidate_features=("item_id",),
+                                                      embedding_dim=8, layer_sizes=(8,), similarity="dot"))
+    config = config.replace(data={"dataset": "synthetic"}, train={"epochs": 1, "batch_size": 256})
+    result = train_run(config, runs_root=tmp_path, dataset=synthetic, progress=False, log=lambda *_: None)
+    assert "user_hashed" in load_run(result.run_dir).model.query_tower.names
+    again = load_config(result.run_dir / "config.toml")  # the spec is written as a TOML table and read back
+    assert again.to_dict()["model"] == config.to_dict()["model"]
+    with pytest.raises(ConfigError, match="whose side is 'query'"):
+        prepare(config.replace(model={"candidate_features": ["item_id", hashed]}), synthetic, progress=False)
+    with pytest.raises(ConfigError, match="entries must be feature names or tables"):
+        small_config({"model": {"query_features": ["user_id", 3]}})
+
+
+def test_logq_without_item_counts_warns_once_and_the_catalogue_embeds_in_one_call(synthetic):
+    config = small_config({"data": {"dataset": "synthetic"},
+                           "model": {"query_features": ["user_id"], "candidate_features": ["item_id"],
+                                     "embedding_dim": 8}})
+    data = prepare(config, synthetic, progress=False)
+    model = build_two_tower(data.features, embedding_dim=8)
+    model.set_catalogue(data.catalogue)  # no item counts
+    batch = {**data.train.select(torch.arange(64)), "candidate_index": data.train.targets[:64]}
+    with pytest.warns(UserWarning, match="no item counts"):
+        model.compute_loss(batch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.compute_loss(batch)  # once per model
+    embeddings = model.catalogue_embeddings(chunk_size=7)
+    assert embeddings.shape == (data.num_items, 8)
+    torch.testing.assert_close(embeddings, model.candidate_embeddings(data.catalogue))

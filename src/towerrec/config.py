@@ -23,7 +23,8 @@ import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import tomli_w
 
@@ -76,8 +77,9 @@ class ModelConfig:
     """
 
     kind: Literal["two-tower", "popularity", "ease", "sequential"] = "two-tower"
-    query_features: tuple[str, ...] = ("user_id", "user_history")
-    candidate_features: tuple[str, ...] = ("item_id",)
+    # each entry: a built-in name, a table spelling out a FeatureSpec, or (from Python) a FeatureSpec
+    query_features: tuple[str | dict[str, Any], ...] = ("user_id", "user_history")
+    candidate_features: tuple[str | dict[str, Any], ...] = ("item_id",)
     embedding_dim: int = 64
     layer_sizes: tuple[int, ...] = (128, 64)
     similarity: Literal["dot", "cosine"] = "cosine"
@@ -220,8 +222,8 @@ def _drop_none(value: Any) -> Any:
     """TOML has no null: absent keys mean the default (None)."""
     if isinstance(value, dict):
         return {k: _drop_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, tuple):
-        return list(value)
+    if isinstance(value, (tuple, list)):
+        return [_drop_none(v) for v in value]
     return value
 
 
@@ -239,6 +241,11 @@ def _coerce(section: str, name: str, annotation: Any, value: Any) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {shorten(value)}")
+        if get_origin(args[0]) in (Union, UnionType) and dict in [get_origin(a) or a for a in get_args(args[0])]:
+            for v in value:  # feature lists: names or spec tables (checked when the features are resolved)
+                if not isinstance(v, (str, dict)) and not dataclasses.is_dataclass(v):
+                    raise ConfigError(f"{where} entries must be feature names or tables, got {shorten(v)}")
+            return tuple(value)
         return tuple(_coerce(section, name, args[0], v) for v in value)
     if args and type(None) in args:  # Optional[X]: TOML has no null, so `false` switches it off too
         if value is None or (value is False and bool not in args):

@@ -7,6 +7,7 @@ product (of unit vectors when ``similarity="cosine"``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -68,6 +69,7 @@ class TwoTowerModel(RetrievalModel):
         self.candidate_id = candidate_id
         self.out_dim = q_dim
         self._catalogue_keys: list[str] = []
+        self._warned_no_counts = False
         self.register_buffer("candidate_log_q", None, persistent=False)
 
     # -- save / load ---------------------------------------------------------
@@ -116,6 +118,24 @@ class TwoTowerModel(RetrievalModel):
                                "call model.set_catalogue(features) first")
         return {key: getattr(self, _catalogue_buffer(key))[index] for key in self._catalogue_keys}
 
+    @torch.no_grad()
+    def catalogue_embeddings(self, chunk_size: int = 65_536) -> Tensor:
+        """``[N, dim]`` candidate embeddings of the whole catalogue given to :meth:`set_catalogue` (eval mode,
+        in chunks of ``chunk_size`` items; the model's training mode is restored)."""
+        if not self._catalogue_keys:
+            raise RuntimeError("no catalogue was given: call model.set_catalogue(features) first")
+        size = getattr(self, _catalogue_buffer(self._catalogue_keys[0])).shape[0]
+        training = self.training
+        self.eval()
+        try:
+            device = getattr(self, _catalogue_buffer(self._catalogue_keys[0])).device
+            parts = [self.candidate_embeddings(self.catalogue_rows(torch.arange(s, min(s + chunk_size, size),
+                                                                                device=device)))
+                     for s in range(0, size, chunk_size)]
+        finally:
+            self.train(training)
+        return torch.cat(parts)
+
     # -- embeddings and loss ---------------------------------------------------
     def _finish(self, x: Tensor) -> Tensor:
         return F.normalize(x, dim=-1) if self.similarity == "cosine" else x
@@ -145,6 +165,11 @@ class TwoTowerModel(RetrievalModel):
             unique, labels, counts = torch.unique(batch[CANDIDATE_INDEX], return_inverse=True, return_counts=True)
             candidates = self.candidate_embeddings(self.catalogue_rows(unique))
             log_q = None if self.candidate_log_q is None else self.candidate_log_q[unique]
+            if log_q is None and self.task.logq_correction and not self._warned_no_counts:
+                self._warned_no_counts = True
+                warnings.warn("the retrieval task's logQ correction is on but the model has no item counts, so no "
+                              "correction is applied: pass item_counts to set_catalogue(features, item_counts) (or "
+                              "Retrieval(logq_correction=False) to say so)", stacklevel=2)
             return self.task.unique_candidates_loss(query, candidates, labels, counts, candidate_log_q=log_q,
                                                     sample_weight=weight)
         candidates = self.candidate_embeddings(batch)

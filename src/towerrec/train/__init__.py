@@ -19,6 +19,7 @@ _EXPORTS = {
     "TensorData": "towerrec.train.batches",
     "Checkpointer": "towerrec.train.checkpoint",
     "evaluate_examples": "towerrec.train.evaluate",
+    "popularity_metrics": "towerrec.train.evaluate",
 }
 
 __all__ = list(_EXPORTS)

@@ -21,9 +21,9 @@ from towerrec.data.filters import filter_interactions
 from towerrec.data.registry import load_dataset
 from towerrec.data.splits import Split, make_split, require_parts, require_rows
 from towerrec.data.tables import Dataset
-from towerrec.errors import DataError, shorten
+from towerrec.errors import ConfigError, DataError, shorten
 from towerrec.features import FeatureSet, FittedFeatures, builtin_feature
-from towerrec.features.spec import InputSpec
+from towerrec.features.spec import FeatureSpec, InputSpec
 from towerrec.metrics.topk import CSR, gather_rows
 from towerrec.model import USER_ROW
 
@@ -138,13 +138,29 @@ def merge_items_by_title(dataset: Dataset) -> Dataset:
     )
 
 
-def feature_specs(config: RunConfig, items: pl.DataFrame | None = None) -> list:
-    """Specs of the configured features; ``items`` resolves ``item:<column>`` names."""
+def feature_specs(config: RunConfig, items: pl.DataFrame | None = None) -> list[FeatureSpec]:
+    """Specs of the configured features: built-in names (``items`` resolves ``item:<column>`` names),
+    tables spelling out a :class:`FeatureSpec`, or FeatureSpec objects.
+
+    Raises:
+        ConfigError: an unknown name, a bad table, or a spec listed on the other side than its ``side``.
+    """
     schema = None if items is None else dict(items.schema)
-    specs = []
-    for name in (*config.model.query_features, *config.model.candidate_features):
-        if name != HISTORY:  # derived from the split, not fitted
-            specs.extend(builtin_feature(name, schema))
+    specs: list[FeatureSpec] = []
+    for side, entries in (("query", config.model.query_features), ("candidate", config.model.candidate_features)):
+        for entry in entries:
+            if entry == HISTORY:  # derived from the split, not fitted
+                continue
+            if isinstance(entry, str):
+                specs.extend(builtin_feature(entry, schema))
+                continue
+            spec = FeatureSpec.from_dict(entry) if isinstance(entry, dict) else entry
+            if not isinstance(spec, FeatureSpec):
+                raise ConfigError(f"[model] {side}_features: {shorten(entry)} is not a feature name, table or FeatureSpec")
+            if spec.side != side:
+                raise ConfigError(f"[model] {side}_features lists feature {spec.name!r}, whose side is {spec.side!r}",
+                                  hint=f"move it to [model] {spec.side}_features")
+            specs.append(spec)
     return specs
 
 
