@@ -69,6 +69,26 @@ def test_known_user_matches_the_bundle_and_excludes_seen(client, bundle):
     assert same["items"] == body["items"]
 
 
+def test_exclude_ids_leave_out_exactly_those_items_on_get_and_post(client, bundle):
+    """Exclusions are item ids at the HTTP API too (unknown ids ignored), for known and new users."""
+    user = int(bundle.user_ids[3])
+    top = [item["item_id"] for item in client.get(f"/recommend?user_id={user}&k=5").json()["items"]]
+    drop = top[:2]
+    got = client.get(f"/recommend?user_id={user}&k=3&exclude_ids={drop[0]},{drop[1]},no-such-item").json()
+    assert [item["item_id"] for item in got["items"]] == top[2:5]
+    posted = client.post("/recommend", json={"user_id": user, "k": 3, "exclude_ids": drop}).json()
+    assert [item["item_id"] for item in posted["items"]] == top[2:5]
+    expected = [r["item_id"] for r in bundle.recommend(user, k=3, exclude_ids=drop)]
+    assert expected == top[2:5]
+    history = bundle.items["item_id"].to_list()[:3]
+    new_top = [i["item_id"] for i in client.post("/recommend", json={"history": history, "k": 4}).json()["items"]]
+    without = client.post("/recommend", json={"history": history, "k": 3, "exclude_ids": new_top[:1]}).json()
+    assert [i["item_id"] for i in without["items"]] == new_top[1:4]
+    recent = client.post("/recommend", json={"user_id": user, "history": history, "k": 3,
+                                             "exclude_ids": drop}).json()
+    assert not set(drop) & {i["item_id"] for i in recent["items"]}
+
+
 def test_new_user_from_history_and_similar_items(client, bundle):
     history = bundle.items["item_id"].to_list()[:3]
     body = client.post("/recommend", json={"history": history, "k": 4}).json()

@@ -1,7 +1,7 @@
 """The HTTP recommendation service (FastAPI): top-K for known users, new users and similar items.
 
     GET  /healthz                                    model and catalogue facts
-    GET  /recommend?user_id=42&k=10&exclude_seen=true  a user seen in training
+    GET  /recommend?user_id=42&k=10&exclude_seen=true&exclude_ids=50,181  a user seen in training
     POST /recommend {"history": [1, 50], "features": {...}, "k": 10}   a new user (or a known one + recent items)
     GET  /similar?item_id=50&k=10                    items closest to an item
     GET  /docs, /openapi.json                        interactive docs and the schema
@@ -135,6 +135,8 @@ class RecommendRequest(BaseModel):
     history: list[Id] = Field(default_factory=list, max_length=MAX_HISTORY)
     k: int = Field(10, ge=1, le=MAX_K)
     exclude_seen: bool = Field(True, description="Leave out the user's train items and the given history.")
+    exclude_ids: list[Id] = Field(default_factory=list, max_length=MAX_HISTORY,
+                                  description="Item ids never to return (ids not in the catalogue are ignored).")
 
 
 class Problem(BaseModel):
@@ -247,11 +249,21 @@ def create_app(
                 f'"k":{len(found[0])},"k_requested":{k},"items":{catalogue.items_json(*found)}}}')
         return Response(body, media_type="application/json")
 
-    def known_job(row: int, k: int, exclude_seen: bool, extra: np.ndarray | None = None) -> Job:
+    def excluded(ids: list[Any] | None) -> np.ndarray:
+        """Catalogue positions of the ``exclude_ids`` of a request (unknown ids are ignored)."""
+        if not ids:
+            return np.empty(0, dtype=np.int64)
+        positions = catalogue.item_positions(list(ids))
+        return positions[positions >= 0]
+
+    def known_job(row: int, k: int, exclude_seen: bool, extra: np.ndarray | None = None,
+                  never: np.ndarray | None = None) -> Job:
         queries = bundle.known_with_recent(row, extra if extra is not None else np.empty(0, dtype=np.int64))
         exclude = bundle.seen_positions(row) if exclude_seen else np.empty(0, dtype=np.int64)
         if exclude_seen and extra is not None:
             exclude = np.concatenate([exclude, extra])
+        if never is not None and never.size:
+            exclude = np.concatenate([exclude, never])
         return Job(k=k, exclude=exclude, queries=queries)
 
     @app.get("/", include_in_schema=False)
@@ -277,6 +289,9 @@ def create_app(
         user_id: Annotated[str, Query(min_length=1, max_length=MAX_ID_LENGTH, description="A user id from training.")],
         k: Annotated[int, Query(ge=1, le=MAX_K, description="How many items.")] = 10,
         exclude_seen: Annotated[bool, Query(description="Leave out the user's train items.")] = True,
+        exclude_ids: Annotated[str | None, Query(max_length=MAX_ID_LENGTH * MAX_K,
+                                                 description="Comma-separated item ids never to return "
+                                                             "(ids not in the catalogue are ignored).")] = None,
     ):
         row = users.row(user_id)
         if row < 0:
@@ -284,11 +299,14 @@ def create_app(
                 f"user {user_id!r} is not in the training data",
                 hint="POST /recommend with the user's features or history to serve a new user",
             )
-        return recommendations(_typed_id(user_id, bundle.user_id_type), True, k, users.recommend(row, k, exclude_seen))
+        never = excluded([v.strip() for v in exclude_ids.split(",") if v.strip()] if exclude_ids else None)
+        return recommendations(_typed_id(user_id, bundle.user_id_type), True, k,
+                               users.recommend(row, k, exclude_seen, never))
 
     @app.post("/recommend", response_model=Recommendations, responses=ERRORS,
               summary="Top-K items for a new user (features, history) or a known user with recent items")
     async def recommend_any(request: RecommendRequest):
+        never = excluded(request.exclude_ids)
         history = np.empty(0, dtype=np.int64)
         if request.history:
             history = catalogue.item_positions(list(request.history))
@@ -304,8 +322,9 @@ def create_app(
                     hint="drop 'features', or drop 'user_id' to serve them as a new user",
                 )
             if not history.size:
-                return recommendations(request.user_id, True, request.k, users.recommend(row, request.k, request.exclude_seen))
-            job = known_job(row, request.k, request.exclude_seen, history)
+                return recommendations(request.user_id, True, request.k,
+                                       users.recommend(row, request.k, request.exclude_seen, never))
+            job = known_job(row, request.k, request.exclude_seen, history, never)
         else:
             if request.user_id is not None and not request.features and not request.history:
                 return not_found(f"user {request.user_id!r} is not in the training data",
@@ -314,7 +333,7 @@ def create_app(
                 raise TowerrecError("give a known 'user_id', or a new user's 'features' and/or 'history'")
             queries = bundle.new_user_queries(dict(request.features), history)
             exclude = history if request.exclude_seen else np.empty(0, dtype=np.int64)
-            job = Job(k=request.k, exclude=exclude, queries=queries)
+            job = Job(k=request.k, exclude=np.concatenate([exclude, never]), queries=queries)
         return recommendations(request.user_id, row >= 0, request.k, await batcher.submit(job))
 
     @app.get("/similar", response_model=SimilarItems, responses=ERRORS, summary="Items most similar to an item")

@@ -121,9 +121,13 @@ class KnownUsers:
     def seen(self, row: int) -> np.ndarray:
         return self._indices[self._indptr[row] : self._indptr[row + 1]]
 
-    def recommend(self, row: int, k: int, exclude_seen: bool) -> tuple[list[int], list[float]]:
-        """Top ``min(k, items left)`` of a known user from the precomputed embedding."""
+    def recommend(self, row: int, k: int, exclude_seen: bool,
+                  extra: np.ndarray | None = None) -> tuple[list[int], list[float]]:
+        """Top ``min(k, items left)`` of a known user from the precomputed embedding; ``extra``: more
+        catalogue positions to leave out (a request's ``exclude_ids``)."""
         exclude = self.seen(row) if exclude_seen else _NOTHING
+        if extra is not None and extra.size:
+            exclude = np.concatenate([exclude, extra])
         return self.catalogue.top_k(self.embeddings[row], k, exclude)
 
 
