@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from towerrec.config import RunConfig
+from towerrec.devices import resolve_device
 from towerrec.features import FittedFeatures
 from towerrec.model import CANDIDATE_INDEX, Model
 from towerrec.models.baselines import EASEModel, PopularityModel
@@ -107,10 +108,6 @@ def fit_baseline(model: nn.Module, data: PreparedData) -> None:
         model.fit(data.train.user_rows.numpy(), data.train.targets.numpy())
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
-
-
 def _to(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -120,7 +117,7 @@ def catalogue_embeddings(model: nn.Module, catalogue: dict[str, Tensor], num_ite
     """``[N, d]`` embeddings (on the CPU) of every catalogue item, from the catalogue's encoded candidate
     features (``PreparedData.catalogue`` or ``FittedFeatures.encode_candidates()``)."""
     model.eval()
-    device = _device(model)
+    device = resolve_device(None, model)
     n = num_items
     parts = []
     for s in range(0, n, EVAL_CHUNK):
@@ -138,7 +135,7 @@ def query_embeddings(model: nn.Module, examples: EncodedExamples | SequenceExamp
     start, stop, _ = rows.indices(len(examples))
     stop = max(stop, start)
     model.eval()
-    device = _device(model)
+    device = resolve_device(None, model)
     parts = [
         model.query_embeddings(_to(examples.select(slice(s, min(s + EVAL_CHUNK, stop))), device)).float().cpu()
         for s in range(start, stop, EVAL_CHUNK)
