@@ -72,6 +72,7 @@ _EXPORTS = {
     # the one model path: a model computes its loss, the trainer owns the loop, save/load any model
     "Model": "towerrec.model",
     "RetrievalModel": "towerrec.model",
+    "RankingModel": "towerrec.model",
     "Trainer": "towerrec.train",
     "Callback": "towerrec.train",
     "prepare": "towerrec.train",

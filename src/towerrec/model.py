@@ -117,6 +117,23 @@ class RetrievalModel(Model):
         raise NotImplementedError(f"{type(self).__name__} must implement candidate_embeddings(batch)")
 
 
+class RankingModel(Model):
+    """A model that scores (query, candidate) pairs: the ranking stage of retrieve-then-rank.
+
+    Subclasses implement :meth:`score` (and :meth:`compute_loss`, usually with
+    :class:`towerrec.tasks.Ranking`). A batch holds the query features of each row
+    and ``candidate_index``: ``[batch]`` (one candidate per row) or ``[batch, list_size]``
+    (a list of candidates per row, for listwise losses and re-ranking); the model
+    finds each candidate's features itself (e.g. from a catalogue it was given).
+    Re-ranking, ranking metrics and serving use nothing else.
+    """
+
+    def score(self, batch: dict[str, Tensor]) -> Tensor:
+        """Scores shaped like ``batch["candidate_index"]`` (``[batch]`` or ``[batch, list_size]``): the
+        predicted label (a rating, a click logit...) of each (query, candidate) pair; higher ranks first."""
+        raise NotImplementedError(f"{type(self).__name__} must implement score(batch)")
+
+
 def _recording(init):
     """Wraps a subclass ``__init__`` so the outermost call records its arguments by name."""
     signature = inspect.signature(init)
@@ -160,3 +177,4 @@ CANDIDATE_INDEX = "candidate_index"  # [batch] int64 catalogue position of each 
 USER_ROW = "user_row"  # [batch] int64 training-user row (-1: a user not seen in training)
 SAMPLE_WEIGHT = "sample_weight"  # [batch] float per-example loss weight
 SAMPLING_PROBABILITY = "candidate_sampling_probability"  # [batch] probability q of each row's candidate (logQ)
+LABEL = "label"  # [batch] (or [batch, list_size]) float ranking label: a rating, a 0/1 click...
