@@ -16,7 +16,7 @@ PACKAGE = Path(towerrec.__file__).parent
 
 #: Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS: list[tuple[str, ...]] = [
-    ("model", "tasks", "layers", "metrics", "index", "features", "data"),
+    ("model", "tasks", "layers", "metrics", "index", "features", "data", "rules"),
     ("models",),
     ("saving",),
     ("train.checkpoint", "train.prepared"),

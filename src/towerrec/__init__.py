@@ -88,6 +88,8 @@ _EXPORTS = {
     "export_bundle": "towerrec.serve",
     "load_bundle": "towerrec.serve",
     "Bundle": "towerrec.serve",
+    # retrieve-then-rank: business rules after ranking
+    "BusinessRules": "towerrec.rules",
     # errors
     "TowerrecError": "towerrec.errors",
     "DataError": "towerrec.errors",
@@ -95,7 +97,7 @@ _EXPORTS = {
 }
 
 _SUBMODULES = ("config", "data", "errors", "experiments", "features", "index", "layers", "metrics", "model", "models",
-               "presets", "recommend", "runs", "saving", "serve", "tasks", "train")
+               "presets", "recommend", "rules", "runs", "saving", "serve", "tasks", "train")
 
 __all__ = ["__version__", *_EXPORTS]
 
