@@ -35,6 +35,8 @@ _EXPORTS = {
     "split_random": "towerrec.data.splits",
     "split_temporal": "towerrec.data.splits",
     "split_leave_last_out": "towerrec.data.splits",
+    "sample_lists": "towerrec.data.listwise",
+    "ListSample": "towerrec.data.listwise",
     # features
     "FeatureSpec": "towerrec.features",
     "InputSpec": "towerrec.features",
@@ -48,13 +50,21 @@ _EXPORTS = {
     "MLP": "towerrec.layers",
     "GRUEncoder": "towerrec.layers",
     "SelfAttentionEncoder": "towerrec.layers",
+    "Cross": "towerrec.layers",
+    "CrossNetwork": "towerrec.layers",
+    "DotInteraction": "towerrec.layers",
     # tasks
     "Retrieval": "towerrec.tasks",
+    "Ranking": "towerrec.tasks",
     # metrics
     "TargetRanks": "towerrec.metrics",
     "evaluate_retrieval": "towerrec.metrics",
     "target_ranks": "towerrec.metrics",
     "topk_metrics": "towerrec.metrics",
+    "rmse": "towerrec.metrics",
+    "mae": "towerrec.metrics",
+    "auc": "towerrec.metrics",
+    "list_metrics": "towerrec.metrics",
     # indexes
     "Index": "towerrec.index",
     "SearchResult": "towerrec.index",

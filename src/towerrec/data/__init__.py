@@ -8,6 +8,7 @@ Loaders: :func:`load_dataset` (built-in MovieLens releases, saved dataset folder
 
 from towerrec.data.filters import FilterReport, filter_interactions
 from towerrec.data.importer import import_interactions
+from towerrec.data.listwise import ListSample, sample_lists
 from towerrec.data.movielens import load_movielens
 from towerrec.data.registry import DATASET_NAMES, load_dataset
 from towerrec.data.sequences import build_sequence_examples
@@ -20,6 +21,7 @@ __all__ = [
     "DATASET_NAMES",
     "Dataset",
     "FilterReport",
+    "ListSample",
     "Split",
     "build_sequence_examples",
     "filter_interactions",
@@ -30,6 +32,7 @@ __all__ = [
     "load_movielens",
     "make_split",
     "make_synthetic",
+    "sample_lists",
     "save_dataset",
     "split_leave_last_out",
     "split_random",
