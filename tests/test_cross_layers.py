@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -108,3 +111,32 @@ def test_dot_interaction_shapes_gradcheck_and_errors() -> None:
     with pytest.raises(ValueError, match=r"\[batch, F, d\]"):
         DotInteraction()(torch.zeros(2, 3))
     assert tr.Cross is Cross and tr.DotInteraction is DotInteraction
+
+
+TFRS = json.loads((Path(__file__).parent / "data" / "tfrs_cross_dot.json").read_text())
+
+
+@pytest.mark.parametrize("case", ["full", "low", "nobias"])
+def test_cross_reproduces_tfrs_outputs_with_its_weights(case: str) -> None:
+    """TFRS 0.7.7's own dcn.Cross outputs (tests/data/make_tfrs_cross_dot.py), its Keras kernels transposed."""
+    recorded = TFRS[case]
+    layer = Cross(6, **recorded["kw"])
+    weights = [T(w) for w in recorded["weights"]]
+    with torch.no_grad():
+        if layer.projection_dim is None:
+            layer.dense.weight.copy_(weights[0].T)
+            if layer.use_bias:
+                layer.dense.bias.copy_(weights[1])
+        else:
+            layer.dense_u.weight.copy_(weights[0].T)
+            layer.dense_v.weight.copy_(weights[1].T)
+            layer.dense_v.bias.copy_(weights[2])
+    assert len(weights) == sum(1 for _ in layer.parameters())
+    assert torch.allclose(layer(T(TFRS["x0"]), T(TFRS["x"])), T(recorded["y"]), atol=1e-5)
+
+
+@pytest.mark.parametrize("self_interaction", [False, True])
+def test_dot_interaction_reproduces_tfrs_order(self_interaction: bool) -> None:
+    features = [T(f) for f in TFRS["feats"]]
+    expected = T(TFRS[f"dot_{self_interaction}"])
+    assert torch.allclose(DotInteraction(self_interaction)(features), expected, atol=1e-5)

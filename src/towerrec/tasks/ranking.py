@@ -89,7 +89,8 @@ def pairwise_hinge_loss(labels: Tensor, scores: Tensor, *, margin: float = 1.0, 
     touching a padded entry, contribute nothing. ``mean`` divides the weighted sum
     over pairs by the number of real items (``batch * list_size`` without a mask),
     which is TF-Ranking's Keras normalisation: ``y=[[1, 0]]``, ``s=[[0.6, 0.8]]`` gives
-    1.2 / 2 = 0.6.
+    1.2 / 2 = 0.6. (TF-Ranking's ragged mode also counts the padding in that
+    denominator; here padding never changes the loss.)
 
     Args:
         labels: [batch, list_size] graded relevance (only its order within a list matters).
@@ -316,10 +317,11 @@ def _prepare(labels: Tensor, scores: Tensor, sample_weight: Tensor | None, mask:
             raise TypeError("mask must be a bool tensor (True: a real list entry)")
         if mask.shape != scores.shape:
             raise ValueError(f"mask shape {list(mask.shape)} differs from scores shape {list(scores.shape)}")
-    for values, name in ((labels, "labels"), (scores, "scores")):
-        finite = torch.isfinite(values) if mask is None else torch.isfinite(values) | ~mask
-        if not bool(finite.all()):
-            raise ValueError(f"{name} hold NaN or inf values")
+    finite_labels, finite_scores = torch.isfinite(labels), torch.isfinite(scores)
+    if mask is not None:
+        finite_labels, finite_scores = finite_labels | ~mask, finite_scores | ~mask
+    if not bool(finite_labels.all() & finite_scores.all()):  # one device sync in the common case
+        raise ValueError(f"{'labels' if not bool(finite_labels.all()) else 'scores'} hold NaN or inf values")
     if mask is not None:  # padding may hold anything: zero it so no NaN reaches a gradient
         labels = torch.where(mask, labels, torch.zeros_like(labels))
         scores = torch.where(mask, scores, torch.zeros_like(scores))
@@ -338,13 +340,11 @@ def _prepare(labels: Tensor, scores: Tensor, sample_weight: Tensor | None, mask:
 def _pointwise(losses: Tensor, weight: Tensor | None, mask: Tensor | None, reduction: str) -> Tensor:
     if weight is not None:
         losses = losses * (weight if losses.dim() == 1 else weight.unsqueeze(1))
-    if mask is not None:
-        losses = torch.where(mask, losses, torch.zeros_like(losses))
-        count = int(mask.sum())
-    else:
-        count = losses.numel()
-    total = losses.sum()
-    return total if reduction == "sum" else total / max(count, 1)
+    if mask is None:
+        total = losses.sum()
+        return total if reduction == "sum" else total / max(losses.numel(), 1)
+    total = torch.where(mask, losses, torch.zeros_like(losses)).sum()
+    return total if reduction == "sum" else total / mask.sum().clamp(min=1)
 
 
 def _pairs(labels: Tensor, scores: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -362,8 +362,9 @@ def _pairwise(pair_losses: Tensor, pairs: Tensor, weight: Tensor | None, mask: T
     if weight is not None:
         per_list = per_list * weight
     total = per_list.sum()
-    count = pair_losses.shape[0] * pair_losses.shape[1] if mask is None else int(mask.sum())
-    return total if reduction == "sum" else total / max(count, 1)
+    if reduction == "sum":
+        return total
+    return total / (max(pair_losses.shape[0] * pair_losses.shape[1], 1) if mask is None else mask.sum().clamp(min=1))
 
 
 def _listwise(per_list: Tensor, weight: Tensor | None, reduction: str) -> Tensor:
