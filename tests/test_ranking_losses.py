@@ -190,6 +190,8 @@ def test_bad_arguments_raise_clear_errors() -> None:
         Ranking("mse", reduction="none")
     with pytest.raises(ValueError, match="margin must be a finite number >= 0"):
         Ranking("hinge", margin=-1.0)
+    with pytest.raises(ValueError, match="margin applies to the 'hinge' loss only"):
+        Ranking("softmax", margin=0.5)
     with pytest.raises(ValueError, match=r"labels shape \[2\] differs from scores shape \[3\]"):
         mse_loss(T([1.0, 2.0]), T([1.0, 2.0, 3.0]))
     with pytest.raises(ValueError, match=r"sample_weight must have shape \[2\]"):
@@ -207,3 +209,22 @@ def test_integer_labels_are_accepted_and_fully_masked_batches_cost_zero() -> Non
     mask = torch.zeros(1, 2, dtype=torch.bool)
     for function in (mse_loss, pairwise_hinge_loss, softmax_loss, listmle_loss):
         assert function(T([[1.0, 0.0]]), T([[0.3, 0.1]]), mask=mask).item() == 0.0
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])
+def test_losses_run_on_the_inputs_device_and_agree_with_float64_cpu(device: str) -> None:
+    torch.manual_seed(0)
+    labels = torch.randint(0, 5, (6, 7)).double()
+    scores = torch.randn(6, 7, dtype=torch.float64)
+    mask = torch.rand(6, 7) < 0.8
+    weight = torch.rand(6, dtype=torch.float64)
+    for loss in LOSSES:
+        y = (labels > 2).double() if loss == "bce" else labels
+        reference = Ranking(loss)(y, scores, sample_weight=weight, mask=mask)
+        on_device = scores.float().to(device).requires_grad_()
+        value = Ranking(loss)(y.float().to(device), on_device, sample_weight=weight.float().to(device),
+                              mask=mask.to(device))
+        value.backward()
+        assert value.device.type == device and on_device.grad.device.type == device
+        assert value.item() == pytest.approx(reference.item(), rel=1e-5), loss

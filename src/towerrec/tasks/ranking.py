@@ -234,10 +234,11 @@ class Ranking(nn.Module):
 
     Args:
         loss: one of :data:`LOSSES`.
-        margin: the hinge margin (score units, >= 0); read by ``"hinge"`` only.
+        margin: the hinge margin (score units, >= 0); only ``"hinge"`` takes one other than 1.
         reduction: ``"mean"`` (default, TFRS) or ``"sum"``.
     Raises:
-        ValueError: an unknown loss or reduction, or a negative/non-finite margin.
+        ValueError: an unknown loss or reduction, a negative/non-finite margin, or a margin
+            other than 1 for a loss that has none.
     """
 
     def __init__(self, loss: str = "mse", *, margin: float = 1.0, reduction: Reduction = "mean") -> None:
@@ -246,6 +247,8 @@ class Ranking(nn.Module):
             raise ValueError(f"unknown ranking loss {loss!r}; valid: {', '.join(LOSSES)}")
         _check_reduction(reduction)
         _check_margin(margin)
+        if loss != "hinge" and margin != 1.0:
+            raise ValueError(f"margin applies to the 'hinge' loss only, got margin={margin} with loss {loss!r}")
         self.loss = loss
         self.margin = float(margin)
         self.reduction = reduction
