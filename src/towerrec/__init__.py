@@ -78,7 +78,9 @@ _EXPORTS = {
     "SequentialModel": "towerrec.models",
     "PopularityModel": "towerrec.models",
     "EASEModel": "towerrec.models",
+    "MultiTaskModel": "towerrec.models",
     "build_two_tower": "towerrec.models",
+    "build_multitask": "towerrec.models",
     # the one model path: a model computes its loss, the trainer owns the loop, save/load any model
     "Model": "towerrec.model",
     "RetrievalModel": "towerrec.model",

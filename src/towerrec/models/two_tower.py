@@ -136,6 +136,18 @@ class TwoTowerModel(RetrievalModel):
             self.train(training)
         return torch.cat(parts)
 
+    def catalogue_log_q(self, index: Tensor) -> Tensor | None:
+        """``[n]`` log sampling probability of catalogue positions ``index`` (from ``set_catalogue``'s item
+        counts), or None without counts (warning once when the task's logQ correction is on)."""
+        if self.candidate_log_q is not None:
+            return self.candidate_log_q[index]
+        if self.task.logq_correction and not self._warned_no_counts:
+            self._warned_no_counts = True
+            warnings.warn("the retrieval task's logQ correction is on but the model has no item counts, so no "
+                          "correction is applied: pass item_counts to set_catalogue(features, item_counts) (or "
+                          "Retrieval(logq_correction=False) to say so)", stacklevel=3)
+        return None
+
     # -- embeddings and loss ---------------------------------------------------
     def _finish(self, x: Tensor) -> Tensor:
         return F.normalize(x, dim=-1) if self.similarity == "cosine" else x
@@ -164,14 +176,8 @@ class TwoTowerModel(RetrievalModel):
         if CANDIDATE_INDEX in batch:
             unique, labels, counts = torch.unique(batch[CANDIDATE_INDEX], return_inverse=True, return_counts=True)
             candidates = self.candidate_embeddings(self.catalogue_rows(unique))
-            log_q = None if self.candidate_log_q is None else self.candidate_log_q[unique]
-            if log_q is None and self.task.logq_correction and not self._warned_no_counts:
-                self._warned_no_counts = True
-                warnings.warn("the retrieval task's logQ correction is on but the model has no item counts, so no "
-                              "correction is applied: pass item_counts to set_catalogue(features, item_counts) (or "
-                              "Retrieval(logq_correction=False) to say so)", stacklevel=2)
-            return self.task.unique_candidates_loss(query, candidates, labels, counts, candidate_log_q=log_q,
-                                                    sample_weight=weight)
+            return self.task.unique_candidates_loss(query, candidates, labels, counts,
+                                                    candidate_log_q=self.catalogue_log_q(unique), sample_weight=weight)
         candidates = self.candidate_embeddings(batch)
         ids = batch.get(self.candidate_id) if self.candidate_id else None
         return self.task(query, candidates, candidate_ids=ids, sample_weight=weight,
