@@ -139,6 +139,7 @@ def test_save_and_load_round_trip(tmp_path):
     tr.save(model, tmp_path / "mt")
     loaded = tr.load(tmp_path / "mt")
     assert type(loaded) is MultiTaskModel and loaded.get_config() == model.get_config()
+    assert model.has_catalogue and not loaded.has_catalogue  # the catalogue is given again after loading
     assert (loaded.retrieval_weight, loaded.ranking_weight, loaded.rating_layers) == (0.5, 2.0, [16, 8])
     loaded.set_catalogue({"item": torch.arange(NUM_ITEMS)})
     batch = _ratings(16)

@@ -111,6 +111,11 @@ class TwoTowerModel(RetrievalModel):
             counts = item_counts.to(device=device, dtype=torch.float32)
             self.candidate_log_q = torch.log(counts.clamp(min=1.0) / counts.sum().clamp(min=1.0))
 
+    @property
+    def has_catalogue(self) -> bool:
+        """Whether :meth:`set_catalogue` gave the model its catalogue (not saved: give it again after loading)."""
+        return bool(self._catalogue_keys)
+
     def catalogue_rows(self, index: Tensor) -> dict[str, Tensor]:
         """The catalogue features of positions ``index`` (``[n]``), as a batch for the candidate tower."""
         if not self._catalogue_keys:
