@@ -170,6 +170,9 @@ def export(
     pq_m: PqM = None,
     refine: Refine = None,
     data_dir: RunDataDirOption = None,
+    rerank: Annotated[Optional[Path], typer.Option("--rerank", help="A ranking run (\\[model] kind = \"ranking\") that re-ranks the retrieved candidates; trained on the same catalogue.")] = None,
+    candidates: Annotated[int, typer.Option("--candidates", min=1, max=100_000, help="With --rerank: items retrieved and scored by the ranker per request.")] = 300,
+    rules: Annotated[Optional[Path], typer.Option("--rules", help="With --rerank: a business-rules TOML file applied after ranking, before the top-K cut.")] = None,
 ) -> None:
     """Export a trained two-tower or sequential (GRU / SASRec) run to a self-contained serving bundle.
 
@@ -180,20 +183,31 @@ def export(
     nothing else, and loading never unpickles. Python-built models are exported
     with towerrec.serve.export_bundle(model=...).
 
+    With --rerank, the bundle also holds a ranking run (its model, features and
+    known users' ranker queries) and, with --rules, the business rules: each
+    request then retrieves --candidates items, ranks them, applies the rules and
+    keeps the top K.
+
     Examples:
 
       towerrec export runs/default-... --out bundles/ml100k
 
       towerrec export runs/default-... --out bundles/ml100k-hnsw --index hnsw --ef-search 128
+
+      towerrec export runs/default-... --out bundles/ml100k-ranked --rerank runs/ranking-... --candidates 300 --rules rules.toml
     """
+    from towerrec.errors import TowerrecError
     from towerrec.serve.export import export_bundle
 
     params = _params(hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, nlist=nlist,
                      nprobe=nprobe, pq_m=pq_m, refine=refine)
     _check_kind(index, params)
+    if rules is not None and rerank is None:
+        raise TowerrecError("--rules go with --rerank: rules are applied to the ranked candidates")
     started = time.perf_counter()
     export_bundle(run_dir, out, index=index, index_params=params, overwrite=overwrite,
-                  data=None if data_dir is None else _run_data(run_dir, data_dir))
+                  data=None if data_dir is None else _run_data(run_dir, data_dir),
+                  ranker=rerank, candidates=candidates, rules=rules)
     size = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
     console.print(f"bundle written to [bold]{escape(str(out))}[/bold] ({size / 1e6:.1f} MB, "
                   f"{time.perf_counter() - started:.1f} s)", highlight=False, soft_wrap=True)
@@ -248,8 +262,11 @@ def serve(
         pass
     application = create_app(bundle, batching=batching, device=device)
     info = application.state.bundle.manifest
+    ranker = info.get("ranker")
+    stage = (f", re-ranked by [bold]{escape(str(ranker.get('run')))}[/bold] over {ranker.get('candidates'):,} "
+             f"candidates{' with rules' if info.get('rules') else ''}") if ranker else ""
     console.print(
-        f"serving [bold]{escape(str(info.get('run')))}[/bold] ({info.get('num_items'):,} items) on http://{host}:{port} "
-        f"(docs: http://{host}:{port}/docs)"
+        f"serving [bold]{escape(str(info.get('run')))}[/bold] ({info.get('num_items'):,} items{stage}) on "
+        f"http://{host}:{port} (docs: http://{host}:{port}/docs)"
     )
     uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)

@@ -6,6 +6,10 @@
     GET  /similar?item_id=50&k=10                    items closest to an item
     GET  /docs, /openapi.json                        interactive docs and the schema
 
+A bundle exported with a ranker (``towerrec export RUN --rerank RANKER_RUN``) answers /recommend
+by retrieve-then-rank (:mod:`towerrec.serve.ranking`): each item then also carries
+``retrieval_score`` and ``ranking_score``, and ``score`` is the final score.
+
 Bad input never reaches the model: unknown ids are 404 with a message, invalid
 parameters 422, bodies over ``max_body_bytes`` 413.
 
@@ -83,7 +87,18 @@ def _merge_union_errors(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class Item(BaseModel):
     item_id: Id
     title: str
-    score: float
+    score: float = Field(description="The final score, best first: the retrieval score (a dot product) of a "
+                                     "bundle without a ranker; with a ranker, the ranking stage's final score.")
+    retrieval_score: float | None = Field(None, description="Bundles with a ranker only: the retrieval model's "
+                                                            "score (query · candidate embedding).")
+    ranking_score: float | None = Field(None, description="Bundles with a ranker only: the ranker's score "
+                                                          "(e.g. a predicted rating).")
+
+
+class SimilarItem(BaseModel):
+    item_id: Id
+    title: str
+    score: float = Field(description="Similarity to the item asked about (candidate · candidate embedding).")
 
 
 class Recommendations(BaseModel):
@@ -91,14 +106,16 @@ class Recommendations(BaseModel):
     known_user: bool = Field(description="Whether the user was in the training data.")
     k: int = Field(description="How many items came back: k_requested, or fewer when fewer unseen items are left.")
     k_requested: int = Field(description="The k asked for.")
-    items: list[Item]
+    items: list[Item] = Field(description="Best first. With a ranker: the retriever's top `candidates`, scored "
+                                          "by the ranker, filtered and reordered by the business rules, cut to k "
+                                          "(rules may leave fewer than k).")
 
 
 class SimilarItems(BaseModel):
     item_id: Id
     k: int = Field(description="How many items came back: k_requested, or fewer for a smaller catalogue.")
     k_requested: int = Field(description="The k asked for.")
-    items: list[Item]
+    items: list[SimilarItem]
 
 
 class Health(BaseModel):
@@ -110,6 +127,9 @@ class Health(BaseModel):
     index: str
     user_features: list[str]
     uses_history: bool
+    ranker: str | None = Field(None, description="The ranker's run (bundles exported with a ranker).")
+    candidates: int | None = Field(None, description="Retrieved items the ranker scores per request.")
+    rules: bool = Field(False, description="Whether business rules are applied after ranking.")
 
 
 class RecommendRequest(BaseModel):
@@ -249,6 +269,24 @@ def create_app(
                 f'"k":{len(found[0])},"k_requested":{k},"items":{catalogue.items_json(*found)}}}')
         return Response(body, media_type="application/json")
 
+    ranking = bundle.ranking
+    retrieve = (lambda k: k) if ranking is None else (lambda k: max(k, ranking.candidates))
+
+    def ranked(user_id: Any, known: bool, k: int, found: tuple[list[int], list[float]], queries, attributes) -> Response:
+        """The answer: ``found`` as retrieved (no ranker), or re-ranked by the ranking stage and cut to ``k``."""
+        if ranking is None:
+            return recommendations(user_id, known, k, found)
+        final = ranking.rerank(queries, found[0], found[1], k, attributes)
+        body = (f'{{"user_id":{json.dumps(user_id)},"known_user":{"true" if known else "false"},'
+                f'"k":{len(final)},"k_requested":{k},"items":{catalogue.ranked_items_json(final)}}}')
+        return Response(body, media_type="application/json")
+
+    def known_ranking(row: int):
+        """(ranker query batch, rule attributes) of known user ``row``; (None, None) without a ranker."""
+        if ranking is None:
+            return None, None
+        return ranking.known_queries(row), ranking.rule_user(row, None)
+
     def excluded(ids: list[Any] | None) -> np.ndarray:
         """Catalogue positions of the ``exclude_ids`` of a request (unknown ids are ignored)."""
         if not ids:
@@ -282,6 +320,9 @@ def create_app(
             "index": str(index.get("variant") or index.get("kind")),
             "user_features": user_features,
             "uses_history": bundle.uses_history,
+            "ranker": None if ranking is None else str(bundle.manifest["ranker"].get("run")),
+            "candidates": bundle.candidates,
+            "rules": ranking is not None and ranking.has_rules,
         }
 
     @app.get("/recommend", response_model=Recommendations, responses=ERRORS, summary="Top-K items for a known user")
@@ -300,8 +341,8 @@ def create_app(
                 hint="POST /recommend with the user's features or history to serve a new user",
             )
         never = excluded([v.strip() for v in exclude_ids.split(",") if v.strip()] if exclude_ids else None)
-        return recommendations(_typed_id(user_id, bundle.user_id_type), True, k,
-                               users.recommend(row, k, exclude_seen, never))
+        return ranked(_typed_id(user_id, bundle.user_id_type), True, k,
+                      users.recommend(row, retrieve(k), exclude_seen, never), *known_ranking(row))
 
     @app.post("/recommend", response_model=Recommendations, responses=ERRORS,
               summary="Top-K items for a new user (features, history) or a known user with recent items")
@@ -321,10 +362,12 @@ def create_app(
                     f"user {request.user_id!r} is known: their features come from training",
                     hint="drop 'features', or drop 'user_id' to serve them as a new user",
                 )
+            ranker_queries, attributes = known_ranking(row)
             if not history.size:
-                return recommendations(request.user_id, True, request.k,
-                                       users.recommend(row, request.k, request.exclude_seen, never))
-            job = known_job(row, request.k, request.exclude_seen, history, never)
+                return ranked(request.user_id, True, request.k,
+                              users.recommend(row, retrieve(request.k), request.exclude_seen, never),
+                              ranker_queries, attributes)
+            job = known_job(row, retrieve(request.k), request.exclude_seen, history, never)
         else:
             if request.user_id is not None and not request.features and not request.history:
                 return not_found(f"user {request.user_id!r} is not in the training data",
@@ -332,9 +375,13 @@ def create_app(
             if not request.features and not request.history:
                 raise TowerrecError("give a known 'user_id', or a new user's 'features' and/or 'history'")
             queries = bundle.new_user_queries(dict(request.features), history)
+            ranker_queries = attributes = None
+            if ranking is not None:
+                ranker_queries = ranking.new_user_queries(dict(request.features))
+                attributes = ranking.rule_user(None, dict(request.features))
             exclude = history if request.exclude_seen else np.empty(0, dtype=np.int64)
-            job = Job(k=request.k, exclude=np.concatenate([exclude, never]), queries=queries)
-        return recommendations(request.user_id, row >= 0, request.k, await batcher.submit(job))
+            job = Job(k=retrieve(request.k), exclude=np.concatenate([exclude, never]), queries=queries)
+        return ranked(request.user_id, row >= 0, request.k, await batcher.submit(job), ranker_queries, attributes)
 
     @app.get("/similar", response_model=SimilarItems, responses=ERRORS, summary="Items most similar to an item")
     async def similar(

@@ -15,6 +15,7 @@ sequential runs, Python-built models), written by
     index/                   a saved index over the candidate embeddings (brute force or FAISS)
     config.toml              runs only: the run's configuration (checked against config_hash)
     features.json            two-tower runs only: fitted vocabularies, for new users' features
+    ranker/, rules/          exported with a ranker only: the ranking stage (:mod:`towerrec.serve.ranking`)
 
 :func:`load_bundle` opens it (JSON, safetensors, Parquet and FAISS's binary format
 only) and :class:`Bundle` answers: ``bundle.recommend(user_id, k)`` for a known
@@ -44,6 +45,7 @@ from towerrec.index import Index, load_index
 from towerrec.metrics.topk import CSR
 from towerrec.model import RetrievalModel
 from towerrec.serve.queries import AGAIN, QUERY_PREFIX, QueryBuilder, TensorQueries, builder_from_manifest, in_range
+from towerrec.serve.ranking import RankingStage, load_ranking_stage, split_features
 
 BUNDLE_FORMAT_VERSION = 3  # 3: one layout for every retrieval model (model/ saved by towerrec.save)
 MANIFEST = "bundle.json"
@@ -67,6 +69,7 @@ class Bundle:
         user_ids_series: known user ids in row order.
         items: ``item_id``, ``title`` (and more), catalogue order.
         config: the run's configuration (None for a Python-built model).
+        ranking: the ranking stage (ranker and rules; :mod:`towerrec.serve.ranking`), None without a ranker.
     """
 
     folder: Path
@@ -82,6 +85,7 @@ class Bundle:
     index: Index
     config: RunConfig | None = None
     device: torch.device = torch.device("cpu")
+    ranking: RankingStage | None = None
 
     def __post_init__(self) -> None:
         self._item_ids = self.items["item_id"].to_list()
@@ -129,8 +133,17 @@ class Bundle:
         return self.queries.history_length
 
     def feature_columns(self) -> list[str]:
-        """What a new user's ``features`` may give (user columns, or a Python model's query features)."""
-        return self.queries.feature_columns()
+        """What a new user's ``features`` may give (user columns, or a Python model's query features; with a
+        ranker, also the user columns the ranker reads)."""
+        columns = self.queries.feature_columns()
+        if self.ranking is not None:
+            columns += [c for c in self.ranking.feature_columns() if c not in columns]
+        return columns
+
+    @property
+    def candidates(self) -> int | None:
+        """C, how many retrieved items the ranker scores per request; None without a ranker."""
+        return None if self.ranking is None else self.ranking.candidates
 
     # ------------------------------------------------------------------ ids
     def user_rows(self, user_ids: list[Any]) -> np.ndarray:
@@ -166,6 +179,8 @@ class Bundle:
         """``[1, ...]`` query batch of a user unseen in training: their features and/or history (catalogue
         positions, oldest first; ignored by a model that reads no history). Raises RequestError naming a bad
         field."""
+        if self.ranking is not None:  # the ranker's columns are the ranking stage's to encode
+            features = split_features(features, self.queries.feature_columns(), self.ranking.feature_columns())
         queries = self.queries.new_user(features, history)
         if isinstance(self.queries, TensorQueries):  # a Python model's own features: values it cannot embed are the request's fault
             try:
@@ -191,6 +206,13 @@ class Bundle:
         """``{"item_id", "title", "score"}`` of catalogue positions, with their scores."""
         ids, titles = self._item_ids, self._titles
         return [{"item_id": ids[i], "title": titles[i], "score": s} for i, s in zip(indices, scores)]
+
+    def ranked_records(self, found: list[tuple[int, float, float, float]]) -> list[dict[str, Any]]:
+        """``{"item_id", "title", "score", "retrieval_score", "ranking_score"}`` of a re-ranked list
+        (``(position, final, retrieval, ranking)`` tuples)."""
+        ids, titles = self._item_ids, self._titles
+        return [{"item_id": ids[p], "title": titles[p], "score": final, "retrieval_score": retrieval,
+                 "ranking_score": ranking} for p, final, retrieval, ranking in found]
 
     def popular(self, k: int, exclude: np.ndarray | None = None) -> list[dict[str, Any]]:
         """The ``k`` items with the most training interactions (ties by position), skipping ``exclude``; score = count."""
@@ -221,6 +243,11 @@ class Bundle:
         - ``recommend(history=[item ids], k=...)`` and/or ``features={...}``: a new user
           (see :meth:`feature_columns`); ``history`` is oldest first.
 
+        With a ranker (:attr:`ranking`): the retriever returns ``max(k, candidates)`` items, the ranker scores
+        them, the bundle's rules filter and reorder them, and the best ``k`` are kept; each record also has
+        ``retrieval_score`` and ``ranking_score``, and ``score`` is the final one. Rules that remove every
+        candidate give fewer items (maybe none), not an error.
+
         Args:
             exclude_seen: leave out the known user's seen items and the given history.
             exclude_ids: more item ids never to return (unknown ids are ignored).
@@ -230,7 +257,8 @@ class Bundle:
             fallback: ``"popular"``: an unknown user without features or history (or with a history
                 of only unknown items) gets the most popular items instead of an error.
         Returns:
-            ``min(k, items left)`` records; scores are dot products (train counts for the fallback).
+            ``min(k, items left)`` records; scores are dot products (train counts for the fallback; with a
+            ranker, the final scores of the ranking stage).
         Raises:
             TowerrecError: unknown user (without fallback), unknown history items (with ``"error"``),
                 bad ``k``; RequestError: a bad feature value.
@@ -263,9 +291,11 @@ class Bundle:
                                     hint="drop features=, or drop the user id to serve them as a new user")
             queries = self.known_with_recent(row, positions)
             exclude = np.concatenate([self.seen_positions(row), positions]) if exclude_seen else positions[:0]
+            ranker_queries = self.ranking.known_queries(row) if self.ranking is not None else None
         elif features or positions.size:
             queries = self.new_user_queries(dict(features or {}), positions)
             exclude = positions if exclude_seen else positions[:0]
+            ranker_queries = self.ranking.new_user_queries(dict(features or {})) if self.ranking is not None else None
         elif fallback == "popular":
             return self.popular(k, extra)
         elif user_id is not None:
@@ -278,9 +308,14 @@ class Bundle:
         query = self.embed(queries)
         if not torch.isfinite(query).all():
             raise TowerrecError("the query embedding contains NaN or infinity: the model cannot score this request")
-        found = self.index.search(query, k, exclude_positions=[np.unique(exclude)])
+        retrieve = k if self.ranking is None else max(k, self.ranking.candidates)
+        found = self.index.search(query, retrieve, exclude_positions=[np.unique(exclude)])
         count = int(found.counts[0])
-        return self.records(found.indices[0, :count].tolist(), found.scores[0, :count].tolist())
+        positions, scores = found.indices[0, :count].tolist(), found.scores[0, :count].tolist()
+        if self.ranking is None:
+            return self.records(positions, scores)
+        user = self.ranking.rule_user(row, features)
+        return self.ranked_records(self.ranking.rerank(ranker_queries, positions, scores, k, user))
 
 
 def _key(value: Any) -> str | None:
@@ -317,7 +352,8 @@ def load_bundle(folder: str | Path, *, device: str | torch.device = "cpu") -> Bu
 
     Checks, before serving a single request: the manifest's format and facts;
     ``config.toml`` against the ``config_hash`` recorded at export (runs); the saved
-    model (class, config, its own checksums); every file readable; every index the
+    model (class, config, its own checksums); the ranker, its files and the rules, when the
+    bundle has them (:func:`~towerrec.serve.ranking.load_ranking_stage`); every file readable; every index the
     service will look up within its table (seen-items CSR, history rows, user
     indices; sizes of embeddings, index, item and user tables); and every file's SHA-256.
 
@@ -371,10 +407,11 @@ def load_bundle(folder: str | Path, *, device: str | torch.device = "cpu") -> Bu
             raise TowerrecError(f"{users_path}: {QUERY_PREFIX}{key} must have one row per known user "
                                 f"({seen.num_rows}), has shape {list(value.shape)}", hint=AGAIN)
     queries.check(users_path, stored, num_items, model)
+    ranking = load_ranking_stage(folder, manifest, items["item_id"].to_list(), user_ids["user_id"].to_list(), device)
     bundle = Bundle(
         folder=folder, manifest=manifest, model=model, queries=queries, candidate_embeddings=embeddings,
         item_counts=item_counts, seen=seen, user_queries=stored, user_ids_series=user_ids["user_id"], items=items,
-        index=index, config=config, device=device,
+        index=index, config=config, device=device, ranking=ranking,
     )
     fsio.verify_checksums(folder, manifest["checksums"], hint=AGAIN)
     return bundle

@@ -41,6 +41,9 @@ from towerrec.metrics.topk import CSR
 from towerrec.model import CANDIDATE_INDEX, RetrievalModel
 from towerrec.serve.bundle import BUNDLE_FORMAT_VERSION, MANIFEST, MODEL_FOLDER, bundle_files, load_bundle
 from towerrec.serve.queries import QUERY_PREFIX, QueryBuilder, SequentialQueries, TensorQueries, TwoTowerQueries
+from towerrec.rules import BusinessRules
+from towerrec.serve.ranking import (DEFAULT_CANDIDATES, check_candidates_count, ranker_parts, rule_tables,
+                                    write_ranker, write_rules)
 
 INDEX_KINDS = ("brute-force", "hnsw", "ivf", "ivfpq")
 ITEM_COLUMNS = ("title", "year", "genres")
@@ -107,11 +110,19 @@ def export_bundle(
     index_params: dict[str, Any] | None = None,
     data=None,
     overwrite: bool = False,
+    ranker: Any = None,
+    ranker_features=None,
+    candidates: int = DEFAULT_CANDIDATES,
+    rules: str | Path | BusinessRules | None = None,
 ) -> Path:
     """Write a serving bundle to ``out`` and check that it loads: from a run, or from a model built in Python.
 
     A run: ``export_bundle(run_dir, out)`` (a finished two-tower or sequential run; ``data``:
     its prepared data if already in memory, else prepared from its config).
+
+    Retrieve-then-rank: ``export_bundle(run_dir, out, ranker=RANKER_RUN, candidates=300, rules="rules.toml")``
+    adds the ranking stage (:mod:`towerrec.serve.ranking`): the bundle then retrieves ``candidates``
+    items per request, scores them with the ranker, applies the rules and keeps the top ``k``.
 
     A Python model: ``export_bundle(model=model, out=out, item_ids=..., candidate_features=...)``:
 
@@ -133,20 +144,33 @@ def export_bundle(
         index: brute-force | hnsw | ivf | ivfpq.
         index_params: options of a FAISS index (see :class:`~towerrec.index.FaissIndex`).
         overwrite: replace an existing bundle at ``out`` (never another folder).
+        ranker: a ranking run's directory (``[model] kind = "ranking"``) or a
+            :class:`~towerrec.model.RankingModel` (with ``ranker_features``), trained on the retriever's
+            catalogue; runs only.
+        ranker_features: the :class:`~towerrec.features.FittedFeatures` a Python ranker reads.
+        candidates: how many retrieved items the ranker scores per request (1..100,000; default 300).
+        rules: a business-rules TOML file or :class:`~towerrec.rules.BusinessRules`, checked against the
+            data's item and user tables now and again at load; needs ``ranker``.
     Returns:
         ``out``.
     Raises:
         TypeError / ValueError: wrong arguments (a non-retrieval model, sizes that disagree,
-            duplicate ids, non-finite embeddings, unknown seen items), named.
-        TowerrecError: ``out`` exists, is not a bundle, or the run cannot be exported.
+            duplicate ids, non-finite embeddings, unknown seen items, a ranker that cannot score), named.
+        TowerrecError: ``out`` exists, is not a bundle, the run cannot be exported, the ranker is not a
+            ranking model or was trained on another catalogue, or a rule names an unknown column.
     """
     if out is None:
         raise TypeError("export_bundle needs out= (the bundle folder to write)")
     out = Path(out)
     index_params = dict(index_params or {})
+    candidates = check_candidates_count(candidates)
+    if rules is not None and ranker is None:
+        raise TypeError("rules= go with ranker=: rules are applied to the ranked candidates")
     if model is not None:
         if run_dir is not None:
             raise TypeError("give a run_dir or a model=, not both")
+        if ranker is not None:
+            raise TypeError("ranker= goes with a run export (export_bundle(run_dir, out, ranker=...))")
         _check_out(out, overwrite, protect=[])
         return _export_model(model, out, item_ids, candidate_features, candidate_embeddings, titles, known_users,
                              item_counts, name, index, index_params)
@@ -167,13 +191,45 @@ def export_bundle(
         parts = _sequential_run_parts(run, data)
     else:
         parts = _two_tower_run_parts(run, data, embeddings)
+    dataset = parts.pop("dataset")
     source = {"run": run.run_dir.name, "run_name": run.config.name, "config_hash": run.meta.get("config_hash"),
               "data_fingerprint": run.meta.get("data_fingerprint"), "model_kind": run.config.model.kind,
               "test_metrics": _test_metrics(run.run_dir)}
+    ranking = None
+    if ranker is not None:
+        latest = dataset.interactions["timestamp"].max() if "timestamp" in dataset.interactions.columns else None
+        ranking = ranker_parts(ranker, ranker_features, run.catalogue["item_id"].to_list(), parts["user_ids"],
+                               int(latest) if latest is not None else 0)
+        if rules is not None:
+            rules = rules if isinstance(rules, BusinessRules) else BusinessRules.load(rules)
+            tables = rule_tables(rules, *_rule_tables(parts["items"], parts["user_ids"], dataset))
     with _staged(out) as staging:
         shutil.copy(run.run_dir / "config.toml", staging / "config.toml")
-        _write(staging, run.model, embeddings, index=index, index_params=index_params, source=source, **parts)
+        extra = {}
+        if ranking is not None:
+            extra["ranker"] = write_ranker(staging, ranking, candidates)
+            if rules is not None:
+                extra["rules"] = write_rules(staging, rules, *tables)
+        _write(staging, run.model, embeddings, index=index, index_params=index_params, source=source,
+               extra=extra, **parts)
     return out
+
+
+def _rule_tables(items: pl.DataFrame, user_ids: pl.Series, dataset) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The item table (catalogue order) and user table (known-user order) rules are checked against and read."""
+    table = items.select("item_id")
+    if dataset.items is not None:
+        table = table.join(dataset.items, on="item_id", how="left", maintain_order="left")
+    for column in items.columns:  # the bundle's display columns, when the data has no item table
+        if column not in table.columns:
+            table = table.with_columns(items[column])
+    users = user_ids.rename("user_id").to_frame()
+    if dataset.users is not None:
+        side = dataset.users
+        if side.schema["user_id"] != users.schema["user_id"]:
+            side = side.with_columns(pl.col("user_id").cast(users.schema["user_id"], strict=False))
+        users = users.join(side, on="user_id", how="left", maintain_order="left")
+    return table, users
 
 
 def _check_out(out: Path, overwrite: bool, protect: list[Path]) -> None:
@@ -199,7 +255,7 @@ def _two_tower_run_parts(run, data, embeddings: Tensor) -> dict[str, Any]:
     user_ids = run.features._user_ids
     return {"builder": builder, "user_ids": user_ids, "user_queries": builder.known_users(user_ids, data.history),
             "seen": data.seen, "item_counts": data.item_counts, "items": _items_frame(run.catalogue, data.dataset),
-            "item_aliases": item_aliases(data.dataset)}
+            "item_aliases": item_aliases(data.dataset), "dataset": data.dataset}
 
 
 def _sequential_run_parts(run, data) -> dict[str, Any]:
@@ -225,7 +281,8 @@ def _sequential_run_parts(run, data) -> dict[str, Any]:
     queries = builder.known_users(lists, run_user_indices(run, users.to_list()))
     counts = torch.as_tensor(catalogue["train_count"].to_numpy().copy(), dtype=torch.float32)
     return {"builder": builder, "user_ids": users, "user_queries": queries, "seen": CSR.from_lists(lists),
-            "item_counts": counts, "items": _items_frame(catalogue, dataset), "item_aliases": item_aliases(dataset)}
+            "item_counts": counts, "items": _items_frame(catalogue, dataset), "item_aliases": item_aliases(dataset),
+            "dataset": dataset}
 
 
 # ------------------------------------------------------------ Python models
@@ -381,8 +438,10 @@ def _series(ids: list) -> pl.Series:
 # ------------------------------------------------------------------ writing
 def _write(staging: Path, model, embeddings: Tensor, *, builder: QueryBuilder, user_ids: pl.Series,
            user_queries: dict[str, Tensor], seen: CSR, item_counts: Tensor, items: pl.DataFrame,
-           item_aliases: dict[str, Any], index: str, index_params: dict[str, Any], source: dict[str, Any]) -> None:
-    """Every bundle file but config.toml, and bundle.json (checksums are added by :func:`_staged`)."""
+           item_aliases: dict[str, Any], index: str, index_params: dict[str, Any], source: dict[str, Any],
+           extra: dict[str, Any] | None = None) -> None:
+    """Every bundle file but config.toml (and the ranking stage's), and bundle.json with ``extra`` entries
+    (checksums are added by :func:`_staged`)."""
     from towerrec.saving import write_model_files
     from towerrec.train.checkpoint import save_json
 
@@ -417,6 +476,7 @@ def _write(staging: Path, model, embeddings: Tensor, *, builder: QueryBuilder, u
                   "build_seconds": round(index_seconds, 3)},
         "item_aliases": item_aliases,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(extra or {}),
     }
     save_json(manifest, staging / MANIFEST)
 

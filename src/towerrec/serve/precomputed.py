@@ -101,6 +101,12 @@ class Catalogue:
         fragments = self._fragments
         return "[" + ",".join([fragments[p] + repr(s) + "}" for p, s in zip(positions, scores)]) + "]"
 
+    def ranked_items_json(self, found: list[tuple[int, float, float, float]]) -> str:
+        """The ``items`` array of a re-ranked answer (``(position, final, retrieval, ranking)`` tuples), as JSON."""
+        fragments = self._fragments
+        return "[" + ",".join([f'{fragments[p]}{final!r},"retrieval_score":{retrieval!r},"ranking_score":{ranking!r}}}'
+                               for p, final, retrieval, ranking in found]) + "]"
+
 
 class KnownUsers:
     """Every train user's query embedding (the tower run once at load), row lookup and seen items."""
