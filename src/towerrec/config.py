@@ -76,7 +76,7 @@ class ModelConfig:
     is masked out of it, so the model learns to predict, not to copy.
     """
 
-    kind: Literal["two-tower", "popularity", "ease", "sequential"] = "two-tower"
+    kind: Literal["two-tower", "popularity", "ease", "sequential", "ranking"] = "two-tower"
     # each entry: a built-in name, a table spelling out a FeatureSpec, or (from Python) a FeatureSpec
     query_features: tuple[str | dict[str, Any], ...] = ("user_id", "user_history")
     candidate_features: tuple[str | dict[str, Any], ...] = ("item_id",)
@@ -87,6 +87,14 @@ class ModelConfig:
     init: Literal["keras-uniform", "normal"] = "normal"
     history_length: int = 100
     ease_l2: float = 300.0
+    # Ranking models (kind = "ranking"; see towerrec.models.ranking): how the feature embeddings interact
+    # before the MLP (layer_sizes, then a linear layer to the score). "cross": a DCN-v2 cross network of
+    # cross_layers layers (projection_dim: low-rank, absent: full rank); "dot": DLRM's pairwise dot products.
+    interaction: Literal["none", "cross", "dot"] = "none"
+    cross_layers: int = 1
+    projection_dim: int | None = None
+    diag_scale: float = 0.0
+    cross_use_bias: bool = True
 
 
 @dataclass(frozen=True)
@@ -162,6 +170,49 @@ class SequenceConfig:
     unknown_items: Literal["warn", "error"] = "warn"
 
 
+RANKING_KINDS = ("ranking",)  # the [model] kinds that read [ranking] (and the ranking fields of [model])
+RANKING_MODEL_FIELDS = ("interaction", "cross_layers", "projection_dim", "diag_scale", "cross_use_bias")
+POINTWISE_LOSSES = ("mse", "bce")
+LISTWISE_LOSSES = ("hinge", "logistic", "softmax", "listmle")
+
+
+@dataclass(frozen=True)
+class RankingConfig:
+    """The ranking stage (``[model] kind = "ranking"``; see towerrec.models.ranking and towerrec.tasks.Ranking).
+
+    ``loss``: pointwise ``mse`` (rating regression) or ``bce`` (0/1 labels, needs ``label = "binary"``),
+    pairwise ``hinge`` / ``logistic`` (with ``margin``) and listwise ``softmax`` / ``listmle``; pairwise and
+    listwise losses train on ``lists_per_user`` lists of ``list_size`` rated train items per user (TFRS's
+    listwise tutorial). ``label``: ``rating`` (the rating itself) or ``binary`` (rating >= ``threshold`` -> 1,
+    else 0; an interaction without a rating is 1) with ``negatives`` sampled unseen items (label 0) per
+    train example. ``rating_min`` / ``rating_max``: the declared rating range; a rating outside it is a data
+    error (absent: any finite rating). ``user_item_bias`` adds a learned bias per training user and per
+    item; ``mean_offset`` starts the score at the mean train label (matrix factorisation's global mean).
+    ``ks``: cut-offs of NDCG@K over each user's test items, graded by their labels.
+    """
+
+    loss: Literal["mse", "bce", "hinge", "logistic", "softmax", "listmle"] = "mse"
+    label: Literal["rating", "binary"] = "rating"
+    threshold: float = 4.0
+    negatives: int = 0
+    list_size: int = 5
+    lists_per_user: int = 50
+    margin: float = 1.0
+    rating_min: float | None = None
+    rating_max: float | None = None
+    user_item_bias: bool = False
+    mean_offset: bool = False
+    ks: tuple[int, ...] = (5, 10)
+
+
+@dataclass(frozen=True)
+class TasksConfig:
+    """Loss weights of a multi-task model's heads (its loss: retrieval * retrieval loss + ranking * ranking loss)."""
+
+    retrieval: float = 1.0
+    ranking: float = 1.0
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything one training run needs: which data and split, the model, the task (loss), training
@@ -181,6 +232,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for TOML: an unset optional is left out, or written ``false`` when its default is set
@@ -205,6 +258,13 @@ class RunConfig:
         payload["data"].pop("duplicate_titles", None)  # ditto: it changes the prepared data's fingerprint
         if self.model.kind != "sequential":
             payload.pop("sequence", None)  # only sequential runs read it: other hashes stay as they were
+        if self.model.kind not in RANKING_KINDS:  # likewise the ranking settings
+            payload.pop("ranking", None)
+            for key in RANKING_MODEL_FIELDS:
+                payload["model"].pop(key, None)
+        else:
+            payload.pop("task", None)  # the retrieval loss: a ranking model has none
+        payload.pop("tasks", None)  # no kind reads the multi-task loss weights yet
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
     def replace(self, **sections: dict[str, Any]) -> RunConfig:
@@ -282,7 +342,7 @@ def _resolved_hints(cls: type) -> dict[str, Any]:
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "task": TaskConfig, "train": TrainConfig, "eval": EvalConfig,
-            "sequence": SequenceConfig}
+            "sequence": SequenceConfig, "ranking": RankingConfig, "tasks": TasksConfig}
 
 
 def config_from_dict(values: dict[str, Any]) -> RunConfig:
@@ -385,6 +445,19 @@ BOUNDS: dict[tuple[str, str], Bound] = {
     ("sequence", "num_blocks"): _ints(1, 256),
     ("sequence", "num_heads"): _ints(1, MAX_WIDTH),
     ("sequence", "num_sampled"): _ints(1, 100_000_000),
+    ("model", "cross_layers"): _ints(1, 64),
+    ("model", "projection_dim"): _ints(1, MAX_WIDTH),
+    ("model", "diag_scale"): Bound(0.0),
+    ("ranking", "threshold"): Bound(),
+    ("ranking", "negatives"): _ints(0, 1000),
+    ("ranking", "list_size"): _ints(2, 10_000),
+    ("ranking", "lists_per_user"): _ints(1, 100_000),
+    ("ranking", "margin"): POSITIVE,
+    ("ranking", "rating_min"): Bound(),
+    ("ranking", "rating_max"): Bound(),
+    ("ranking", "ks"): _ints(1, 2**31 - 1),
+    ("tasks", "retrieval"): Bound(0.0),
+    ("tasks", "ranking"): Bound(0.0),
 }
 
 
@@ -409,6 +482,48 @@ def _check_values(config: RunConfig) -> None:
             f"[data] test_fraction + validation_fraction must be below 1, got {d.test_fraction} + {d.validation_fraction}",
             hint="leave some interactions for training",
         )
+    if config.model.kind in RANKING_KINDS:
+        _check_ranking(config)
+
+
+#: Metrics of a ranking evaluation where lower is better (early stopping minimises them).
+LOWER_IS_BETTER = ("rmse", "mae")
+
+
+def ranking_metric_names(r: RankingConfig) -> set[str]:
+    """The metrics a ranking run reports per split (``rmse`` and ``mae`` only for a rating loss)."""
+    names = {"auc", "mrr", *(f"ndcg@{k}" for k in r.ks)}
+    if r.label == "rating" and r.loss == "mse":
+        names |= {"rmse", "mae"}
+    return names
+
+
+def _check_ranking(config: RunConfig) -> None:
+    """Cross-field checks of a ranking run's settings; each :class:`ConfigError` names the field."""
+    r, m = config.ranking, config.model
+    if r.rating_min is not None and r.rating_max is not None and r.rating_min >= r.rating_max:
+        raise ConfigError(f"[ranking] rating_min must be below rating_max, got {r.rating_min:g} >= {r.rating_max:g}")
+    if r.loss == "bce" and r.label != "binary":
+        raise ConfigError('[ranking] loss = "bce" needs 0/1 labels: set [ranking] label = "binary"',
+                          hint='or use loss = "mse" to regress ratings')
+    if r.negatives and r.label != "binary":
+        raise ConfigError(f'[ranking] negatives = {r.negatives} needs [ranking] label = "binary" (a sampled '
+                          "negative has no rating)")
+    if r.negatives and r.loss not in POINTWISE_LOSSES:
+        raise ConfigError(f"[ranking] negatives = {r.negatives} works with a pointwise loss (mse, bce), not "
+                          f"{r.loss!r}", hint="listwise lists are drawn from each user's rated items")
+    if r.mean_offset and (r.loss != "mse" or r.label != "rating"):
+        raise ConfigError('[ranking] mean_offset starts every score at the mean train rating: it needs loss = "mse" '
+                          f'and label = "rating", got {r.loss!r} and {r.label!r}')
+    if m.projection_dim is not None and m.interaction != "cross":
+        raise ConfigError(f'[model] projection_dim = {m.projection_dim} needs [model] interaction = "cross"')
+    if "user_history" in m.candidate_features:
+        raise ConfigError("[model] candidate_features lists user_history, a query feature",
+                          hint="move it to [model] query_features")
+    t = config.train
+    if t.early_stopping_patience is not None and t.early_stopping_metric not in ranking_metric_names(r):
+        raise ConfigError(f"[train] early_stopping_metric {t.early_stopping_metric!r} is not a metric of this "
+                          f"ranking run; valid: {sorted(ranking_metric_names(r))}")
 
 
 def _plural(text: str, noun: str) -> str:

@@ -41,13 +41,13 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from towerrec import __version__, fsio, saving
-from towerrec.config import RunConfig, config_from_dict, load_config
+from towerrec.config import RANKING_KINDS, RunConfig, config_from_dict, load_config
 from towerrec.data.tables import Dataset, item_aliases
 from towerrec.errors import ConfigError, TowerrecError, first_line, listing
 from towerrec.features import FittedFeatures
-from towerrec.model import Model
+from towerrec.model import Model, RankingModel
 from towerrec.train.checkpoint import RETRAIN_HINT, load_json, save_json
-from towerrec.train.evaluate import evaluate_both_protocols
+from towerrec.train.evaluate import evaluate_both_protocols, evaluate_ranking
 from towerrec.train.models import build_model, fit_baseline
 from towerrec.train.prepared import PreparedData, prepare
 from towerrec.train.sequence_data import SequenceData, prepare_sequences, require_examples
@@ -308,13 +308,27 @@ def train_run(
             fit = {"train_seconds": round(time.perf_counter() - started, 3)}
         saving.write_model_files(model, run_dir, metadata={"run": run_dir.name,
                                                            "item_aliases": item_aliases(data.dataset)})
-        metrics = {**fit, "test": evaluate_both_protocols(model, data, data.test, config.eval.ks)}
-        if data.validation is not None:
-            metrics["validation"] = evaluate_both_protocols(model, data, data.validation, config.eval.ks)
+        metrics = {**fit, **evaluate_run(config, model, data)}
         return metrics, model
 
     return train_in_run_dir(config, data.dataset.fingerprint, runs_root, retrain=retrain, log=log, data=data,
                             train=train)
+
+
+def evaluate_run(config: RunConfig, model: Model, data: PreparedData | SequenceData) -> dict[str, Any]:
+    """``{"test": ..., "validation": ...}`` (validation when the data has one) of a trained model: both
+    full-catalogue protocols (``{"seen_excluded": ..., "tfrs": ...}``) for retrieval kinds, ``{"ranking":
+    ...}`` (:func:`~towerrec.train.evaluate.evaluate_ranking`) for ranking kinds."""
+    splits = {"test": data.test, "validation": data.validation}
+    metrics: dict[str, Any] = {}
+    for name, examples in splits.items():
+        if examples is None:
+            continue
+        if config.model.kind in RANKING_KINDS:
+            metrics[name] = {"ranking": evaluate_ranking(model, data, examples, config.ranking)}  # type: ignore[arg-type]
+        else:
+            metrics[name] = evaluate_both_protocols(model, data, examples, config.eval.ks)
+    return metrics
 
 
 def _write_data_files(run_dir: Path, config: RunConfig, data: PreparedData | SequenceData) -> None:
@@ -396,6 +410,8 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         raise TowerrecError(exc.message, hint=RETRAIN_HINT) from None
     catalogue = fsio.read_parquet(catalogue_path, hint=RETRAIN_HINT)
     verify_run_files(run_dir, meta)
+    if features is not None and isinstance(model, RankingModel) and hasattr(model, "set_catalogue"):
+        model.set_catalogue(features.encode_candidates())  # a ranker finds candidate features in its catalogue
     aliases = (load_json(run_dir / saving.MANIFEST).get("metadata") or {}).get("item_aliases") or {}
     return LoadedRun(run_dir, config, features, model, catalogue, meta, dict(aliases))
 

@@ -28,6 +28,12 @@ FORMAT_VERSION = 1
 # Columns computed from another column when a frame lacks them.
 DERIVED: dict[str, tuple[str, pl.Expr]] = {
     "zip_prefix": ("zip", pl.col("zip").cast(pl.String).str.slice(0, 2).alias("zip_prefix")),
+    # MovieLens-1M's age groups (1: under 18, 18: 18-24, ..., 56: 56+), which ML-1M ages already are;
+    # TFRS's DCN tutorial calls it bucketized_user_age.
+    "age_group": ("age", pl.when(pl.col("age") >= 56).then(56).when(pl.col("age") >= 50).then(50)
+                  .when(pl.col("age") >= 45).then(45).when(pl.col("age") >= 35).then(35)
+                  .when(pl.col("age") >= 25).then(25).when(pl.col("age") >= 18).then(18)
+                  .when(pl.col("age").is_not_null()).then(1).cast(pl.Int64).alias("age_group")),
 }
 
 

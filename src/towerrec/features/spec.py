@@ -100,7 +100,7 @@ class InputSpec:
     embedding_dim: int | None = None
 
 
-# Built-in MovieLens features. ``zip_prefix`` is derived from ``zip`` when fitting.
+# Built-in MovieLens features. ``zip_prefix`` and ``age_group`` are derived from ``zip`` and ``age`` when fitting.
 _BUILTINS: dict[str, list[tuple[str, Side, Kind, str, dict[str, Any]]]] = {
     "user_id": [("user_id", "query", "id", "user_id", {})],
     "timestamp": [
@@ -112,6 +112,9 @@ _BUILTINS: dict[str, list[tuple[str, Side, Kind, str, dict[str, Any]]]] = {
     "user_gender": [("user_gender", "query", "id", "gender", {})],
     "user_occupation": [("user_occupation", "query", "id", "occupation", {})],
     "user_zip_prefix": [("user_zip_prefix", "query", "id", "zip_prefix", {})],
+    "user_zip_code": [("user_zip_code", "query", "id", "zip", {})],
+    # ML-1M's age groups 1/18/25/35/45/50/56 (TFRS's bucketized_user_age), as ids
+    "user_age_group": [("user_age_group", "query", "id", "age_group", {})],
     "item_id": [("item_id", "candidate", "id", "item_id", {})],
     "movie_id": [("movie_id", "candidate", "id", "item_id", {})],
     "movie_title": [("movie_title", "candidate", "id", "title", {})],

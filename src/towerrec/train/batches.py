@@ -6,6 +6,9 @@
 - a Polars or pandas DataFrame of numeric columns: the same, one tensor per column;
 - prepared data (:func:`towerrec.train.prepared.prepare`): query features, the
   ``candidate_index`` of each row's positive, full-catalogue evaluation;
+- prepared data for a ranking model (:class:`RankingBatches`, from :func:`for_config` with
+  ``[model] kind = "ranking"``): query features, ``candidate_index`` ([batch], or
+  [batch, list_size] for pairwise / listwise losses) and their ``label``; ranking metrics;
 - sequence data (:func:`towerrec.train.sequence_data.prepare_sequences`): padded
   histories and next-item targets, the same full-catalogue evaluation;
 - a towerrec :class:`~towerrec.data.tables.Dataset`, for a two-tower model whose
@@ -23,11 +26,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from towerrec.config import LISTWISE_LOSSES, RANKING_KINDS, RankingConfig, RunConfig, ranking_metric_names
+from towerrec.errors import DataError
 from towerrec.metrics.topk import DEFAULT_KS
-from towerrec.model import CANDIDATE_INDEX
+from towerrec.model import CANDIDATE_INDEX, LABEL, USER_ROW
 from towerrec.models.sequential import TARGETS
-from towerrec.train.evaluate import evaluate_examples
-from towerrec.train.prepared import PreparedData
+from towerrec.train.evaluate import evaluate_examples, evaluate_ranking
+from towerrec.train.prepared import HISTORY, PreparedData, ranking_labels
 from towerrec.train.sequence_data import SequenceData
 
 Evaluate = Callable[[nn.Module], dict[str, float]]
@@ -126,6 +131,120 @@ class PreparedBatches:
         if examples is None:
             return None
         return evaluate_examples(model, self.data, examples, ks=self.ks, exclude_seen=self.exclude_seen)
+
+
+class RankingBatches:
+    """Prepared data for a ranking model (:class:`towerrec.model.RankingModel`): labelled (query, candidate) pairs.
+
+    Pointwise losses (``mse``, ``bce``): one row per train example, ``candidate_index`` ``[batch]`` and
+    ``label`` ``[batch]`` (:func:`~towerrec.train.prepared.ranking_labels`), plus ``negatives`` rows per
+    example with a uniformly drawn item the user has not rated in train and label 0. Pairwise and listwise
+    losses: ``lists_per_user`` lists per user of ``list_size`` of the user's rated train items
+    (:func:`towerrec.data.listwise.sample_lists`, TFRS's listwise tutorial), ``candidate_index`` and
+    ``label`` ``[batch, list_size]``; a list's query features are those of the user's first train example
+    (its ``user_history`` without the list's items). Samples are drawn once, seeded by ``seed``.
+    ``evaluate(model, split)`` gives :func:`~towerrec.train.evaluate.evaluate_ranking`'s metrics.
+
+    Raises:
+        DataError: no train example has a rating for a rating label, or no user has ``list_size`` rated items.
+    """
+
+    def __init__(self, data: PreparedData, settings: RankingConfig = RankingConfig(), *, seed: int = 42,
+                 evaluate: Evaluate | None = None) -> None:
+        self.data, self.settings = data, settings
+        self._evaluate = evaluate
+        self.has_validation = data.validation is not None or evaluate is not None
+        self.metric_names = None if evaluate is not None else ranking_metric_names(settings)
+        train = data.train
+        labels = ranking_labels(settings, train.ratings)
+        self.listwise = settings.loss in LISTWISE_LOSSES
+        if self.listwise:
+            self.rows, self.candidates, self.labels = _lists(data, labels, settings, seed)
+        else:
+            self.rows, self.candidates, self.labels = _pointwise(data, labels, settings.negatives, seed)
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def batch(self, index: Tensor) -> dict[str, Tensor]:
+        """Query features of rows ``index``, their ``candidate_index`` and ``label`` (shapes in the class docstring)."""
+        train = self.data.train
+        rows = self.rows[index]
+        if not self.listwise:
+            batch = train.select(rows)
+        else:
+            batch = {name: value[rows] for name, value in train.queries.items()}
+            batch[USER_ROW] = train.user_rows[rows]
+            if train.history is not None:
+                history = train.history[batch[USER_ROW]]
+                in_list = (history.unsqueeze(-1) == (self.candidates[index] + 1).unsqueeze(1)).any(-1)
+                batch[HISTORY] = history * ~in_list
+        batch[CANDIDATE_INDEX] = self.candidates[index]
+        batch[LABEL] = self.labels[index]
+        return batch
+
+    def attach(self, model: nn.Module) -> None:
+        """Give a model with ``set_catalogue`` the encoded catalogue (and the items' train counts)."""
+        if hasattr(model, "set_catalogue"):
+            model.set_catalogue(self.data.catalogue, self.data.item_counts)
+
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float] | None:
+        """Ranking metrics of ``split`` ("validation" / "test"; None when absent)."""
+        if self._evaluate is not None:
+            return self._evaluate(model) if split == "validation" else None
+        examples = self.data.validation if split == "validation" else self.data.test
+        if examples is None:
+            return None
+        return evaluate_ranking(model, self.data, examples, self.settings)
+
+
+def _pointwise(data: PreparedData, labels: Tensor, negatives: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(train row, candidate, label) of every train example, then ``negatives`` sampled ones per example."""
+    train = data.train
+    n = len(train)
+    rows, candidates = torch.arange(n), train.targets
+    if not negatives:
+        return rows, candidates, labels
+    rng = np.random.default_rng(seed)
+    neg_rows = np.repeat(np.arange(n), negatives)
+    users = train.user_rows.numpy()[neg_rows]
+    seen = np.unique(train.user_rows.numpy().astype(np.int64) * data.num_items + train.targets.numpy())
+    items = rng.integers(0, data.num_items, size=neg_rows.shape[0])
+    for _ in range(10):  # redraw items the user rated in train (a user who rated everything keeps some)
+        clash = np.isin(users * data.num_items + items, seen)
+        if not clash.any():
+            break
+        items[clash] = rng.integers(0, data.num_items, size=int(clash.sum()))
+    return (torch.cat([rows, torch.from_numpy(neg_rows)]), torch.cat([candidates, torch.from_numpy(items)]),
+            torch.cat([labels, torch.zeros(neg_rows.shape[0])]))
+
+
+def _lists(data: PreparedData, labels: Tensor, settings: RankingConfig, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(representative train row of the list's user, [lists, list_size] candidates, their labels)."""
+    from towerrec.data.listwise import sample_lists
+
+    train = data.train
+    users = train.user_rows.numpy()
+    try:
+        sample = sample_lists(users, train.targets.numpy(), labels.numpy(), lists_per_user=settings.lists_per_user,
+                              list_size=settings.list_size, seed=seed)
+    except ValueError as exc:
+        raise DataError(f"[ranking] list_size = {settings.list_size}: {exc}", field="list_size",
+                        hint="lower [ranking] list_size") from None
+    first_row = np.zeros(int(users.max()) + 1 if len(users) else 0, dtype=np.int64)
+    unique, first = np.unique(users, return_index=True)
+    first_row[unique] = first
+    return (torch.from_numpy(first_row[np.asarray(sample.users)]),
+            torch.as_tensor(np.asarray(sample.items), dtype=torch.int64),
+            torch.as_tensor(np.asarray(sample.labels), dtype=torch.float32))
+
+
+def for_config(config: RunConfig, data: Any) -> Any:
+    """``data`` as a run of ``config`` trains on it: prepared data of a ranking kind becomes
+    :class:`RankingBatches` (``[ranking]`` settings, ``[train] seed``); anything else is returned as is."""
+    if config.model.kind in RANKING_KINDS and isinstance(data, PreparedData):
+        return RankingBatches(data, config.ranking, seed=config.train.seed)
+    return data
 
 
 class SequenceBatches(PreparedBatches):

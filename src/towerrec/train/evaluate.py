@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from towerrec.config import RankingConfig, ranking_metric_names
+from towerrec.devices import resolve_device
 from towerrec.metrics.topk import (
     DEFAULT_KS,
     SCORE_BUDGET,
@@ -30,8 +32,9 @@ from towerrec.metrics.topk import (
     summarize,
 )
 from towerrec.models.baselines import EASEModel
-from towerrec.train.models import catalogue_embeddings, query_embeddings
-from towerrec.train.prepared import EncodedExamples, PreparedData
+from towerrec.model import CANDIDATE_INDEX
+from towerrec.train.models import EVAL_CHUNK, catalogue_embeddings, query_embeddings
+from towerrec.train.prepared import EncodedExamples, PreparedData, ranking_labels
 from towerrec.train.sequence_data import SequenceData, SequenceExamples
 
 Data = PreparedData | SequenceData
@@ -135,3 +138,47 @@ def popularity_metrics(
     ranks = rank_targets(scores, examples.targets, data.num_items,
                          protocols={protocol: known if exclude_seen else None})
     return summarize(ranks[protocol], ks, ties=ties)
+
+
+@torch.no_grad()
+def ranking_scores(model: nn.Module, data: PreparedData, examples: EncodedExamples) -> Tensor:
+    """``[n]`` scores (on the CPU) of a ranking model for each example's (query, target item) pair, in chunks
+    (eval mode; a model without a catalogue is given ``data.catalogue`` first)."""
+    if hasattr(model, "set_catalogue") and not getattr(model, "has_catalogue", True):
+        model.set_catalogue(data.catalogue, data.item_counts)
+    model.eval()
+    device = resolve_device(None, model)
+    parts = []
+    for start in range(0, len(examples), EVAL_CHUNK):
+        rows = slice(start, min(start + EVAL_CHUNK, len(examples)))
+        batch = {**examples.select(rows), CANDIDATE_INDEX: examples.targets[rows]}
+        parts.append(model.score({k: v.to(device) for k, v in batch.items()}).float().cpu())
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def evaluate_ranking(model: nn.Module, data: PreparedData, examples: EncodedExamples,
+                     settings: RankingConfig) -> dict[str, float]:
+    """Ranking metrics of one split: each example's (user, rated item) pair is scored once.
+
+    ``rmse`` / ``mae`` of the scores against the ratings (rating regression: ``label = "rating"``,
+    ``loss = "mse"``); ``auc`` of the scores separating items rated >= ``threshold`` from the rest (with
+    ``label = "binary"``: label 1 from label 0); ``ndcg@K`` (``settings.ks``) and ``mrr`` over each user's
+    items of the split, graded by their ratings (or labels where there are none), from
+    :mod:`towerrec.metrics.ranking`. A metric that is undefined on the split (AUC with one class) is NaN.
+    """
+    from towerrec.metrics.ranking import auc, list_metrics, mae, rmse
+
+    scores = ranking_scores(model, data, examples)
+    ratings = examples.ratings if examples.ratings is not None else torch.full((len(examples),), float("nan"))
+    labels = ranking_labels(settings, ratings)
+    names = ranking_metric_names(settings)
+    metrics: dict[str, float] = {}
+    if "rmse" in names:
+        metrics["rmse"] = float(rmse(scores, labels))
+        metrics["mae"] = float(mae(scores, labels))
+    positive = labels >= 0.5 if settings.label == "binary" else ratings >= settings.threshold
+    metrics["auc"] = float(auc(scores, positive.float())) if 0 < int(positive.sum()) < len(positive) else float("nan")
+    graded = torch.where(torch.isnan(ratings), labels, ratings)
+    groups = examples.user_groups if examples.user_groups is not None else examples.user_rows
+    metrics.update({k: float(v) for k, v in list_metrics(scores, graded, groups, ks=settings.ks).items()})
+    return metrics

@@ -16,10 +16,11 @@ from towerrec.devices import resolve_device
 from towerrec.features import FittedFeatures
 from towerrec.model import CANDIDATE_INDEX, Model
 from towerrec.models.baselines import EASEModel, PopularityModel
+from towerrec.models.ranking import DeepRankingModel, build_ranking_model
 from towerrec.models.sequential import SequentialModel
 from towerrec.models.two_tower import TwoTowerModel, build_two_tower
 from towerrec.tasks.retrieval import Retrieval
-from towerrec.train.prepared import EncodedExamples, PreparedData, history_input
+from towerrec.train.prepared import EncodedExamples, PreparedData, history_input, ranking_labels
 from towerrec.train.sequence_data import SequenceData, SequenceExamples
 
 EVAL_CHUNK = 65_536
@@ -45,6 +46,8 @@ def build_model(config: RunConfig, data: PreparedData | SequenceData) -> Model:
     torch.manual_seed(config.train.seed)
     if m.kind == "sequential":
         return sequential_model_for(config, data)  # type: ignore[arg-type]
+    if m.kind == "ranking":
+        return ranking_model_for(config, data.features, label_offset=mean_label(config, data))  # type: ignore[arg-type]
     return two_tower_for(config, data.features)  # type: ignore[union-attr]
 
 
@@ -69,6 +72,36 @@ def two_tower_for(config: RunConfig, features: FittedFeatures) -> TwoTowerModel:
         extra_query_inputs=history_input(config, len(features.catalogue_ids)),
         task=retrieval_task(config),
     )
+
+
+def ranking_model_for(config: RunConfig, features: FittedFeatures, label_offset: float = 0.0) -> DeepRankingModel:
+    """The (untrained) ranking model of ``[model]`` + ``[ranking]`` over the fitted features; also used to
+    reload a run. ``label_offset``: the mean train label with ``[ranking] mean_offset`` (see :func:`mean_label`)."""
+    m, r = config.model, config.ranking
+    return build_ranking_model(
+        features,
+        embedding_dim=m.embedding_dim,
+        layer_sizes=m.layer_sizes,
+        interaction=m.interaction,
+        cross_layers=m.cross_layers,
+        projection_dim=m.projection_dim,
+        diag_scale=m.diag_scale,
+        cross_use_bias=m.cross_use_bias,
+        dropout=m.dropout,
+        init=m.init,
+        loss=r.loss,
+        margin=r.margin,
+        user_item_bias=r.user_item_bias,
+        label_offset=label_offset,
+        extra_query_inputs=history_input(config, len(features.catalogue_ids)),
+    )
+
+
+def mean_label(config: RunConfig, data: PreparedData) -> float:
+    """The mean train label with ``[ranking] mean_offset`` (matrix factorisation's global mean), else 0."""
+    if not config.ranking.mean_offset or len(data.train) == 0:
+        return 0.0
+    return float(ranking_labels(config.ranking, data.train.ratings).mean())
 
 
 def sequential_model_for(config: RunConfig, data: SequenceData) -> SequentialModel:

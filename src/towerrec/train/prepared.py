@@ -16,7 +16,7 @@ import polars as pl
 import torch
 from torch import Tensor
 
-from towerrec.config import RunConfig
+from towerrec.config import RANKING_KINDS, RankingConfig, RunConfig
 from towerrec.data.filters import filter_interactions
 from towerrec.data.registry import load_dataset
 from towerrec.data.splits import Split, make_split, require_parts, require_rows
@@ -49,6 +49,8 @@ class EncodedExamples:
     history: Tensor | None = None
     mask_targets: bool = False
     known: CSR | None = None
+    ratings: Tensor | None = None  # [n] float32 rating of each example, NaN where it has none (implicit data)
+    user_groups: Tensor | None = None  # [n] int64 dense id of each example's user (unknown users apart too)
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
@@ -217,7 +219,52 @@ def _encode(features: FittedFeatures, frame: pl.DataFrame, users: pl.DataFrame |
         queries=features.encode_queries(frame, users),
         targets=torch.as_tensor(targets, dtype=torch.int64),
         user_rows=torch.as_tensor(features.user_index(frame["user_id"].to_numpy()), dtype=torch.int64),
+        ratings=torch.as_tensor(frame["rating"].cast(pl.Float32).fill_null(float("nan")).to_numpy().copy(),
+                                dtype=torch.float32),
+        user_groups=torch.as_tensor(np.unique(frame["user_id"].to_numpy(), return_inverse=True)[1].reshape(-1),
+                                    dtype=torch.int64),
     )
+
+
+def check_ratings(config: RunConfig, dataset: Dataset) -> None:
+    """The ratings a ranking run reads: finite, within ``[ranking] rating_min..rating_max`` when declared,
+    and present for every interaction when ``[ranking] label = "rating"``.
+
+    Raises:
+        DataError: naming the ``rating`` field, the first bad value and how many rows have one.
+    """
+    r = config.ranking
+    ratings = dataset.interactions["rating"].cast(pl.Float64)
+    present = ratings.drop_nulls()
+    bad = present.filter(~present.is_finite())
+    if bad.len():
+        raise DataError(f"rating {_number(bad[0])} is not a finite number ({bad.len()} rating(s) in all)",
+                        file=dataset.name, field="rating", hint="drop those rows, or leave the rating empty")
+    low = -np.inf if r.rating_min is None else r.rating_min
+    high = np.inf if r.rating_max is None else r.rating_max
+    outside = present.filter((present < low) | (present > high))
+    if outside.len():
+        raise DataError(f"rating {_number(outside[0])} is outside the declared range {_number(low)}..{_number(high)} "
+                        f"({outside.len()} rating(s) in all)", file=dataset.name, field="rating",
+                        hint="fix the data, or widen [ranking] rating_min / rating_max")
+    missing = ratings.null_count()
+    if missing and r.label == "rating":
+        what = "has no ratings (implicit feedback)" if missing == ratings.len() else f"has {missing} interaction(s) without a rating"
+        raise DataError(f"the data {what}, but [ranking] label = \"rating\" trains on ratings", file=dataset.name,
+                        field="rating", hint='use [ranking] label = "binary" (an interaction is a positive) with '
+                                         "negatives > 0")
+
+
+def ranking_labels(settings: RankingConfig, ratings: Tensor) -> Tensor:
+    """``[n]`` float32 labels of examples with these ratings: the rating itself (``[ranking] label = "rating"``),
+    or 1.0 for a rating >= ``threshold`` or a missing one (an implicit interaction) and 0.0 below it (``"binary"``)."""
+    if settings.label == "rating":
+        return ratings.float()
+    return ((ratings >= settings.threshold) | torch.isnan(ratings)).float()
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
 
 
 def prepare(config: RunConfig, dataset: Dataset | None = None, *, progress: bool = True) -> PreparedData:
@@ -241,6 +288,8 @@ def prepare(config: RunConfig, dataset: Dataset | None = None, *, progress: bool
     if config.data.candidate_key == "title":
         dataset = merge_items_by_title(dataset)
     dataset = apply_filters(config, dataset)
+    if config.model.kind in RANKING_KINDS:
+        check_ratings(config, dataset)
     split = _split(config, dataset, label)
     _warn_duplicate_titles(config, dataset)
     features = FeatureSet(feature_specs(config, dataset.items)).fit(split.train, catalogue_items(dataset), dataset.users)

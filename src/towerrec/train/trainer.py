@@ -25,12 +25,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from towerrec.config import RunConfig
+from towerrec.config import LOWER_IS_BETTER, RunConfig
 from towerrec.devices import resolve_device
 from towerrec.errors import ConfigError, TowerrecError
 from towerrec.metrics.topk import DEFAULT_KS
 from towerrec.model import Model
-from towerrec.train.batches import Evaluate, training_data
+from towerrec.train.batches import Evaluate, for_config, training_data
 from towerrec.train.checkpoint import Checkpointer, save_weights
 
 OPTIMIZERS = ("adagrad", "adam", "adamw")
@@ -113,7 +113,8 @@ class Trainer:
             full-catalogue evaluation of prepared data).
         ks: cut-offs of the built-in evaluation; ``exclude_seen``: its protocol.
         early_stopping_patience: stop after this many evaluations without improvement of
-            ``early_stopping_metric`` (higher is better); the model ends holding its best epoch's weights.
+            ``early_stopping_metric`` (higher is better; lower for ``rmse`` and ``mae``); the model
+            ends holding its best epoch's weights.
         checkpoint_dir: the last epoch's state (and the best epoch's weights) for exact resume.
         history_path: JSONL file with one line per epoch.
         progress: show a progress bar with examples/s.
@@ -200,7 +201,7 @@ class Trainer:
             exclude_seen=config.eval.exclude_seen, early_stopping_patience=t.early_stopping_patience,
             early_stopping_metric=t.early_stopping_metric)
         settings.update(kwargs)
-        return cls(model, data, **settings)
+        return cls(model, for_config(config, data), **settings)
 
     def _preflight(self) -> None:
         """The loss of a first small batch, so that a model/data mismatch fails here, not after an epoch."""
@@ -406,7 +407,7 @@ class Trainer:
             return False
         if name not in metrics:
             raise ConfigError(f"[train] early_stopping_metric {name!r} is not one of {sorted(metrics)}")
-        value = metrics[name]
+        value = -metrics[name] if name in LOWER_IS_BETTER else metrics[name]  # best["metric"]: higher is better
         if value > best["metric"]:
             best.update(metric=value, epoch=epoch, bad_epochs=0)
             return False
