@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from towerrec.cli.common import DataDirOption, DeviceOption, RunDataDirOption, check_folder_option, console, say
-from towerrec.config import MAX_COUNT, RunConfig, load_config
+from towerrec.config import MAX_COUNT, RANKING_KINDS, RunConfig, load_config
 from towerrec.presets import PRESETS, preset
 
 RunsOption = Annotated[Path, typer.Option("--runs", help="Folder that holds run directories.")]
@@ -88,11 +88,32 @@ def train(
     console.print(f"run directory: [bold]{escape(str(result.run_dir))}[/bold]", soft_wrap=True, highlight=False)  # paths stay copyable
 
 
+def ranking_table(title: str | Text, rows: dict[str, dict[str, float]]) -> Table:
+    """One row per model (or split): its ranking metrics (RMSE, MAE, AUC, NDCG@K, MRR; those it has)."""
+    order = ["rmse", "mae", "auc"]
+    names = [n for n in order if any(n in m for m in rows.values())]
+    ndcg = sorted({n for m in rows.values() for n in m if n.startswith("ndcg@")}, key=lambda n: int(n[5:]))
+    names += ndcg + (["mrr"] if any("mrr" in m for m in rows.values()) else [])
+    labels = {"rmse": "RMSE", "mae": "MAE", "auc": "AUC", "mrr": "MRR"}
+    table = Table(title=title, title_justify="left")
+    table.add_column("model")
+    for n in names:
+        table.add_column(labels.get(n, n.replace("ndcg", "NDCG")), justify="right")
+    for name, metrics in rows.items():
+        table.add_row(Text(name), *[f"{metrics[n]:.4f}" if n in metrics else "" for n in names])
+    return table
+
+
 def _print_run_metrics(name: str, metrics: dict, ks=KS) -> None:
-    """The run's test tables, one column per K of its ``[eval] ks``."""
+    """The run's test tables: top-K accuracy per K of its ``[eval] ks`` under both protocols, or (ranking
+    runs) its ranking metrics on test and validation."""
     test = metrics["test"]
-    console.print(metrics_table("test, seen items excluded", {name: test["seen_excluded"]}, ks))
-    console.print(metrics_table("test, TFRS protocol (seen items not excluded)", {name: test["tfrs"]}, ks))
+    if "ranking" in test:
+        rows = {f"{name} ({split})": metrics[split]["ranking"] for split in ("test", "validation") if split in metrics}
+        console.print(ranking_table("ranking metrics (each user's rated items of the split)", rows))
+    else:
+        console.print(metrics_table("test, seen items excluded", {name: test["seen_excluded"]}, ks))
+        console.print(metrics_table("test, TFRS protocol (seen items not excluded)", {name: test["tfrs"]}, ks))
     if "examples_per_s" in metrics:
         console.print(f"trained in {metrics['train_seconds']:.1f} s, {metrics['examples_per_s']:,.0f} examples/s")
 
@@ -107,7 +128,8 @@ def evaluate(
     data_dir: RunDataDirOption = None,
     device: DeviceOption = "cpu",
 ) -> None:
-    """Evaluate a trained run (any kind) over the full catalogue.
+    """Evaluate a trained run (any kind): retrieval runs over the full catalogue (top-K accuracy, NDCG, MRR),
+    ranking runs on each user's rated items (RMSE, MAE, AUC, NDCG@K, MRR).
 
     Examples:
 
@@ -123,6 +145,15 @@ def evaluate(
     examples = {"test": data.test, "validation": data.validation}.get(split)
     if examples is None:
         raise TowerrecError(f"split {split!r} does not exist for this run", hint="use --split test")
+    if run.config.model.kind in RANKING_KINDS:
+        from towerrec.train.evaluate import evaluate_ranking
+
+        if include_seen:
+            console.print("note: --include-seen has no effect: a ranking run scores each user's rated items",
+                          highlight=False)
+        ranking = evaluate_ranking(run.model, data, examples, run.config.ranking)  # type: ignore[arg-type]
+        console.print(ranking_table(f"{split}, ranking metrics (each user's rated items)", {run.config.name: ranking}))
+        return
     metrics = evaluate_examples(run.model, data, examples, ks=run.config.eval.ks, exclude_seen=not include_seen)
     protocol = "TFRS protocol" if include_seen else "seen items excluded"
     console.print(metrics_table(f"{split}, {protocol}", {run.config.name: metrics}, run.config.eval.ks))
@@ -183,6 +214,9 @@ def recommend(
     if not user and history is None and not all_users:
         raise TowerrecError("say whose recommendations: --user ID, --all-users (or, for sequential runs, --history 1,2,3)")
     config_path = Path(run_dir) / "config.toml"
+    if config_path.is_file() and load_config(config_path).model.kind in RANKING_KINDS:
+        raise TowerrecError(f"{run_dir} is a ranking run: it scores given candidates, it does not retrieve them",
+                            hint="recommend with a retrieval run (two-tower, sequential, baseline)")
     if config_path.is_file() and load_config(config_path).model.kind == "sequential":
         if at is not None:
             console.print("note: --at has no effect: sequential runs have no timestamp feature", highlight=False)
