@@ -243,3 +243,37 @@ def test_implicit_data_needs_a_binary_label():
     data = prepare(config, dataset, progress=False)
     batches = RankingBatches(data, config.ranking)
     assert float(batches.labels[: len(data.train)].min()) == 1.0  # every interaction is a positive
+
+
+@pytest.mark.parametrize("loss", ["softmax", "listmle", "hinge", "logistic"])
+def test_listwise_losses_train_on_lists_of_each_users_rated_items(tmp_path, dataset, loss):
+    config = _config(ranking={"loss": loss, "lists_per_user": 3, "list_size": 4}, train={"epochs": 1})
+    data = prepare(config, dataset, progress=False)
+    batches = for_config(config, data)
+    batch = batches.batch(torch.arange(6))
+    assert batch[CANDIDATE_INDEX].shape == (6, 4) and batch[LABEL].shape == (6, 4)
+    rated = {(u, i): r for u, i, r in zip(data.train.user_rows.tolist(), data.train.targets.tolist(),
+                                           data.train.ratings.tolist())}
+    for user, items, labels in zip(batch[USER_ROW].tolist(), batch[CANDIDATE_INDEX].tolist(), batch[LABEL].tolist()):
+        assert len(set(items)) == 4  # drawn without replacement
+        assert [rated[(user, i)] for i in items] == labels  # the user's own items with their ratings
+    result = train_run(config, runs_root=tmp_path, dataset=dataset, progress=False, log=lambda *_: None)
+    metrics = result.metrics["test"]["ranking"]
+    assert set(metrics) == {"auc", "ndcg@5", "ndcg@10", "mrr"}  # no RMSE: the scores are not ratings
+
+
+def test_listwise_history_leaves_out_the_lists_items(dataset):
+    config = _config(model={"query_features": ["user_id", "user_history"], "history_length": 30},
+                     ranking={"loss": "softmax", "lists_per_user": 2, "list_size": 5})
+    data = prepare(config, dataset, progress=False)
+    batch = for_config(config, data).batch(torch.arange(10))
+    history, items = batch["user_history"], batch[CANDIDATE_INDEX] + 1
+    assert not (history.unsqueeze(-1) == items.unsqueeze(1)).any()
+    assert (history > 0).any()
+
+
+def test_a_list_longer_than_every_users_items_is_a_clear_error(dataset):
+    config = _config(ranking={"loss": "listmle", "list_size": 5000})
+    data = prepare(config, dataset, progress=False)
+    with pytest.raises(DataError, match=r"list_size"):
+        for_config(config, data)

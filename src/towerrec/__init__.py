@@ -81,6 +81,8 @@ _EXPORTS = {
     "MultiTaskModel": "towerrec.models",
     "build_two_tower": "towerrec.models",
     "build_multitask": "towerrec.models",
+    "DeepRankingModel": "towerrec.models",
+    "build_ranking_model": "towerrec.models",
     # the one model path: a model computes its loss, the trainer owns the loop, save/load any model
     "Model": "towerrec.model",
     "RetrievalModel": "towerrec.model",

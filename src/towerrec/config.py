@@ -182,8 +182,8 @@ class RankingConfig:
 
     ``loss``: pointwise ``mse`` (rating regression) or ``bce`` (0/1 labels, needs ``label = "binary"``),
     pairwise ``hinge`` / ``logistic`` (with ``margin``) and listwise ``softmax`` / ``listmle``; pairwise and
-    listwise losses train on ``lists_per_user`` lists of ``list_size`` rated train items per user (TFRS's
-    listwise tutorial). ``label``: ``rating`` (the rating itself) or ``binary`` (rating >= ``threshold`` -> 1,
+    listwise losses (and any loss with ``train_on_lists``) train on ``lists_per_user`` lists of ``list_size``
+    rated train items per user (TFRS's listwise tutorial). ``label``: ``rating`` (the rating itself) or ``binary`` (rating >= ``threshold`` -> 1,
     else 0; an interaction without a rating is 1) with ``negatives`` sampled unseen items (label 0) per
     train example. ``rating_min`` / ``rating_max``: the declared rating range; a rating outside it is a data
     error (absent: any finite rating). ``user_item_bias`` adds a learned bias per training user and per
@@ -197,6 +197,7 @@ class RankingConfig:
     negatives: int = 0
     list_size: int = 5
     lists_per_user: int = 50
+    train_on_lists: bool = False
     margin: float = 1.0
     rating_min: float | None = None
     rating_max: float | None = None
@@ -264,6 +265,8 @@ class RunConfig:
                 payload["model"].pop(key, None)
         else:
             payload.pop("task", None)  # the retrieval loss: a ranking model has none
+            for key in ("similarity", "ease_l2"):
+                payload["model"].pop(key, None)
         payload.pop("tasks", None)  # no kind reads the multi-task loss weights yet
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -509,9 +512,9 @@ def _check_ranking(config: RunConfig) -> None:
     if r.negatives and r.label != "binary":
         raise ConfigError(f'[ranking] negatives = {r.negatives} needs [ranking] label = "binary" (a sampled '
                           "negative has no rating)")
-    if r.negatives and r.loss not in POINTWISE_LOSSES:
-        raise ConfigError(f"[ranking] negatives = {r.negatives} works with a pointwise loss (mse, bce), not "
-                          f"{r.loss!r}", hint="listwise lists are drawn from each user's rated items")
+    if r.negatives and (r.loss not in POINTWISE_LOSSES or r.train_on_lists):
+        raise ConfigError(f"[ranking] negatives = {r.negatives} works with a pointwise loss (mse, bce) on single "
+                          "examples", hint="lists are drawn from each user's rated items")
     if r.mean_offset and (r.loss != "mse" or r.label != "rating"):
         raise ConfigError('[ranking] mean_offset starts every score at the mean train rating: it needs loss = "mse" '
                           f'and label = "rating", got {r.loss!r} and {r.label!r}')

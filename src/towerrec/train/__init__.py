@@ -17,9 +17,11 @@ _EXPORTS = {
     "Callback": "towerrec.train.trainer",
     "TrainingData": "towerrec.train.batches",
     "TensorData": "towerrec.train.batches",
+    "RankingBatches": "towerrec.train.batches",
     "Checkpointer": "towerrec.train.checkpoint",
     "evaluate_examples": "towerrec.train.evaluate",
     "popularity_metrics": "towerrec.train.evaluate",
+    "evaluate_ranking": "towerrec.train.evaluate",
 }
 
 __all__ = list(_EXPORTS)

@@ -139,7 +139,7 @@ class RankingBatches:
     Pointwise losses (``mse``, ``bce``): one row per train example, ``candidate_index`` ``[batch]`` and
     ``label`` ``[batch]`` (:func:`~towerrec.train.prepared.ranking_labels`), plus ``negatives`` rows per
     example with a uniformly drawn item the user has not rated in train and label 0. Pairwise and listwise
-    losses: ``lists_per_user`` lists per user of ``list_size`` of the user's rated train items
+    losses (or ``train_on_lists``): ``lists_per_user`` lists per user of ``list_size`` of the user's rated train items
     (:func:`towerrec.data.listwise.sample_lists`, TFRS's listwise tutorial), ``candidate_index`` and
     ``label`` ``[batch, list_size]``; a list's query features are those of the user's first train example
     (its ``user_history`` without the list's items). Samples are drawn once, seeded by ``seed``.
@@ -157,7 +157,7 @@ class RankingBatches:
         self.metric_names = None if evaluate is not None else ranking_metric_names(settings)
         train = data.train
         labels = ranking_labels(settings, train.ratings)
-        self.listwise = settings.loss in LISTWISE_LOSSES
+        self.listwise = settings.loss in LISTWISE_LOSSES or settings.train_on_lists
         if self.listwise:
             self.rows, self.candidates, self.labels = _lists(data, labels, settings, seed)
         else:
