@@ -53,3 +53,10 @@ def test_a_bad_ranking_config_is_one_line(capsys, ranking_config, tmp_path):
     bad.write_text(config.read_text().replace('interaction = "cross"', 'interaction = "cross"\nprojection_dim = 0'))
     code, out = run_cli(capsys, "train", str(bad), "--runs", str(root / "runs"))
     assert code == 1 and "[model] projection_dim must be an integer in 1..16384, got 0" in out
+
+
+def test_experiment_refuses_a_ranking_kind(capsys, tmp_path):
+    config = tmp_path / "exp.toml"
+    config.write_text('[experiment]\nname = "x"\n[model]\nkind = "ranking"\n')
+    code, out = run_cli(capsys, "experiment", "--config", str(config), "--runs", str(tmp_path / "runs"))
+    assert code == 1 and "kind = 'ranking' is not one" in out and "towerrec train" in out

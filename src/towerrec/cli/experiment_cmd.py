@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from towerrec.cli.app import app
 from towerrec.cli.common import DataDirOption, DeviceOption, check_folder_option, console, say
-from towerrec.config import MAX_COUNT, MAX_WIDTH
+from towerrec.config import MAX_COUNT, MAX_WIDTH, RANKING_KINDS
 from towerrec.errors import ConfigError
 
 
@@ -102,6 +102,10 @@ def experiment(
         out_dir=None if out is None else str(out),
         overrides={"data": data},
     )
+    if exp.overrides.get("model", {}).get("kind") in RANKING_KINDS:
+        raise ConfigError("towerrec experiment compares retrieval models' feature sets by top-K accuracy; "
+                          f"[model] kind = {exp.overrides['model']['kind']!r} is not one",
+                          hint="train ranking configs with `towerrec train CONFIG` (one per config)")
     result = run_experiment(exp, retrain=retrain, progress=not quiet, log=say, device=device)
     console.print(results_markdown(exp, result.runs), markup=False, highlight=False, soft_wrap=True)
     if result.recommendations is not None:
