@@ -68,11 +68,11 @@ def test_a_list_scores_each_candidate_as_a_single_row_does():
 def test_biases_and_offset_add_to_the_score():
     model = _model(num_users=3, num_items=6, label_offset=3.5).eval()
     batch = _batch()
-    before = model.score(batch)
     with torch.no_grad():
+        before = model.score(batch)
         model.item_bias.weight[batch[CANDIDATE_INDEX][0]] += 1.0
         model.user_bias.weight[1] += 2.0  # user row 0 (row 0 of the table is for unknown users)
-    after = model.score(batch)
+        after = model.score(batch)
     assert float(after[0] - before[0]) == pytest.approx(3.0)
     unknown = 2  # user_row -1: no user bias
     assert float(after[unknown] - before[unknown]) == pytest.approx(

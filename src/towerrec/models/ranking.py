@@ -24,9 +24,12 @@ from torch import Tensor, nn
 from towerrec.errors import ConfigError
 from towerrec.features.fitted import FittedFeatures
 from towerrec.features.spec import InputSpec
+from towerrec.layers.cross import CrossNetwork
 from towerrec.layers.embedding import FeatureEmbedding, Init
+from towerrec.layers.interaction import DotInteraction
 from towerrec.layers.mlp import MLP
 from towerrec.model import CANDIDATE_INDEX, LABEL, SAMPLE_WEIGHT, USER_ROW, RankingModel
+from towerrec.tasks.ranking import Ranking
 
 Interaction = Literal["none", "cross", "dot"]
 INTERACTIONS: tuple[str, ...] = ("none", "cross", "dot")
@@ -88,8 +91,6 @@ class DeepRankingModel(RankingModel):
         label_offset: float = 0.0,
     ) -> None:
         super().__init__()
-        from towerrec.tasks.ranking import Ranking
-
         self.query_inputs = [_input(i) for i in query_inputs]
         self.candidate_inputs = [_input(i) for i in candidate_inputs]
         if not self.query_inputs and not self.candidate_inputs:
@@ -110,15 +111,11 @@ class DeepRankingModel(RankingModel):
         self.cross: nn.Module | None = None
         self.dot: nn.Module | None = None
         if interaction == "cross":
-            from towerrec.layers.cross import CrossNetwork
-
             self.cross = CrossNetwork(width, cross_layers, projection_dim=projection_dim, diag_scale=diag_scale,
                                       use_bias=cross_use_bias)
             if init == "keras-uniform":
                 _glorot(self.cross)
         elif interaction == "dot":
-            from towerrec.layers.interaction import DotInteraction
-
             fields = sum(w == embedding_dim for w in widths)
             if fields < 2:
                 raise ConfigError(f"interaction = 'dot' needs at least two features embedded in embedding_dim = "

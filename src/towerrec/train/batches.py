@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from towerrec.config import LISTWISE_LOSSES, RANKING_KINDS, RankingConfig, RunConfig, ranking_metric_names
+from towerrec.data.listwise import sample_lists
 from towerrec.errors import DataError
 from towerrec.metrics.topk import DEFAULT_KS
 from towerrec.model import CANDIDATE_INDEX, LABEL, USER_ROW
@@ -221,8 +223,6 @@ def _pointwise(data: PreparedData, labels: Tensor, negatives: int, seed: int) ->
 
 def _lists(data: PreparedData, labels: Tensor, settings: RankingConfig, seed: int) -> tuple[Tensor, Tensor, Tensor]:
     """(representative train row of the list's user, [lists, list_size] candidates, their labels)."""
-    from towerrec.data.listwise import sample_lists
-
     train = data.train
     users = train.user_rows.numpy()
     try:
@@ -231,6 +231,9 @@ def _lists(data: PreparedData, labels: Tensor, settings: RankingConfig, seed: in
     except ValueError as exc:
         raise DataError(f"[ranking] list_size = {settings.list_size}: {exc}", field="list_size",
                         hint="lower [ranking] list_size") from None
+    if sample.num_skipped_users:
+        warnings.warn(f"{sample.num_skipped_users} user(s) rated fewer than [ranking] list_size = "
+                      f"{settings.list_size} train items: they get no training lists", stacklevel=3)
     first_row = np.zeros(int(users.max()) + 1 if len(users) else 0, dtype=np.int64)
     unique, first = np.unique(users, return_index=True)
     first_row[unique] = first

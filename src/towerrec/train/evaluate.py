@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from towerrec.config import RankingConfig, ranking_metric_names
 from towerrec.devices import resolve_device
+from towerrec.metrics.ranking import auc, list_metrics, mae, rmse
 from towerrec.metrics.topk import (
     DEFAULT_KS,
     SCORE_BUDGET,
@@ -166,8 +167,6 @@ def evaluate_ranking(model: nn.Module, data: PreparedData, examples: EncodedExam
     items of the split, graded by their ratings (or labels where there are none), from
     :mod:`towerrec.metrics.ranking`. A metric that is undefined on the split (AUC with one class) is NaN.
     """
-    from towerrec.metrics.ranking import auc, list_metrics, mae, rmse
-
     scores = ranking_scores(model, data, examples)
     ratings = examples.ratings if examples.ratings is not None else torch.full((len(examples),), float("nan"))
     labels = ranking_labels(settings, ratings)
@@ -180,5 +179,8 @@ def evaluate_ranking(model: nn.Module, data: PreparedData, examples: EncodedExam
     metrics["auc"] = float(auc(scores, positive.float())) if 0 < int(positive.sum()) < len(positive) else float("nan")
     graded = torch.where(torch.isnan(ratings), labels, ratings)
     groups = examples.user_groups if examples.user_groups is not None else examples.user_rows
-    metrics.update({k: float(v) for k, v in list_metrics(scores, graded, groups, ks=settings.ks).items()})
+    try:
+        metrics.update({k: float(v) for k, v in list_metrics(scores, graded, groups, ks=settings.ks).items()})
+    except ValueError:  # no user has a positive label on this split: NDCG and MRR are undefined
+        metrics.update({name: float("nan") for name in names if name == "mrr" or name.startswith("ndcg@")})
     return metrics
