@@ -120,6 +120,8 @@ def test_ranking_settings_do_not_move_other_kinds_hashes():
     ({"ranking": {"negatives": 4}}, r"\[ranking\] negatives = 4 needs \[ranking\] label = \"binary\""),
     ({"ranking": {"rating_min": 5, "rating_max": 1}}, r"\[ranking\] rating_min must be below rating_max"),
     ({"ranking": {"list_size": 1}}, r"\[ranking\] list_size must be an integer in 2\.\.10000, got 1"),
+    ({"ranking": {"loss": "listmle", "margin": 0.5}}, r'\[ranking\] margin = 0.5 applies to loss = "hinge" only'),
+    ({"ranking": {"mean_offset": True, "loss": "softmax"}}, r"\[ranking\] mean_offset .* needs loss = \"mse\""),
     ({"model": {"interaction": "fm"}}, r"\[model\] interaction = 'fm' is not one of"),
     ({"model": {"projection_dim": 8}}, r"\[model\] projection_dim = 8 needs \[model\] interaction = \"cross\""),
     ({"train": {"early_stopping_patience": 2}}, r"\[train\] early_stopping_metric 'top_100_accuracy' is not a "

@@ -181,7 +181,7 @@ class RankingConfig:
     """The ranking stage (``[model] kind = "ranking"``; see towerrec.models.ranking and towerrec.tasks.Ranking).
 
     ``loss``: pointwise ``mse`` (rating regression) or ``bce`` (0/1 labels, needs ``label = "binary"``),
-    pairwise ``hinge`` / ``logistic`` (with ``margin``) and listwise ``softmax`` / ``listmle``; pairwise and
+    pairwise ``hinge`` (with ``margin``) / ``logistic`` and listwise ``softmax`` / ``listmle``; pairwise and
     listwise losses (and any loss with ``train_on_lists``) train on ``lists_per_user`` lists of ``list_size``
     rated train items per user (TFRS's listwise tutorial). ``label``: ``rating`` (the rating itself) or ``binary`` (rating >= ``threshold`` -> 1,
     else 0; an interaction without a rating is 1) with ``negatives`` sampled unseen items (label 0) per
@@ -515,6 +515,8 @@ def _check_ranking(config: RunConfig) -> None:
     if r.negatives and (r.loss not in POINTWISE_LOSSES or r.train_on_lists):
         raise ConfigError(f"[ranking] negatives = {r.negatives} works with a pointwise loss (mse, bce) on single "
                           "examples", hint="lists are drawn from each user's rated items")
+    if r.margin != 1.0 and r.loss != "hinge":
+        raise ConfigError(f'[ranking] margin = {r.margin:g} applies to loss = "hinge" only, got loss = {r.loss!r}')
     if r.mean_offset and (r.loss != "mse" or r.label != "rating"):
         raise ConfigError('[ranking] mean_offset starts every score at the mean train rating: it needs loss = "mse" '
                           f'and label = "rating", got {r.loss!r} and {r.label!r}')
