@@ -28,7 +28,7 @@ HASHES = {
     "w3_gru_leave_last_out.toml": "908d5560841f", "w3_sasrec.toml": "43198e726723",
     "w3_sasrec_leave_last_out.toml": "bc7dac30dbe8", "w3_sasrec_ml1m.toml": "73c96b819adc",
     "w3_tutorial_gru.toml": "14ba960f8fe0", "w3_tutorial_gru_ml1m.toml": "aa5db9a875af",
-    "ranking_basic.toml": "f051c7a6da4f", "ranking_dcn.toml": "f2d8f0e3c723", "ranking_dcn_low_rank.toml": "87aa24f369e6",
+    "ranking_basic.toml": "f051c7a6da4f", "ranking_best.toml": "4cf126665f48", "ranking_dcn.toml": "f2d8f0e3c723", "ranking_dcn_low_rank.toml": "87aa24f369e6",
     "ranking_dnn.toml": "c3f095016821", "ranking_listwise_mse.toml": "e7e57d97a2fe",
     "ranking_listwise_hinge.toml": "8c8a77bba915", "ranking_listwise_listmle.toml": "037e8806ce85",
 }

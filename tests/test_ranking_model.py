@@ -122,7 +122,7 @@ def test_ranking_settings_do_not_move_other_kinds_hashes():
     ({"ranking": {"list_size": 1}}, r"\[ranking\] list_size must be an integer in 2\.\.10000, got 1"),
     ({"ranking": {"loss": "listmle", "margin": 0.5}}, r'\[ranking\] margin = 0.5 applies to loss = "hinge" only'),
     ({"ranking": {"mean_offset": True, "loss": "softmax"}}, r"\[ranking\] mean_offset .* needs loss = \"mse\""),
-    ({"model": {"interaction": "fm"}}, r"\[model\] interaction = 'fm' is not one of"),
+    ({"model": {"interaction": "fnn"}}, r"\[model\] interaction = 'fnn' is not one of"),
     ({"model": {"projection_dim": 8}}, r"\[model\] projection_dim = 8 needs \[model\] interaction = \"cross\""),
     ({"train": {"early_stopping_patience": 2}}, r"\[train\] early_stopping_metric 'top_100_accuracy' is not a "
                                                 r"metric of this ranking run"),

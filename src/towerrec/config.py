@@ -89,8 +89,10 @@ class ModelConfig:
     ease_l2: float = 300.0
     # Ranking models (kind = "ranking"; see towerrec.models.ranking): how the feature embeddings interact
     # before the MLP (layer_sizes, then a linear layer to the score). "cross": a DCN-v2 cross network of
-    # cross_layers layers (projection_dim: low-rank, absent: full rank); "dot": DLRM's pairwise dot products.
-    interaction: Literal["none", "cross", "dot"] = "none"
+    # cross_layers layers (projection_dim: low-rank, absent: full rank); "dot": DLRM's pairwise dot products;
+    # "fm": their sum added to the score (factorization machine / DeepFM). The candidate feature
+    # "item_raters" (ranking only) adds the item's most recent history_length train raters (SVD++ style).
+    interaction: Literal["none", "cross", "dot", "fm"] = "none"
     cross_layers: int = 1
     projection_dim: int | None = None
     diag_scale: float = 0.0
@@ -485,6 +487,13 @@ def _check_values(config: RunConfig) -> None:
             f"[data] test_fraction + validation_fraction must be below 1, got {d.test_fraction} + {d.validation_fraction}",
             hint="leave some interactions for training",
         )
+    m = config.model
+    if "item_raters" in m.query_features:
+        raise ConfigError("[model] query_features lists item_raters, a candidate feature",
+                          hint="move it to [model] candidate_features")
+    if "item_raters" in m.candidate_features and m.kind not in RANKING_KINDS:
+        raise ConfigError(f"[model] candidate_features lists item_raters, which only ranking models read, got "
+                          f"kind = {m.kind!r}", hint='use [model] kind = "ranking" or drop item_raters')
     if config.model.kind in RANKING_KINDS:
         _check_ranking(config)
 

@@ -25,14 +25,14 @@ from towerrec.errors import ConfigError
 from towerrec.features.fitted import FittedFeatures
 from towerrec.features.spec import InputSpec
 from towerrec.layers.cross import CrossNetwork
-from towerrec.layers.embedding import FeatureEmbedding, Init
+from towerrec.layers.embedding import FeatureEmbedding, Init, init_embedding_
 from towerrec.layers.interaction import DotInteraction
 from towerrec.layers.mlp import MLP
 from towerrec.model import CANDIDATE_INDEX, LABEL, SAMPLE_WEIGHT, USER_ROW, RankingModel
 from towerrec.tasks.ranking import Ranking
 
-Interaction = Literal["none", "cross", "dot"]
-INTERACTIONS: tuple[str, ...] = ("none", "cross", "dot")
+Interaction = Literal["none", "cross", "dot", "fm"]
+INTERACTIONS: tuple[str, ...] = ("none", "cross", "dot", "fm")
 LIST_MASK = "list_mask"  # [batch, list_size] bool: which list entries are real (absent: all)
 
 
@@ -50,7 +50,13 @@ class DeepRankingModel(RankingModel):
       TFRS ``tfrs.layers.dcn.Cross``) of ``cross_layers`` layers, low rank with ``projection_dim``;
     - ``"dot"``: DLRM's interaction (Naumov et al. 2019, arXiv:1906.00091): the pairwise dot
       products of the ``embedding_dim``-wide feature embeddings (``[F (F-1) / 2]``) concatenated
-      with ``x0``.
+      with ``x0``;
+    - ``"fm"``: ``x0`` as is, and the factorization machine's pairwise term (:func:`factorization_machine`:
+      the sum of those dot products, unweighted) added to the score (DeepFM, Guo et al. 2017).
+
+    With ``raters_length`` > 0 the candidate side gains the ``item_raters`` field: the item's train
+    raters (:meth:`set_item_raters`; the example's own user left out) embedded, summed and divided by
+    the square root of their number (SVD++'s implicit feedback, Koren 2008, on the item side).
 
     Then ``+ user bias[user_row] + item bias[candidate] + label_offset`` (biases with
     ``num_users`` / ``num_items`` > 0; an unknown user, ``user_row = -1``, has bias 0).
@@ -65,10 +71,13 @@ class DeepRankingModel(RankingModel):
         init: ``"keras-uniform"`` (TFRS: uniform(-0.05, 0.05) embeddings, Glorot dense) or ``"normal"``.
         loss, margin: of :class:`towerrec.tasks.Ranking`.
         label_offset: added to every score (e.g. the mean training rating).
+        raters_length: raters kept per item (0: no ``item_raters`` field); ``raters_users`` /
+            ``raters_items``: rows of the train-user vocabulary and catalogue size it needs.
 
     Raises:
         ConfigError: no feature at all, an unknown interaction, ``projection_dim`` without
-            ``interaction="cross"``, or ``"dot"`` with fewer than two ``embedding_dim``-wide embeddings.
+            ``interaction="cross"``, ``"dot"`` or ``"fm"`` with fewer than two ``embedding_dim``-wide
+            embeddings, or ``raters_length`` without user and item counts.
     """
 
     def __init__(
@@ -89,6 +98,9 @@ class DeepRankingModel(RankingModel):
         num_users: int = 0,
         num_items: int = 0,
         label_offset: float = 0.0,
+        raters_length: int = 0,
+        raters_users: int = 0,
+        raters_items: int = 0,
     ) -> None:
         super().__init__()
         self.query_inputs = [_input(i) for i in query_inputs]
@@ -107,6 +119,19 @@ class DeepRankingModel(RankingModel):
         self.candidate_tables = nn.ModuleDict({i.name: FeatureEmbedding(i, embedding_dim, init)
                                                    for i in self.candidate_inputs})
         widths = [e.out_dim for e in [*self.query_tables.values(), *self.candidate_tables.values()]]
+        self.raters: nn.EmbeddingBag | None = None
+        if raters_length > 0:
+            if raters_users <= 0 or raters_items <= 0:
+                raise ConfigError(f"item raters need the user and item counts, got raters_users = {raters_users}, "
+                                  f"raters_items = {raters_items}")
+            # row 0: padding; row r + 1: train user r. Sum over the n non-padding rows / sqrt(n) (SVD++'s
+            # implicit feedback, Koren 2008, on the item side: an item is also described by who rated it).
+            self.raters = nn.EmbeddingBag(raters_users + 1, embedding_dim, mode="sum", padding_idx=0)
+            init_embedding_(self.raters.weight, init)
+            with torch.no_grad():
+                self.raters.weight[0].zero_()
+            self.register_buffer("item_raters", torch.zeros(raters_items, raters_length, dtype=torch.long))
+            widths.append(embedding_dim)
         width = sum(widths)
         self.cross: nn.Module | None = None
         self.dot: nn.Module | None = None
@@ -122,6 +147,11 @@ class DeepRankingModel(RankingModel):
                                   f"{embedding_dim} dims, got {fields}", hint="add features, or use 'none' / 'cross'")
             self.dot = DotInteraction()
             width += fields * (fields - 1) // 2
+        elif interaction == "fm":
+            fields = sum(w == embedding_dim for w in widths)
+            if fields < 2:
+                raise ConfigError(f"interaction = 'fm' needs at least two features embedded in embedding_dim = "
+                                  f"{embedding_dim} dims, got {fields}", hint="add features, or use 'none' / 'cross'")
         self.mlp = MLP(width, [*layer_sizes, 1], dropout=dropout, init="keras" if init == "keras-uniform" else "torch")
         self.user_bias = _bias_table(num_users + 1) if num_users > 0 else None  # row 0: unknown users
         self.item_bias = _bias_table(num_items) if num_items > 0 else None
@@ -135,6 +165,19 @@ class DeepRankingModel(RankingModel):
         config["query_inputs"] = [asdict(i) for i in self.query_inputs]
         config["candidate_inputs"] = [asdict(i) for i in self.candidate_inputs]
         return config
+
+    def set_item_raters(self, raters: Tensor) -> None:
+        """Give each catalogue item's train raters, ``[num_items, raters_length]`` int64 (train-user row + 1,
+        0 = padding; see :func:`towerrec.train.prepared.item_raters`). Saved with the weights.
+
+        Raises:
+            ValueError: the model has no item raters, or ``raters`` has another shape than the model's.
+        """
+        if self.raters is None:
+            raise ValueError("this ranking model was built without item raters (raters_length = 0)")
+        if tuple(raters.shape) != tuple(self.item_raters.shape):
+            raise ValueError(f"item raters must be shaped {list(self.item_raters.shape)}, got {list(raters.shape)}")
+        self.item_raters.copy_(raters)
 
     # -- the catalogue -------------------------------------------------------
     def set_catalogue(self, features: dict[str, Tensor], item_counts: Tensor | None = None) -> None:
@@ -185,6 +228,13 @@ class DeepRankingModel(RankingModel):
             parts = [p.repeat_interleave(repeat, dim=0) for p in parts]
         if self.candidate_inputs:
             parts += self._embed(self.candidate_tables, self.catalogue_rows(flat))
+        if self.raters is not None:
+            raters = self.item_raters[flat]
+            rows = (batch[USER_ROW].clamp(min=-1) + 1).repeat_interleave(repeat)
+            # the example's own user never describes the item (in training: its own rating's user)
+            raters = raters * (raters != rows.unsqueeze(1))
+            count = (raters > 0).sum(dim=1, keepdim=True).clamp(min=1)
+            parts.append((self.raters(raters) / count.sqrt()).to(self.mlp.net[0].weight.dtype))
         x0 = torch.cat(parts, dim=1)
         if self.cross is not None:
             x = self.cross(x0)
@@ -194,6 +244,9 @@ class DeepRankingModel(RankingModel):
         else:
             x = x0
         scores = self.mlp(x).squeeze(-1) + self.label_offset
+        if self.interaction == "fm":
+            scores = scores + factorization_machine(torch.stack([p for p in parts if p.shape[1] == self.embedding_dim],
+                                                                dim=1))
         if self.item_bias is not None:
             scores = scores + self.item_bias(flat).squeeze(-1)
         if self.user_bias is not None:
@@ -210,6 +263,13 @@ class DeepRankingModel(RankingModel):
         :meth:`score`, weighted by ``batch["sample_weight"]`` and masked by ``batch["list_mask"]`` when given."""
         return self.task(batch[LABEL], self.score(batch), sample_weight=batch.get(SAMPLE_WEIGHT),
                          mask=batch.get(LIST_MASK))
+
+
+def factorization_machine(fields: Tensor) -> Tensor:
+    """The factorization machine's pairwise term (Rendle 2010, "Factorization Machines"; DeepFM's FM
+    component, Guo et al. 2017, arXiv:1703.04247): ``sum_{i<j} <v_i, v_j>`` over the ``F`` field embeddings
+    ``[batch, F, dim]`` -> ``[batch]``, in O(F dim) as ``((sum_i v_i)^2 - sum_i v_i^2) / 2`` summed over dims."""
+    return 0.5 * (fields.sum(dim=1).square() - fields.square().sum(dim=1)).sum(dim=1)
 
 
 def _input(value: InputSpec | dict[str, Any]) -> InputSpec:
@@ -248,6 +308,7 @@ def build_ranking_model(
     user_item_bias: bool = False,
     label_offset: float = 0.0,
     extra_query_inputs: Sequence[InputSpec] = (),
+    raters_length: int = 0,
 ) -> DeepRankingModel:
     """A :class:`DeepRankingModel` over every fitted query and candidate feature (see
     :func:`~towerrec.models.two_tower.build_two_tower` for the same inputs as towers).
@@ -264,4 +325,6 @@ def build_ranking_model(
         cross_use_bias=cross_use_bias, dropout=dropout, init=init, loss=loss, margin=margin,
         num_users=fitted.num_users if user_item_bias else 0, num_items=fitted.num_items if user_item_bias else 0,
         label_offset=label_offset,
+        raters_length=raters_length, raters_users=fitted.num_users if raters_length else 0,
+        raters_items=fitted.num_items if raters_length else 0,
     )

@@ -20,7 +20,7 @@ from towerrec.models.ranking import DeepRankingModel, build_ranking_model
 from towerrec.models.sequential import SequentialModel
 from towerrec.models.two_tower import TwoTowerModel, build_two_tower
 from towerrec.tasks.retrieval import Retrieval
-from towerrec.train.prepared import EncodedExamples, PreparedData, history_input, ranking_labels
+from towerrec.train.prepared import RATERS, EncodedExamples, PreparedData, history_input, item_raters, ranking_labels
 from towerrec.train.sequence_data import SequenceData, SequenceExamples
 
 EVAL_CHUNK = 65_536
@@ -47,7 +47,10 @@ def build_model(config: RunConfig, data: PreparedData | SequenceData) -> Model:
     if m.kind == "sequential":
         return sequential_model_for(config, data)  # type: ignore[arg-type]
     if m.kind == "ranking":
-        return ranking_model_for(config, data.features, label_offset=mean_label(config, data))  # type: ignore[arg-type]
+        model = ranking_model_for(config, data.features, label_offset=mean_label(config, data))  # type: ignore[arg-type]
+        if model.raters is not None:
+            model.set_item_raters(item_raters(data, m.history_length))  # type: ignore[arg-type]
+        return model
     return two_tower_for(config, data.features)  # type: ignore[union-attr]
 
 
@@ -94,6 +97,7 @@ def ranking_model_for(config: RunConfig, features: FittedFeatures, label_offset:
         user_item_bias=r.user_item_bias,
         label_offset=label_offset,
         extra_query_inputs=history_input(config, len(features.catalogue_ids)),
+        raters_length=m.history_length if RATERS in m.candidate_features else 0,
     )
 
 

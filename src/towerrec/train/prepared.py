@@ -29,6 +29,7 @@ from towerrec.model import USER_ROW
 
 
 HISTORY = "user_history"
+RATERS = "item_raters"  # candidate side: the users who rated the item in train (ranking models)
 
 
 @dataclass
@@ -151,7 +152,7 @@ def feature_specs(config: RunConfig, items: pl.DataFrame | None = None) -> list[
     specs: list[FeatureSpec] = []
     for side, entries in (("query", config.model.query_features), ("candidate", config.model.candidate_features)):
         for entry in entries:
-            if entry == HISTORY:  # derived from the split, not fitted
+            if entry in (HISTORY, RATERS):  # derived from the split, not fitted
                 continue
             if isinstance(entry, str):
                 specs.extend(builtin_feature(entry, schema))
@@ -182,6 +183,14 @@ def history_input(config: RunConfig, num_items: int) -> list[InputSpec]:
     if HISTORY not in config.model.query_features:
         return []
     return [InputSpec(HISTORY, "multi", num_items + 1, config.model.history_length)]
+
+
+def item_raters(data: PreparedData, length: int) -> Tensor:
+    """``[num_items, length]`` int64: each catalogue item's most recent ``length`` train raters (train-user
+    row + 1, oldest first, 0-padded), the ``item_raters`` feature of a ranking model."""
+    timestamps = data.split.train["timestamp"].fill_null(0).to_numpy() if "timestamp" in data.split.train.columns \
+        else np.zeros(len(data.train), dtype=np.int64)
+    return recent_history(data.train.targets.numpy(), data.train.user_rows.numpy(), timestamps, data.num_items, length)
 
 
 def recent_history(user_rows: np.ndarray, items: np.ndarray, timestamps: np.ndarray, num_users: int, length: int) -> Tensor:
