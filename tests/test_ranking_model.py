@@ -279,3 +279,22 @@ def test_a_list_longer_than_every_users_items_is_a_clear_error(dataset):
     data = prepare(config, dataset, progress=False)
     with pytest.raises(DataError, match=r"list_size"):
         for_config(config, data)
+
+
+def test_keras_init_reproduces_tfrs_defaults():
+    """TFRS's tutorials: Keras Embedding uniform(-0.05, 0.05), Dense (and the DCN tutorial's Cross kernel)
+    Glorot-uniform with zero biases."""
+    torch.manual_seed(0)
+    model = DeepRankingModel([InputSpec("user_id", "id", 500, 1)], [InputSpec("item_id", "id", 400, 1)],
+                             embedding_dim=32, layer_sizes=[192, 192], interaction="cross", init="keras-uniform")
+    for table in [*model.query_tables.values(), *model.candidate_tables.values()]:
+        weight = table.table.weight.detach()
+        assert float(weight.abs().max()) <= 0.05 and float(weight.abs().max()) > 0.045  # uniform, not normal
+    linears = [m for m in [*model.mlp.modules(), *model.cross.modules()] if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 4  # cross kernel, 192, 192, 1
+    for linear in linears:
+        fan_out, fan_in = linear.weight.shape
+        weight = linear.weight.detach()
+        limit = math.sqrt(6 / (fan_in + fan_out))
+        assert float(weight.abs().max()) <= limit and float(weight.abs().max()) > 0.9 * limit
+        assert linear.bias is None or not linear.bias.any()
