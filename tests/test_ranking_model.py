@@ -298,3 +298,26 @@ def test_keras_init_reproduces_tfrs_defaults():
         limit = math.sqrt(6 / (fan_in + fan_out))
         assert float(weight.abs().max()) <= limit and float(weight.abs().max()) > 0.9 * limit
         assert linear.bias is None or not linear.bias.any()
+
+
+def test_embedding_l2_adds_the_squared_norm_of_the_rows_a_batch_uses():
+    torch.manual_seed(0)
+    model = _model(num_users=3, num_items=6, embedding_l2=0.1).eval()
+    batch = _batch()
+    with torch.no_grad():
+        model.item_bias.weight.fill_(0.5)
+        model.user_bias.weight.fill_(2.0)  # row 0 (unknown users) included: every row is looked up by index
+        plain = model.task(batch[LABEL], model.score(batch))
+        rows = [model.query_tables["user_id"](batch["user_id"]),
+                model.candidate_tables["item_id"](CATALOGUE["item_id"][batch[CANDIDATE_INDEX]]),
+                model.candidate_tables["genres"](CATALOGUE["genres"][batch[CANDIDATE_INDEX]])]
+        norms = sum(r.square().sum(1) for r in rows) + 0.25 + 4.0  # user_age is a number, not a looked-up row
+        assert float(model.compute_loss(batch) - plain) == pytest.approx(0.1 * float(norms.mean()), rel=1e-5)
+    with pytest.raises(ConfigError, match="embedding_l2 must be a finite number >= 0"):
+        _model(embedding_l2=-1.0)
+
+
+def test_a_ranking_key_added_later_keeps_hashes_at_its_neutral_value():
+    ranking = RunConfig().replace(model={"kind": "ranking"})
+    assert ranking.replace(ranking={"embedding_l2": 0.0}).hash() == ranking.hash()
+    assert ranking.replace(ranking={"embedding_l2": 0.01}).hash() != ranking.hash()

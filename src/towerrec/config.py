@@ -178,6 +178,11 @@ POINTWISE_LOSSES = ("mse", "bce")
 LISTWISE_LOSSES = ("hinge", "logistic", "softmax", "listmle")
 
 
+#: Ranking keys added after ranking runs existed, with the value that changes nothing: left out of the
+#: hash at that value, so a run folder named before the key existed keeps its name.
+NEUTRAL_WHEN_ADDED: dict[tuple[str, str], Any] = {("ranking", "embedding_l2"): 0.0}
+
+
 @dataclass(frozen=True)
 class RankingConfig:
     """The ranking stage (``[model] kind = "ranking"``; see towerrec.models.ranking and towerrec.tasks.Ranking).
@@ -189,7 +194,9 @@ class RankingConfig:
     else 0; an interaction without a rating is 1) with ``negatives`` sampled unseen items (label 0) per
     train example. ``rating_min`` / ``rating_max``: the declared rating range; a rating outside it is a data
     error (absent: any finite rating). ``user_item_bias`` adds a learned bias per training user and per
-    item; ``mean_offset`` starts the score at the mean train label (matrix factorisation's global mean).
+    item; ``mean_offset`` starts the score at the mean train label (matrix factorisation's global mean);
+    ``embedding_l2`` adds that weight times the squared norm of the embedding rows and biases each
+    example looks up to the loss (matrix factorisation's regularisation).
     ``ks``: cut-offs of NDCG@K over each user's test items, graded by their labels.
     """
 
@@ -205,6 +212,7 @@ class RankingConfig:
     rating_max: float | None = None
     user_item_bias: bool = False
     mean_offset: bool = False
+    embedding_l2: float = 0.0
     ks: tuple[int, ...] = (5, 10)
 
 
@@ -267,6 +275,9 @@ class RunConfig:
                 payload["model"].pop(key, None)
         else:
             payload.pop("task", None)  # the retrieval loss: a ranking model has none
+            for (section, key), neutral in NEUTRAL_WHEN_ADDED.items():  # keys added later: hashes stay put
+                if payload[section].get(key) == neutral:
+                    payload[section].pop(key)
             for key in ("similarity", "ease_l2"):
                 payload["model"].pop(key, None)
         payload.pop("tasks", None)  # no kind reads the multi-task loss weights yet
@@ -461,6 +472,7 @@ BOUNDS: dict[tuple[str, str], Bound] = {
     ("ranking", "rating_min"): Bound(),
     ("ranking", "rating_max"): Bound(),
     ("ranking", "ks"): _ints(1, 2**31 - 1),
+    ("ranking", "embedding_l2"): Bound(0.0),
     ("tasks", "retrieval"): Bound(0.0),
     ("tasks", "ranking"): Bound(0.0),
 }

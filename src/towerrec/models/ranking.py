@@ -73,6 +73,8 @@ class DeepRankingModel(RankingModel):
         label_offset: added to every score (e.g. the mean training rating).
         raters_length: raters kept per item (0: no ``item_raters`` field); ``raters_users`` /
             ``raters_items``: rows of the train-user vocabulary and catalogue size it needs.
+        embedding_l2: weight of the L2 penalty on the embedding rows, item-rater vectors and biases a
+            batch looks up (added by :meth:`compute_loss`).
 
     Raises:
         ConfigError: no feature at all, an unknown interaction, ``projection_dim`` without
@@ -101,6 +103,7 @@ class DeepRankingModel(RankingModel):
         raters_length: int = 0,
         raters_users: int = 0,
         raters_items: int = 0,
+        embedding_l2: float = 0.0,
     ) -> None:
         super().__init__()
         self.query_inputs = [_input(i) for i in query_inputs]
@@ -114,6 +117,9 @@ class DeepRankingModel(RankingModel):
         self.interaction = interaction
         self.embedding_dim = embedding_dim
         self.label_offset = float(label_offset)
+        if not (embedding_l2 >= 0 and embedding_l2 < float("inf")):
+            raise ConfigError(f"embedding_l2 must be a finite number >= 0, got {embedding_l2!r}")
+        self.embedding_l2 = float(embedding_l2)
         self.query_tables = nn.ModuleDict({i.name: FeatureEmbedding(i, embedding_dim, init)
                                                for i in self.query_inputs})
         self.candidate_tables = nn.ModuleDict({i.name: FeatureEmbedding(i, embedding_dim, init)
@@ -220,6 +226,10 @@ class DeepRankingModel(RankingModel):
         """Scores shaped like ``batch["candidate_index"]``: ``[batch]`` or ``[batch, list_size]`` (see the
         class docstring). The batch holds the query features (``[batch, ...]``), ``candidate_index`` and,
         with user biases, ``user_row``."""
+        return self._scores(batch)[0]
+
+    def _scores(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """The scores and, with ``embedding_l2``, the mean squared norm of the rows looked up per pair."""
         index = batch[CANDIDATE_INDEX]
         flat = index.reshape(-1)
         repeat = flat.shape[0] // max(index.shape[0], 1)
@@ -247,12 +257,21 @@ class DeepRankingModel(RankingModel):
         if self.interaction == "fm":
             scores = scores + factorization_machine(torch.stack([p for p in parts if p.shape[1] == self.embedding_dim],
                                                                 dim=1))
+        tables = [*self.query_tables.values(), *self.candidate_tables.values()]
+        looked_up = [p for p, table in zip(parts, tables) if table.table is not None] + parts[len(tables):]
         if self.item_bias is not None:
-            scores = scores + self.item_bias(flat).squeeze(-1)
+            item_bias = self.item_bias(flat)
+            scores = scores + item_bias.squeeze(-1)
+            looked_up.append(item_bias)
         if self.user_bias is not None:
             rows = (batch[USER_ROW].clamp(min=-1) + 1).repeat_interleave(repeat)
-            scores = scores + self.user_bias(rows).squeeze(-1)
-        return scores.reshape(index.shape)
+            user_bias = self.user_bias(rows)
+            scores = scores + user_bias.squeeze(-1)
+            looked_up.append(user_bias)
+        penalty = None
+        if self.embedding_l2 > 0 and looked_up:
+            penalty = self.embedding_l2 * sum(p.square().sum(dim=1) for p in looked_up).mean()
+        return scores.reshape(index.shape), penalty
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """:meth:`score`."""
@@ -260,9 +279,12 @@ class DeepRankingModel(RankingModel):
 
     def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
         """The ranking loss of one batch: ``batch["label"]`` (shaped like ``candidate_index``) against
-        :meth:`score`, weighted by ``batch["sample_weight"]`` and masked by ``batch["list_mask"]`` when given."""
-        return self.task(batch[LABEL], self.score(batch), sample_weight=batch.get(SAMPLE_WEIGHT),
-                         mask=batch.get(LIST_MASK))
+        :meth:`score`, weighted by ``batch["sample_weight"]`` and masked by ``batch["list_mask"]`` when given;
+        plus ``embedding_l2`` times the mean (over pairs) squared norm of the embedding rows and biases
+        each pair looked up (matrix factorisation's L2 regularisation, on the rows a batch uses)."""
+        scores, penalty = self._scores(batch)
+        loss = self.task(batch[LABEL], scores, sample_weight=batch.get(SAMPLE_WEIGHT), mask=batch.get(LIST_MASK))
+        return loss if penalty is None else loss + penalty
 
 
 def factorization_machine(fields: Tensor) -> Tensor:
@@ -307,6 +329,7 @@ def build_ranking_model(
     margin: float = 1.0,
     user_item_bias: bool = False,
     label_offset: float = 0.0,
+    embedding_l2: float = 0.0,
     extra_query_inputs: Sequence[InputSpec] = (),
     raters_length: int = 0,
 ) -> DeepRankingModel:
@@ -326,5 +349,5 @@ def build_ranking_model(
         num_users=fitted.num_users if user_item_bias else 0, num_items=fitted.num_items if user_item_bias else 0,
         label_offset=label_offset,
         raters_length=raters_length, raters_users=fitted.num_users if raters_length else 0,
-        raters_items=fitted.num_items if raters_length else 0,
+        raters_items=fitted.num_items if raters_length else 0, embedding_l2=embedding_l2,
     )

@@ -96,6 +96,7 @@ def ranking_model_for(config: RunConfig, features: FittedFeatures, label_offset:
         margin=r.margin,
         user_item_bias=r.user_item_bias,
         label_offset=label_offset,
+        embedding_l2=r.embedding_l2,
         extra_query_inputs=history_input(config, len(features.catalogue_ids)),
         raters_length=m.history_length if RATERS in m.candidate_features else 0,
     )
