@@ -268,7 +268,9 @@ def test_listwise_history_leaves_out_the_lists_items(dataset):
     config = _config(model={"query_features": ["user_id", "user_history"], "history_length": 30},
                      ranking={"loss": "softmax", "lists_per_user": 2, "list_size": 5})
     data = prepare(config, dataset, progress=False)
-    batch = for_config(config, data).batch(torch.arange(10))
+    with pytest.warns(UserWarning, match=r"1 user\(s\) rated fewer than \[ranking\] list_size = 5 train items"):
+        batches = for_config(config, data)
+    batch = batches.batch(torch.arange(10))
     history, items = batch["user_history"], batch[CANDIDATE_INDEX] + 1
     assert not (history.unsqueeze(-1) == items.unsqueeze(1)).any()
     assert (history > 0).any()
