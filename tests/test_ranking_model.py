@@ -323,3 +323,15 @@ def test_a_ranking_key_added_later_keeps_hashes_at_its_neutral_value():
     ranking = RunConfig().replace(model={"kind": "ranking"})
     assert ranking.replace(ranking={"embedding_l2": 0.0}).hash() == ranking.hash()
     assert ranking.replace(ranking={"embedding_l2": 0.01}).hash() != ranking.hash()
+
+
+def test_mse_on_lists_as_the_listwise_tutorial_trains_it(dataset):
+    config = _config(ranking={"loss": "mse", "train_on_lists": True, "lists_per_user": 2, "list_size": 3},
+                     train={"epochs": 1})
+    data = prepare(config, dataset, progress=False)
+    batches = for_config(config, data)
+    assert batches.candidates.shape == (len(batches), 3)
+    model = build_model(config, data)
+    trainer = Trainer.from_config(config, data, model, progress=False)
+    trainer.fit()
+    assert {"rmse", "mae"} <= set(trainer.evaluate("test"))  # a rating loss: the scores are ratings
