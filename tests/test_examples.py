@@ -53,6 +53,20 @@ EXPECTED = {
                              r"HNSW index saved and loaded: same answers True", r"bundle\.recommend\(\d+, k=3\): .+; .+; .+"],
     "custom_training_loop.py": [rf"Trainer: {TOP_K}", rf"plain loop: {TOP_K}", rf"popularity: {TOP_K}",
                                 r"saved and loaded a MovieModel: same weights True"],
+    "basic_ranking.py": [r"16,000 train / 4,000 test ratings, 1,664 movies",
+                         r"ranking model: RMSE \d\.\d{4}, MAE \d\.\d{4}", r"mean rating: RMSE 1\.\d{4}",
+                         r"movie mean rating: RMSE 1\.\d{4}",
+                         r"user 42, saved and loaded model: M\*A\*S\*H \(1970\) \d\.\d\d; .+ \d\.\d\d; .+ \d\.\d\d"],
+    "dcn.py": [r"features: user_id, user_zip_code, user_occupation, user_gender, user_age_group, movie_id",
+               r"DCN \(cross layer, full rank\): RMSE \d\.\d{4}", r"DCN \(low rank, projection 20\): RMSE \d\.\d{4}",
+               r"DNN \(no cross layer\): RMSE \d\.\d{4}", r"strongest crossed pair: \w+ x \w+ \(block norm \d+\.\d\d"],
+    "multitask.py": [rf"{name} \(rating {w}\): RMSE \d\.\d{{4}}, top-100 accuracy 0\.\d{{4}}"
+                     for name, w in (("rating-specialised", "1, retrieval 0"), ("retrieval-specialised", "0, retrieval 1"),
+                                     ("joint", "1, retrieval 1"))]
+                    + [r"baselines: mean rating RMSE 1\.\d{4}, popularity top-100 accuracy 0\.\d{4}"],
+    "listwise_ranking.py": [r"[\d,]+ train lists, [\d,]+ test lists of 5 movies",
+                            *(rf"{loss}: NDCG 0\.\d{{4}}" for loss in ("mse", "hinge", "listmle")),
+                            r"movie mean rating: NDCG 0\.\d{4}"],
 }
 
 

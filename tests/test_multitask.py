@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -174,3 +178,98 @@ def test_build_multitask_reads_the_fitted_features():
              "label": torch.full((32,), 4.0)}
     assert torch.isfinite(model.compute_loss(batch))
     assert model.score(batch).shape == (32,)
+
+
+# -- [model] kind = "multi-task": config, run, CLI ------------------------------------------------------------------
+
+MULTI_TASK_TOML = (
+    '[model]\nkind = "multi-task"\nquery_features = ["user_id"]\ncandidate_features = ["item_id"]\n'
+    'embedding_dim = 8\n[ranking]\nrating_min = 1\nrating_max = 5\n[tasks]\nrating_layers = [16]\n'
+    '[train]\nepochs = 2\nbatch_size = 256\noptimizer = "adam"\nlearning_rate = 0.02\n[eval]\nks = [10, 50]\n'
+)
+
+
+def _multi_task_config(**sections):
+    values = {"data": {"dataset": "synthetic"},
+              "model": {"kind": "multi-task", "query_features": ["user_id"], "candidate_features": ["item_id"],
+                        "embedding_dim": 8},
+              "ranking": {"rating_min": 1, "rating_max": 5}, "tasks": {"rating_layers": [16]},
+              "train": {"epochs": 2, "batch_size": 256, "optimizer": "adam", "learning_rate": 0.02},
+              "eval": {"ks": [10, 50]}}
+    for section, changes in sections.items():
+        values[section] = {**values.get(section, {}), **changes}
+    return small_config(values)
+
+
+def test_the_multi_task_kind_hashes_its_heads_and_refuses_what_it_cannot_train():
+    config = _multi_task_config()
+    assert config.replace(tasks={"ranking": 0.5}).hash() != config.hash()
+    assert config.replace(tasks={"rating_layers": [8]}).hash() != config.hash()
+    assert config.replace(task={"temperature": 0.5}).hash() != config.hash()  # its retrieval task
+    two_tower = config.replace(model={"kind": "two-tower"})
+    assert two_tower.replace(tasks={"ranking": 0.5}).hash() == two_tower.hash()  # other kinds do not read [tasks]
+    for sections, match in (({"tasks": {"retrieval": 0.0, "ranking": 0.0}}, "both 0"),
+                            ({"ranking": {"loss": "listmle"}}, "rates each training example"),
+                            ({"ranking": {"loss": "mse", "train_on_lists": True}}, "rates each training example"),
+                            ({"model": {"interaction": "cross"}}, r"\[model\] interaction is read by"),
+                            ({"ranking": {"mean_offset": True}}, r"\[ranking\] mean_offset is read by"),
+                            ({"tasks": {"rating_layers": [0]}}, r"\[tasks\] rating_layers")):
+        with pytest.raises(ConfigError, match=match):
+            _multi_task_config(**sections)
+
+
+def test_a_multi_task_run_reports_top_k_under_both_protocols_and_rating_metrics(tmp_path):
+    from towerrec.runs import load_run, train_run
+
+    dataset = make_synthetic(150, 60, 3000, seed=5)
+    config = _multi_task_config(data={"validation_fraction": 0.1})
+    result = train_run(config, runs_root=tmp_path, dataset=dataset, progress=False, log=lambda *_: None)
+    test = result.metrics["test"]
+    assert set(test) == {"seen_excluded", "tfrs", "ranking"} and "validation" in result.metrics
+    assert 0 <= test["tfrs"]["top_50_accuracy"] <= 1 and test["ranking"]["rmse"] < 2.0
+    history = [json.loads(line) for line in (result.run_dir / "history.jsonl").read_text().splitlines()]
+    assert {"validation/top_10_accuracy", "validation/rmse"} <= set(history[-1])
+    run = load_run(result.run_dir)
+    assert type(run.model) is MultiTaskModel and run.model.has_catalogue
+    assert (run.model.retrieval_weight, run.model.ranking_weight, run.model.rating_layers) == (1.0, 1.0, [16])
+    from towerrec.train.evaluate import evaluate_ranking
+
+    again = evaluate_ranking(run.model, result.data, result.data.test, config.ranking)
+    assert again["rmse"] == pytest.approx(test["ranking"]["rmse"], rel=1e-5)
+
+
+def test_the_trainer_gives_a_multi_task_model_labelled_prepared_data_and_evaluates_both_tasks():
+    config = small_config({"data": {"dataset": "synthetic"},
+                           "model": {"query_features": ["user_id"], "candidate_features": ["item_id"]}})
+    data = prepare(config, make_synthetic(80, 40, 1500, seed=3), progress=False)
+    model = build_multitask(data.features, embedding_dim=8, rating_layers=(8,))
+    trainer = tr.Trainer(model, data, epochs=1, batch_size=256, ks=(10,), progress=False)
+    batch = trainer.data.batch(torch.arange(4))
+    assert {"candidate_index", "label", "user_id"} <= set(batch) and batch["label"].shape == (4,)
+    torch.testing.assert_close(batch["label"], data.train.ratings[:4])
+    trainer.fit()
+    metrics = trainer.evaluate("test")
+    assert {"top_10_accuracy", "mrr", "rmse", "mae", "auc"} <= set(metrics)
+
+
+def test_towerrec_train_prints_one_table_with_top_k_and_rmse(capsys, tmp_path):
+    from cli_helpers import run_cli_text
+    from config_helpers import small_toml
+    from towerrec.data.store import save_dataset
+
+    save_dataset(make_synthetic(150, 60, 3000, seed=5), tmp_path / "ds")
+    config = tmp_path / "mt.toml"
+    config.write_text(small_toml(f'name = "mt-cli"\n[data]\ndataset = "{tmp_path / "ds"}"\n' + MULTI_TASK_TOML))
+    code, out = run_cli_text(capsys, "train", str(config), "--runs", str(tmp_path / "runs"))
+    assert code == 0, out
+    assert out.count("┏") == 1 and re.search(r"top-10 .* top-50 .* RMSE", out), out
+    run_dir = re.search(r"run directory: (\S+)", out).group(1)
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())["test"]
+    for row in ("seen excl.", "TFRS"):
+        protocol = "seen_excluded" if row == "seen excl." else "tfrs"
+        line = next(line for line in out.splitlines() if row in line)
+        assert f"{metrics[protocol]['top_50_accuracy']:.4f}" in line and f"{metrics['ranking']['rmse']:.4f}" in line
+    code, out = run_cli_text(capsys, "evaluate", run_dir)
+    assert code == 0 and f"{metrics['ranking']['rmse']:.4f}" in out and "top-10" in out
+    code, out = run_cli_text(capsys, "recommend", run_dir, "--user", "3", "-k", "3")
+    assert code == 0, out  # a multi-task run retrieves like a two-tower run

@@ -76,7 +76,7 @@ class ModelConfig:
     is masked out of it, so the model learns to predict, not to copy.
     """
 
-    kind: Literal["two-tower", "popularity", "ease", "sequential", "ranking"] = "two-tower"
+    kind: Literal["two-tower", "popularity", "ease", "sequential", "ranking", "multi-task"] = "two-tower"
     # each entry: a built-in name, a table spelling out a FeatureSpec, or (from Python) a FeatureSpec
     query_features: tuple[str | dict[str, Any], ...] = ("user_id", "user_history")
     candidate_features: tuple[str | dict[str, Any], ...] = ("item_id",)
@@ -173,6 +173,8 @@ class SequenceConfig:
 
 
 RANKING_KINDS = ("ranking",)  # the [model] kinds that read [ranking] (and the ranking fields of [model])
+MULTI_TASK = "multi-task"  # two towers + a rating head (towerrec.models.multitask): reads [task], [ranking], [tasks]
+LABELLED_KINDS = (*RANKING_KINDS, MULTI_TASK)  # the kinds trained on labels (ratings): they read [ranking]
 RANKING_MODEL_FIELDS = ("interaction", "cross_layers", "projection_dim", "diag_scale", "cross_use_bias")
 POINTWISE_LOSSES = ("mse", "bce")
 LISTWISE_LOSSES = ("hinge", "logistic", "softmax", "listmle")
@@ -218,10 +220,14 @@ class RankingConfig:
 
 @dataclass(frozen=True)
 class TasksConfig:
-    """Loss weights of a multi-task model's heads (its loss: retrieval * retrieval loss + ranking * ranking loss)."""
+    """A multi-task model's heads (``[model] kind = "multi-task"``, towerrec.models.multitask): loss weights
+    (its loss: ``retrieval * retrieval loss + ranking * ranking loss``; 0 switches a task off, not both) and
+    ``rating_layers``, the hidden sizes of the rating head over the two tower outputs (a 1-wide layer follows;
+    TFRS's multi-task tutorial: 256, 64)."""
 
     retrieval: float = 1.0
     ranking: float = 1.0
+    rating_layers: tuple[int, ...] = (256, 64)
 
 
 @dataclass(frozen=True)
@@ -269,8 +275,9 @@ class RunConfig:
         payload["data"].pop("duplicate_titles", None)  # ditto: it changes the prepared data's fingerprint
         if self.model.kind != "sequential":
             payload.pop("sequence", None)  # only sequential runs read it: other hashes stay as they were
-        if self.model.kind not in RANKING_KINDS:  # likewise the ranking settings
+        if self.model.kind not in LABELLED_KINDS:  # likewise the ranking settings
             payload.pop("ranking", None)
+        if self.model.kind not in RANKING_KINDS:
             for key in RANKING_MODEL_FIELDS:
                 payload["model"].pop(key, None)
         else:
@@ -280,7 +287,10 @@ class RunConfig:
                     payload[section].pop(key)
             for key in ("similarity", "ease_l2"):
                 payload["model"].pop(key, None)
-        payload.pop("tasks", None)  # no kind reads the multi-task loss weights yet
+        if self.model.kind != MULTI_TASK:
+            payload.pop("tasks", None)  # only multi-task models read the heads' weights
+        else:
+            payload["model"].pop("ease_l2", None)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
     def replace(self, **sections: dict[str, Any]) -> RunConfig:
@@ -475,6 +485,7 @@ BOUNDS: dict[tuple[str, str], Bound] = {
     ("ranking", "embedding_l2"): Bound(0.0),
     ("tasks", "retrieval"): Bound(0.0),
     ("tasks", "ranking"): Bound(0.0),
+    ("tasks", "rating_layers"): _ints(1, MAX_WIDTH),
 }
 
 
@@ -506,8 +517,10 @@ def _check_values(config: RunConfig) -> None:
     if "item_raters" in m.candidate_features and m.kind not in RANKING_KINDS:
         raise ConfigError(f"[model] candidate_features lists item_raters, which only ranking models read, got "
                           f"kind = {m.kind!r}", hint='use [model] kind = "ranking" or drop item_raters')
-    if config.model.kind in RANKING_KINDS:
+    if config.model.kind in LABELLED_KINDS:
         _check_ranking(config)
+    if config.model.kind == MULTI_TASK:
+        _check_multi_task(config)
 
 
 #: Metrics of a ranking evaluation where lower is better (early stopping minimises them).
@@ -547,9 +560,30 @@ def _check_ranking(config: RunConfig) -> None:
         raise ConfigError("[model] candidate_features lists user_history, a query feature",
                           hint="move it to [model] query_features")
     t = config.train
-    if t.early_stopping_patience is not None and t.early_stopping_metric not in ranking_metric_names(r):
+    if (t.early_stopping_patience is not None and m.kind in RANKING_KINDS  # multi-task: the trainer checks
+            and t.early_stopping_metric not in ranking_metric_names(r)):
         raise ConfigError(f"[train] early_stopping_metric {t.early_stopping_metric!r} is not a metric of this "
                           f"ranking run; valid: {sorted(ranking_metric_names(r))}")
+
+
+def _check_multi_task(config: RunConfig) -> None:
+    """What a multi-task model cannot do; each :class:`ConfigError` names the field."""
+    r, m, t = config.ranking, config.model, config.tasks
+    if t.retrieval == 0 and t.ranking == 0:
+        raise ConfigError("[tasks] retrieval and ranking are both 0: nothing would be trained",
+                          hint="give at least one task a positive weight")
+    if r.loss not in POINTWISE_LOSSES or r.train_on_lists or r.negatives:
+        raise ConfigError(f'[ranking] a multi-task model rates each training example (loss = "mse" or "bce", no '
+                          f"lists, no sampled negatives), got loss = {r.loss!r}, train_on_lists = "
+                          f"{str(r.train_on_lists).lower()}, negatives = {r.negatives}",
+                          hint="its retrieval task reads one positive candidate per row")
+    for key, default in (("user_item_bias", False), ("mean_offset", False)):
+        if getattr(r, key) != default:
+            raise ConfigError(f'[ranking] {key} is read by [model] kind = "ranking" only, not by a multi-task model')
+    for key in RANKING_MODEL_FIELDS:
+        if getattr(m, key) != getattr(ModelConfig, key):
+            raise ConfigError(f'[model] {key} is read by [model] kind = "ranking" only, not by a multi-task model',
+                              hint="[tasks] rating_layers sizes the multi-task model's rating head")
 
 
 def _plural(text: str, noun: str) -> str:

@@ -41,7 +41,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from towerrec import __version__, fsio, saving
-from towerrec.config import RANKING_KINDS, RunConfig, config_from_dict, load_config
+from towerrec.config import MULTI_TASK, RANKING_KINDS, RunConfig, config_from_dict, load_config
 from towerrec.data.tables import Dataset, item_aliases
 from towerrec.errors import ConfigError, TowerrecError, first_line, listing
 from towerrec.features import FittedFeatures
@@ -318,7 +318,7 @@ def train_run(
 def evaluate_run(config: RunConfig, model: Model, data: PreparedData | SequenceData) -> dict[str, Any]:
     """``{"test": ..., "validation": ...}`` (validation when the data has one) of a trained model: both
     full-catalogue protocols (``{"seen_excluded": ..., "tfrs": ...}``) for retrieval kinds, ``{"ranking":
-    ...}`` (:func:`~towerrec.train.evaluate.evaluate_ranking`) for ranking kinds."""
+    ...}`` (:func:`~towerrec.train.evaluate.evaluate_ranking`) for ranking kinds, all three for multi-task runs."""
     splits = {"test": data.test, "validation": data.validation}
     metrics: dict[str, Any] = {}
     for name, examples in splits.items():
@@ -328,6 +328,8 @@ def evaluate_run(config: RunConfig, model: Model, data: PreparedData | SequenceD
             metrics[name] = {"ranking": evaluate_ranking(model, data, examples, config.ranking)}  # type: ignore[arg-type]
         else:
             metrics[name] = evaluate_both_protocols(model, data, examples, config.eval.ks)
+        if config.model.kind == MULTI_TASK:
+            metrics[name]["ranking"] = evaluate_ranking(model, data, examples, config.ranking)  # type: ignore[arg-type]
     return metrics
 
 

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from towerrec.cli.common import DataDirOption, DeviceOption, RunDataDirOption, check_folder_option, console, say
-from towerrec.config import MAX_COUNT, RANKING_KINDS, RunConfig, load_config
+from towerrec.config import MAX_COUNT, MULTI_TASK, RANKING_KINDS, RunConfig, load_config
 from towerrec.presets import PRESETS, preset
 
 RunsOption = Annotated[Path, typer.Option("--runs", help="Folder that holds run directories.")]
@@ -104,11 +104,30 @@ def ranking_table(title: str | Text, rows: dict[str, dict[str, float]]) -> Table
     return table
 
 
+def multitask_table(title: str | Text, test: dict[str, dict[str, float]], ks=KS) -> Table:
+    """A multi-task run's one table: a row per protocol, top-K accuracy at each K, then the RMSE of the predicted
+    ratings (the same in both rows; MAE, AUC and the rated items' NDCG are in the run's metrics.json)."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("protocol")
+    for k in ks:
+        table.add_column(f"top-{k}", justify="right")
+    rating = [n for n in ("rmse",) if n in test["ranking"]]
+    for n in rating:
+        table.add_column(n.upper(), justify="right")
+    for protocol, label in (("seen_excluded", "seen excl."), ("tfrs", "TFRS")):
+        table.add_row(label, *[f"{test[protocol].get(f'top_{k}_accuracy', float('nan')):.4f}" for k in ks],
+                      *[f"{test['ranking'][n]:.4f}" for n in rating])
+    return table
+
+
 def _print_run_metrics(name: str, metrics: dict, ks=KS) -> None:
-    """The run's test tables: top-K accuracy per K of its ``[eval] ks`` under both protocols, or (ranking
-    runs) its ranking metrics on test and validation."""
+    """The run's test tables: top-K accuracy per K of its ``[eval] ks`` under both protocols, (ranking
+    runs) its ranking metrics on test and validation, or (multi-task runs) top-K accuracy and RMSE in one."""
     test = metrics["test"]
-    if "ranking" in test:
+    if "ranking" in test and "tfrs" in test:
+        console.print(multitask_table(Text(f"{name}, test: top-K accuracy over the catalogue; rating error of "
+                                           "the rated pairs"), test, ks))
+    elif "ranking" in test:
         rows = {f"{name} ({split})": metrics[split]["ranking"] for split in ("test", "validation") if split in metrics}
         console.print(ranking_table("ranking metrics (each user's rated items of the split)", rows))
     else:
@@ -159,6 +178,11 @@ def evaluate(
     console.print(metrics_table(f"{split}, {protocol}", {run.config.name: metrics}, run.config.eval.ks))
     extra = {k: v for k, v in metrics.items() if not k.startswith("top_")}
     console.print("  ".join(f"{k} {v:.4f}" for k, v in extra.items()))
+    if run.config.model.kind == MULTI_TASK:  # its rating head too
+        from towerrec.train.evaluate import evaluate_ranking
+
+        ranking = evaluate_ranking(run.model, data, examples, run.config.ranking)  # type: ignore[arg-type]
+        console.print(ranking_table(f"{split}, rating head (each user's rated items)", {run.config.name: ranking}))
 
 
 @app.command()

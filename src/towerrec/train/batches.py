@@ -8,7 +8,11 @@
   ``candidate_index`` of each row's positive, full-catalogue evaluation;
 - prepared data for a ranking model (:class:`RankingBatches`, from :func:`for_config` with
   ``[model] kind = "ranking"``): query features, ``candidate_index`` ([batch], or
-  [batch, list_size] for pairwise / listwise losses) and their ``label``; ranking metrics;
+  [batch, list_size] for pairwise / listwise losses) and their ``label``; ranking metrics (also for a
+  ranking model given prepared data directly, with the default ``[ranking]`` settings);
+- prepared data for a multi-task model (:class:`MultiTaskBatches`: ``[model] kind = "multi-task"``, or a
+  model that is both a retrieval and a ranking model): each rated example with its ``label``; top-K and
+  rating metrics;
 - sequence data (:func:`towerrec.train.sequence_data.prepare_sequences`): padded
   histories and next-item targets, the same full-catalogue evaluation;
 - a towerrec :class:`~towerrec.data.tables.Dataset`, for a two-tower model whose
@@ -27,11 +31,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from towerrec.config import LISTWISE_LOSSES, RANKING_KINDS, RankingConfig, RunConfig, ranking_metric_names
+from towerrec.config import (
+    LISTWISE_LOSSES,
+    MULTI_TASK,
+    POINTWISE_LOSSES,
+    RANKING_KINDS,
+    RankingConfig,
+    RunConfig,
+    ranking_metric_names,
+)
 from towerrec.data.listwise import sample_lists
-from towerrec.errors import DataError
+from towerrec.errors import ConfigError, DataError
 from towerrec.metrics.topk import DEFAULT_KS
-from towerrec.model import CANDIDATE_INDEX, LABEL, USER_ROW
+from towerrec.model import CANDIDATE_INDEX, LABEL, USER_ROW, RankingModel, RetrievalModel
 from towerrec.models.sequential import TARGETS
 from towerrec.train.evaluate import evaluate_examples, evaluate_ranking
 from towerrec.train.prepared import HISTORY, PreparedData, ranking_labels
@@ -242,11 +254,57 @@ def _lists(data: PreparedData, labels: Tensor, settings: RankingConfig, seed: in
             torch.as_tensor(np.asarray(sample.labels), dtype=torch.float32))
 
 
+#: The ranking metrics a multi-task evaluation adds to the retrieval ones (NDCG / MRR would clash by name).
+RATING_METRICS = ("rmse", "mae", "auc")
+
+
+class MultiTaskBatches(RankingBatches):
+    """Prepared data for a multi-task model (a retrieval AND a ranking model, e.g.
+    :class:`~towerrec.models.multitask.MultiTaskModel`): each train example once, its query features,
+    ``candidate_index`` (``[batch]``: the retrieval task's positive and the rated candidate) and ``label``
+    (``[batch]``, :func:`~towerrec.train.prepared.ranking_labels`).
+
+    ``evaluate(model, split)`` gives the full-catalogue metrics of :class:`PreparedBatches` (top-K accuracy,
+    NDCG@K, MRR of the held-out item; ``ks``, ``exclude_seen``) plus ``rmse``, ``mae``, ``auc`` of the
+    predicted labels (:func:`~towerrec.train.evaluate.evaluate_ranking`).
+
+    Raises:
+        ConfigError: ``settings`` that do not rate single examples (a list or pairwise loss,
+            ``train_on_lists``, sampled ``negatives``): the retrieval task reads one positive per row.
+    """
+
+    def __init__(self, data: PreparedData, settings: RankingConfig = RankingConfig(), *,
+                 ks: Sequence[int] = DEFAULT_KS, exclude_seen: bool = True, seed: int = 42,
+                 evaluate: Evaluate | None = None) -> None:
+        if settings.loss not in POINTWISE_LOSSES or settings.train_on_lists or settings.negatives:
+            raise ConfigError(f"a multi-task model trains on single rated examples (loss mse or bce, no lists, no "
+                              f"negatives), got loss {settings.loss!r}, train_on_lists {settings.train_on_lists}, "
+                              f"negatives {settings.negatives}")
+        super().__init__(data, settings, seed=seed, evaluate=evaluate)
+        self.retrieval = PreparedBatches(data, ks=ks, exclude_seen=exclude_seen)
+        if evaluate is None:
+            self.metric_names = self.retrieval.metric_names | (ranking_metric_names(settings) & set(RATING_METRICS))
+
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float] | None:
+        """Top-K and rating metrics of ``split`` ("validation" / "test"; None when absent)."""
+        if self._evaluate is not None:
+            return super().evaluate(model, split)
+        retrieval = self.retrieval.evaluate(model, split)
+        ranking = super().evaluate(model, split)
+        if retrieval is None or ranking is None:
+            return None
+        return {**retrieval, **{name: value for name, value in ranking.items() if name in RATING_METRICS}}
+
+
 def for_config(config: RunConfig, data: Any) -> Any:
     """``data`` as a run of ``config`` trains on it: prepared data of a ranking kind becomes
-    :class:`RankingBatches` (``[ranking]`` settings, ``[train] seed``); anything else is returned as is."""
+    :class:`RankingBatches`, of a multi-task kind :class:`MultiTaskBatches` (``[ranking]`` settings, ``[eval]``
+    ks and protocol, ``[train] seed``); anything else is returned as is."""
     if config.model.kind in RANKING_KINDS and isinstance(data, PreparedData):
         return RankingBatches(data, config.ranking, seed=config.train.seed)
+    if config.model.kind == MULTI_TASK and isinstance(data, PreparedData):
+        return MultiTaskBatches(data, config.ranking, ks=config.eval.ks, exclude_seen=config.eval.exclude_seen,
+                                seed=config.train.seed)
     return data
 
 
@@ -282,6 +340,10 @@ def training_data(data: Any, *, model: nn.Module | None = None, evaluate: Evalua
     """
     from towerrec.data.tables import Dataset
 
+    if isinstance(data, PreparedData) and isinstance(model, RankingModel):  # labelled pairs, default [ranking]
+        if isinstance(model, RetrievalModel):
+            return MultiTaskBatches(data, ks=ks, exclude_seen=exclude_seen, evaluate=evaluate)
+        return RankingBatches(data, evaluate=evaluate)
     if isinstance(data, PreparedData):
         return PreparedBatches(data, ks=ks, exclude_seen=exclude_seen, evaluate=evaluate)
     if isinstance(data, SequenceData):

@@ -11,14 +11,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from towerrec.config import RunConfig
+from towerrec.config import MULTI_TASK, RunConfig
 from towerrec.devices import resolve_device
 from towerrec.features import FittedFeatures
 from towerrec.model import CANDIDATE_INDEX, Model
 from towerrec.models.baselines import EASEModel, PopularityModel
+from towerrec.models.multitask import MultiTaskModel, build_multitask
 from towerrec.models.ranking import DeepRankingModel, build_ranking_model
 from towerrec.models.sequential import SequentialModel
 from towerrec.models.two_tower import TwoTowerModel, build_two_tower
+from towerrec.tasks.ranking import Ranking
 from towerrec.tasks.retrieval import Retrieval
 from towerrec.train.prepared import RATERS, EncodedExamples, PreparedData, history_input, item_raters, ranking_labels
 from towerrec.train.sequence_data import SequenceData, SequenceExamples
@@ -51,6 +53,8 @@ def build_model(config: RunConfig, data: PreparedData | SequenceData) -> Model:
         if model.raters is not None:
             model.set_item_raters(item_raters(data, m.history_length))  # type: ignore[arg-type]
         return model
+    if m.kind == MULTI_TASK:
+        return multitask_for(config, data.features)  # type: ignore[union-attr]
     return two_tower_for(config, data.features)  # type: ignore[union-attr]
 
 
@@ -74,6 +78,18 @@ def two_tower_for(config: RunConfig, features: FittedFeatures) -> TwoTowerModel:
         init=m.init,
         extra_query_inputs=history_input(config, len(features.catalogue_ids)),
         task=retrieval_task(config),
+    )
+
+
+def multitask_for(config: RunConfig, features: FittedFeatures) -> MultiTaskModel:
+    """The (untrained) multi-task model of ``[model]`` (towers), ``[task]`` (retrieval loss), ``[ranking]``
+    (rating loss) and ``[tasks]`` (weights, rating head)."""
+    m, r, t = config.model, config.ranking, config.tasks
+    return build_multitask(
+        features, embedding_dim=m.embedding_dim, layer_sizes=m.layer_sizes, rating_layers=t.rating_layers,
+        retrieval_weight=t.retrieval, ranking_weight=t.ranking, similarity=m.similarity, dropout=m.dropout,
+        init=m.init, extra_query_inputs=history_input(config, len(features.catalogue_ids)),
+        retrieval_task=retrieval_task(config), ranking_task=Ranking(loss=r.loss),
     )
 
 

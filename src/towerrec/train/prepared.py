@@ -16,7 +16,7 @@ import polars as pl
 import torch
 from torch import Tensor
 
-from towerrec.config import RANKING_KINDS, RankingConfig, RunConfig
+from towerrec.config import LABELLED_KINDS, RankingConfig, RunConfig
 from towerrec.data.filters import filter_interactions
 from towerrec.data.registry import load_dataset
 from towerrec.data.splits import Split, make_split, require_parts, require_rows
@@ -297,7 +297,7 @@ def prepare(config: RunConfig, dataset: Dataset | None = None, *, progress: bool
     if config.data.candidate_key == "title":
         dataset = merge_items_by_title(dataset)
     dataset = apply_filters(config, dataset)
-    if config.model.kind in RANKING_KINDS:
+    if config.model.kind in LABELLED_KINDS:
         check_ratings(config, dataset)
     split = _split(config, dataset, label)
     _warn_duplicate_titles(config, dataset)
