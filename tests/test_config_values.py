@@ -103,7 +103,7 @@ TABLE = [(s, k, v) for (s, k) in BOUNDS for v in _bad_values(s, k)]
 
 @pytest.mark.parametrize("section, key, value", TABLE, ids=[f"{s}.{k}={v}" for s, k, v in TABLE])
 def test_every_bound_rejects_values_outside_it(section, key, value):
-    listed = key in ("layer_sizes", "ks")
+    listed = key in ("layer_sizes", "ks", "rating_layers")
     values = {section: {key: [value] if listed else value}}
     if (section, key) == ("data", "validation_fraction"):
         values["data"]["test_fraction"] = 0.0001 if value >= 0 and math.isfinite(value) else 0.2
@@ -118,7 +118,7 @@ def test_every_bound_accepts_its_ends(section, key):
         if end is None or is_open:
             continue
         value = int(end) if bound.integer else float(end)
-        values = {section: {key: [value] if key in ("layer_sizes", "ks") else value}}
+        values = {section: {key: [value] if key in ("layer_sizes", "ks", "rating_layers") else value}}
         if (section, key) == ("data", "validation_fraction") and value > 0:
             continue  # needs test_fraction > 0 beside it: covered by the sum check below
         config_from_dict(values)
