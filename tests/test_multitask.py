@@ -213,6 +213,7 @@ def test_the_multi_task_kind_hashes_its_heads_and_refuses_what_it_cannot_train()
                             ({"ranking": {"loss": "mse", "train_on_lists": True}}, "rates each training example"),
                             ({"model": {"interaction": "cross"}}, r"\[model\] interaction is read by"),
                             ({"ranking": {"mean_offset": True}}, r"\[ranking\] mean_offset is read by"),
+                            ({"ranking": {"embedding_l2": 0.1}}, r"\[ranking\] embedding_l2 is read by"),
                             ({"tasks": {"rating_layers": [0]}}, r"\[tasks\] rating_layers")):
         with pytest.raises(ConfigError, match=match):
             _multi_task_config(**sections)

@@ -291,6 +291,9 @@ class RunConfig:
             payload.pop("tasks", None)  # only multi-task models read the heads' weights
         else:
             payload["model"].pop("ease_l2", None)
+            for (section, key), neutral in NEUTRAL_WHEN_ADDED.items():  # keys added later: hashes stay put
+                if payload[section].get(key) == neutral:
+                    payload[section].pop(key)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
     def replace(self, **sections: dict[str, Any]) -> RunConfig:
@@ -577,7 +580,7 @@ def _check_multi_task(config: RunConfig) -> None:
                           f"lists, no sampled negatives), got loss = {r.loss!r}, train_on_lists = "
                           f"{str(r.train_on_lists).lower()}, negatives = {r.negatives}",
                           hint="its retrieval task reads one positive candidate per row")
-    for key, default in (("user_item_bias", False), ("mean_offset", False)):
+    for key, default in (("user_item_bias", False), ("mean_offset", False), ("embedding_l2", 0.0)):
         if getattr(r, key) != default:
             raise ConfigError(f'[ranking] {key} is read by [model] kind = "ranking" only, not by a multi-task model')
     for key in RANKING_MODEL_FIELDS:
