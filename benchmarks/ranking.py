@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from _common import DEFAULT_DATA, PEER, REPO, RESULTS, machine, machine_line, median, run_tfrs, write_results
 from towerrec.config import load_config
@@ -152,6 +154,9 @@ def main() -> None:
     parser.add_argument("--tfrs-python", default="/tmp/tfrs/bin/python", help="python with TFRS 0.7.7 (see ../shared/peer/README.md)")
     parser.add_argument("--skip-tfrs", action="store_true", help="towerrec only; the TFRS columns stay empty")
     parser.add_argument("--workloads", nargs="+", choices=[w.name for w in WORKLOADS], help="default: all")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for BOTH systems (torch.set_num_threads; TF_NUM_INTRAOP_THREADS and "
+                             "TF_NUM_INTEROP_THREADS for TFRS); default: each library's own (all cores)")
     parser.add_argument("--update", action="store_true",
                         help="re-measure only --workloads and keep the other workloads of the committed ranking.json "
                              "(each workload records when it was measured; TFRS and towerrec stay paired per run)")
@@ -163,6 +168,10 @@ def main() -> None:
         write_results("ranking", payload, render(payload))
         return
 
+    tf_env = {}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        tf_env = {"TF_NUM_INTRAOP_THREADS": str(args.threads), "TF_NUM_INTEROP_THREADS": str(args.threads)}
     use_tfrs = not args.skip_tfrs and Path(args.tfrs_python).exists() and (PEER / "tfrs_ranking.py").exists()
     chosen = [w for w in WORKLOADS if not args.workloads or w.name in args.workloads]
     missing = [w.config for w in chosen if not (REPO / "configs" / w.config).is_file()]
@@ -175,7 +184,7 @@ def main() -> None:
         for w in chosen:
             if use_tfrs and w.tfrs_mode:
                 result = run_tfrs("tfrs_ranking.py", [w.tfrs_mode, *_epochs_seed(w, repeat)],
-                                  python=args.tfrs_python, data_root=args.data_dir.parent)
+                                  python=args.tfrs_python, data_root=args.data_dir.parent, env=tf_env)
                 peer[w.name].append(tfrs_figures(result))
             ours[w.name].append(towerrec_run(w, dataset, args.data_dir, repeat))
             print(f"repeat {repeat}: {w.name} done", flush=True)
@@ -184,6 +193,7 @@ def main() -> None:
     workloads = {
         w.name: {"config": f"configs/{w.config}", "tfrs_mode": w.tfrs_mode, "retrieval": w.retrieval,
                  "rating_trained": w.rating_trained, "measured": measured, "repeats": args.repeats,
+                 "threads": args.threads or "library default",
                  "towerrec": summarise(ours[w.name]), "tfrs": summarise(peer[w.name])}
         for w in chosen
     }
@@ -225,7 +235,8 @@ def render(p: dict[str, Any]) -> str:
         "(repeat r: TFRS seed r, towerrec [train] seed + r). "
         "Regenerate: `.venv/bin/python benchmarks/ranking.py --repeats 3 --tfrs-python /tmp/tfrs/bin/python`. "
         "Measured (per workload): " + ", ".join(sorted({f"{w.get('measured', '?')} ({w.get('repeats', p['repeats'])} "
-                                                      "repeats)" for w in p["workloads"].values()})) + ".",
+                                                      f"repeats, threads per system: {w.get('threads', '?')})"
+                                                      for w in p["workloads"].values()})) + ".",
         "",
         "| workload | config | TFRS RMSE | towerrec RMSE | Δ RMSE | TFRS ex/s | towerrec ex/s | towerrec / TFRS |",
         "|---|---|---|---|---|---|---|---|",
