@@ -104,6 +104,7 @@ _EXPORTS = {
     "Bundle": "towerrec.serve",
     # retrieve-then-rank: business rules after ranking
     "BusinessRules": "towerrec.rules",
+    "RetrieveThenRank": "towerrec.pipeline",
     # errors
     "TowerrecError": "towerrec.errors",
     "DataError": "towerrec.errors",
@@ -111,7 +112,7 @@ _EXPORTS = {
 }
 
 _SUBMODULES = ("config", "data", "errors", "experiments", "features", "index", "layers", "metrics", "model", "models",
-               "presets", "recommend", "rules", "runs", "saving", "serve", "tasks", "train")
+               "pipeline", "presets", "recommend", "rules", "runs", "saving", "serve", "tasks", "train")
 
 __all__ = ["__version__", *_EXPORTS]
 

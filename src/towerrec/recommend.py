@@ -165,13 +165,7 @@ def recommend(
     known = np.flatnonzero(rows >= 0)
     if known.size:
         known_rows = torch.from_numpy(rows[known])
-        frame = _query_frame(data, data.features.user_ids[rows[known]].tolist(), at)
-        examples = EncodedExamples(
-            queries=data.features.encode_queries(frame, data.dataset.users),
-            targets=torch.zeros(known.size, dtype=torch.int64),
-            user_rows=known_rows,
-            history=data.history,
-        )
+        examples = user_examples(data, rows[known], at)
         index = BruteForceIndex(catalogue_embeddings(run.model, data.catalogue, data.num_items), ids)
         queries = query_embeddings(run.model, examples)
         exclude = data.exclusions_for(known_rows) if exclude_seen else None
@@ -186,6 +180,19 @@ def recommend(
         for i in np.flatnonzero(rows < 0).tolist():
             results[i] = list(popular)
     return {users[i]: results[i] for i in range(len(users))}
+
+
+def user_examples(data: PreparedData, rows: np.ndarray, at: int | None = None) -> EncodedExamples:
+    """The query examples of train users ``rows`` (``[n]`` int64 rows of ``data.features.user_ids``, all ≥ 0)
+    at recommendation time (:func:`query_time`): their query features, user rows and the run's history."""
+    rows = np.asarray(rows, dtype=np.int64)
+    frame = _query_frame(data, data.features.user_ids[rows].tolist(), at)
+    return EncodedExamples(
+        queries=data.features.encode_queries(frame, data.dataset.users),
+        targets=torch.zeros(rows.size, dtype=torch.int64),
+        user_rows=torch.from_numpy(rows.copy()),
+        history=data.history,
+    )
 
 
 def _id_array(values: list[Any]):
