@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import polars as pl
 import pytest
 import torch
 from torch import nn
 
-from config_helpers import small_config
+from cli_helpers import run_cli_text
+from config_helpers import small_config, small_toml
+from towerrec.data.store import save_dataset
 from towerrec.data.synthetic import make_synthetic
 from towerrec.data.tables import Dataset
 from towerrec.errors import TowerrecError
@@ -183,3 +187,70 @@ def test_bad_arguments(retrieval):
     with pytest.raises(TowerrecError, match="k must be ≥ 1"):
         pipeline.recommend([1], k=0)
     assert pipeline.recommend(["1"], k=2)["1"]  # text ids find integer users
+
+
+# -- the CLI: towerrec recommend RUN --rerank RANKER_RUN ---------------------------------------
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rerank-cli")
+    save_dataset(make_synthetic(60, 40, 1200, seed=5), root / "ds")
+    save_dataset(make_synthetic(60, 41, 1200, seed=5), root / "other")
+    configs = {
+        "retrieval": small_toml(f'name = "ret"\n[data]\ndataset = "{root / "ds"}"\n'
+                                '[model]\nembedding_dim = 8\n[train]\nepochs = 1\nbatch_size = 256\n'),
+        "ranking": small_toml(f'name = "rank"\n[data]\ndataset = "{root / "ds"}"\n'
+                              '[model]\nkind = "ranking"\nquery_features = ["user_id"]\ncandidate_features = ["item_id"]\n'
+                              'embedding_dim = 8\nlayer_sizes = [8]\n[ranking]\nloss = "mse"\n'
+                              '[train]\nepochs = 1\nbatch_size = 256\n'),
+        "other": small_toml(f'name = "other"\n[data]\ndataset = "{root / "other"}"\n'
+                            '[model]\nkind = "ranking"\nquery_features = ["user_id"]\ncandidate_features = ["item_id"]\n'
+                            'embedding_dim = 8\nlayer_sizes = [8]\n[ranking]\nloss = "mse"\n'
+                            '[train]\nepochs = 1\nbatch_size = 256\n'),
+    }
+    paths = {}
+    for name, text in configs.items():
+        paths[name] = root / f"{name}.toml"
+        paths[name].write_text(text)
+    return root, paths
+
+
+def _train(capsys, root, config):
+    code, out = run_cli_text(capsys, "train", str(config), "--runs", str(root / "runs"))
+    assert code == 0, out
+    return re.search(r"run directory: (\S+)", out).group(1)
+
+
+def test_cli_recommend_rerank_prints_both_scores(capsys, cli_runs):
+    root, configs = cli_runs
+    retrieval = _train(capsys, root, configs["retrieval"])
+    ranking = _train(capsys, root, configs["ranking"])
+    code, out = run_cli_text(capsys, "recommend", retrieval, "--rerank", ranking, "--candidates", "20",
+                             "--user", "3", "-k", "5")
+    assert code == 0, out
+    lines = [line for line in out.splitlines() if re.match(r"\s+\d+\. ", line)]
+    assert "top 5 for user 3 (retrieved 20, re-ranked)" in out and len(lines) == 5
+    ranking_scores = [float(re.search(r"ranking (-?\d+\.\d+)", line).group(1)) for line in lines]
+    assert ranking_scores == sorted(ranking_scores, reverse=True)  # ordered by the ranker
+    ranks = [int(re.search(r"retrieval -?\d+\.\d+ #(\d+)", line).group(1)) for line in lines]
+    assert all(1 <= r <= 20 for r in ranks) and len(set(ranks)) == 5
+
+    rules = root / "rules.toml"
+    rules.write_text('[[cap]]\nname = "variety"\ncolumn = "genres"\nmax = 1\n')
+    code, out = run_cli_text(capsys, "recommend", retrieval, "--rerank", ranking, "--rules", rules,
+                             "--score", "sum", "--user", "3", "-k", "3")
+    assert code == 0 and "rules applied" in out and "final " in out, out
+
+    # bad input: one clear line each
+    rules.write_text('[[cap]]\nname = "variety"\ncolumn = "genre"\nmax = 1\n')
+    code, out = run_cli_text(capsys, "recommend", retrieval, "--rerank", ranking, "--rules", rules, "--user", "3")
+    assert code != 0 and "cap 'variety': column 'genre' is not in the items table" in out
+    code, out = run_cli_text(capsys, "recommend", retrieval, "--rules", rules, "--user", "3")
+    assert code != 0 and "--rules work(s) with --rerank" in out
+    code, out = run_cli_text(capsys, "recommend", retrieval, "--rerank", retrieval, "--user", "3")
+    assert code != 0 and "not a ranking run" in out
+    code, out = run_cli_text(capsys, "recommend", retrieval, "--rerank", ranking, "--score", "max", "--user", "3")
+    assert code != 0 and "--score 'max' is not a score mode" in out
+    other = _train(capsys, root, configs["other"])
+    code, out = run_cli_text(capsys, "recommend", retrieval, "--rerank", other, "--user", "3")
+    assert code != 0 and "was trained on another catalogue than" in out and "41 items, not 40" in out
+    assert "Traceback" not in out

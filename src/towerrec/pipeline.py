@@ -279,12 +279,12 @@ class RetrieveThenRank:
         """
         retrieval, data = open_run_with_data(retrieval_run, data_dir, device=device)
         ranking, ranker_data = open_run_with_data(ranking_run, data_dir, device=device)
-        if not isinstance(retrieval.model, RetrievalModel) or isinstance(retrieval.model, RankingModel):
+        if not isinstance(retrieval.model, RetrievalModel):
             raise TowerrecError(f"{retrieval.run_dir}: not a retrieval run ({type(retrieval.model).__name__})",
-                                hint="give a two-tower or baseline run as RUN and the ranking run to --rerank")
+                                hint="give a two-tower, multi-task or baseline run as RUN and the ranking run to --rerank")
         if not isinstance(ranking.model, RankingModel):
             raise TowerrecError(f"{ranking.run_dir}: not a ranking run ({type(ranking.model).__name__})",
-                                hint="train one with [model] kind = \"ranking\"")
+                                hint="train one with [model] kind = \"ranking\" (or a multi-task model)")
         if not isinstance(data, PreparedData) or not isinstance(ranker_data, PreparedData):
             raise TowerrecError("retrieve-then-rank needs two-tower or baseline retrieval runs, not sequential ones")
         if isinstance(rules, (str, Path)):

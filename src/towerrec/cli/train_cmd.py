@@ -211,6 +211,26 @@ def recommend(
                                   "default: the dataset's latest timestamp."),
     ] = None,
     device: DeviceOption = "cpu",
+    rerank: Annotated[
+        Optional[Path],
+        typer.Option("--rerank", help="A ranking run ([model] kind = \"ranking\") that re-ranks this run's "
+                                      "candidates (retrieve-then-rank; prints both stages' scores)."),
+    ] = None,
+    candidates: Annotated[
+        int, typer.Option("--candidates", min=1, max=MAX_COUNT, help="With --rerank: items retrieved per user.")
+    ] = 300,
+    rules: Annotated[
+        Optional[Path],
+        typer.Option("--rules", help="With --rerank: a business-rules TOML file (exclusions, allow/deny lists, "
+                                     "diversity caps), applied after ranking, before the top-k cut."),
+    ] = None,
+    score: Annotated[
+        str, typer.Option("--score", help="With --rerank: order by the ranking score ('ranker') or by the sum of "
+                                          "both stages' per-list standardised scores ('sum').")
+    ] = "ranker",
+    retrieval_weight: Annotated[
+        float, typer.Option("--retrieval-weight", help="With --score sum: the retrieval score's weight.")
+    ] = 1.0,
 ) -> None:
     """Print the top-k items for one or more users, or (sequential runs) for an item history.
 
@@ -228,6 +248,8 @@ def recommend(
       towerrec recommend runs/w2-timestamp-... --user 42 --at 893286638
 
       towerrec recommend runs/w3-sasrec-... --history 50,181,172 -k 10
+
+      towerrec recommend runs/default-... --rerank runs/ranker-... --candidates 300 --rules rules.toml --user 42
     """
     from towerrec.config import load_config
     from towerrec.errors import TowerrecError
@@ -237,6 +259,16 @@ def recommend(
         raise TowerrecError(f"--fallback {fallback!r} is not supported", hint="use --fallback popular")
     if not user and history is None and not all_users:
         raise TowerrecError("say whose recommendations: --user ID, --all-users (or, for sequential runs, --history 1,2,3)")
+    if rerank is not None:
+        _recommend_reranked(run_dir, rerank, user or [], all_users, k=k, candidates=candidates, rules=rules,
+                            score=score, retrieval_weight=retrieval_weight, exclude_seen=exclude_seen,
+                            fallback=fallback, history=history, data_dir=data_dir, at=at, device=device)
+        return
+    given = [name for name, value in (("--rules", rules), ("--score", score != "ranker" or None),
+                                      ("--candidates", candidates != 300 or None),
+                                      ("--retrieval-weight", retrieval_weight != 1.0 or None)) if value]
+    if given:
+        raise TowerrecError(f"{', '.join(given)} work(s) with --rerank RANKING_RUN", hint="add --rerank")
     config_path = Path(run_dir) / "config.toml"
     if config_path.is_file() and load_config(config_path).model.kind in RANKING_KINDS:
         raise TowerrecError(f"{run_dir} is a ranking run: it scores given candidates, it does not retrieve them",
@@ -262,6 +294,38 @@ def recommend(
         console.print("note: --at has no effect: this model has no timestamp feature", highlight=False)
     results = _recommend(run, data, users, k=k, exclude_seen=exclude_seen, fallback=fallback, at=at)
     print_recommendations({f"user {u}": recs for u, recs in results.items()}, k, exclude_seen)
+
+
+def _recommend_reranked(run_dir: Path, ranker_dir: Path, users: list[str], all_users: bool, *, k: int,
+                        candidates: int, rules: Optional[Path], score: str, retrieval_weight: float,
+                        exclude_seen: bool, fallback: Optional[str], history: Optional[str],
+                        data_dir: Optional[Path], at: Optional[int], device: str) -> None:
+    """``recommend --rerank``: retrieve-then-rank (:class:`towerrec.pipeline.RetrieveThenRank`), both scores printed."""
+    from towerrec.errors import TowerrecError
+    from towerrec.pipeline import SCORE_MODES, RetrieveThenRank
+
+    if score not in SCORE_MODES:
+        raise TowerrecError(f"--score {score!r} is not a score mode", hint=f"use one of: {', '.join(SCORE_MODES)}")
+    if history is not None:
+        raise TowerrecError("--history does not work with --rerank: retrieve-then-rank serves known users",
+                            hint="use --user ID")
+    if fallback is not None:
+        raise TowerrecError("--fallback does not work with --rerank: retrieve-then-rank serves known users")
+    pipeline = RetrieveThenRank.open(run_dir, ranker_dir, data_dir=data_dir, device=device, rules=rules,
+                                     candidates=candidates, score=score, retrieval_weight=retrieval_weight)
+    users = list(users) + ([str(u) for u in pipeline.data.features.user_ids.tolist()] if all_users else [])
+    results = pipeline.recommend(users, k, exclude_seen=exclude_seen, at=at)
+    lines = []
+    for who, items in results.items():
+        note = f" (only {len(items)} items left)" if len(items) < k else ""
+        lines.append(f"top {k} for user {who}{note} (retrieved {candidates}, re-ranked"
+                     f"{', rules applied' if rules else ''})")
+        for rank, item in enumerate(items, 1):
+            combined = f", final {item.score:.3f}" if score != "ranker" else ""
+            lines.append(f"  {rank:>3}. {item.title}  (id {item.item_id}, ranking {item.ranking_score:.3f}, "
+                         f"retrieval {item.retrieval_score:.3f} #{item.retrieval_rank}{combined})")
+    console.file.write("\n".join(lines) + ("\n" if lines else ""))
+    console.file.flush()
 
 
 def print_recommendations(results: dict, k: int, exclude_seen: bool = True) -> None:
