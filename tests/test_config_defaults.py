@@ -33,6 +33,7 @@ HASHES = {
     "ranking_listwise_hinge.toml": "8c8a77bba915", "ranking_listwise_listmle.toml": "037e8806ce85",
     "ranking_multitask_rating.toml": "c91fe28b5005", "ranking_multitask_retrieval.toml": "8772b4477a71",
     "ranking_multitask_joint.toml": "42767b0757b9", "ranking_multitask_best.toml": "bf3c0ec47a75",
+    "rerank_ranker_ml100k.toml": "631a0cfe9400",
 }
 OLD_RUN_CONFIG_HASH = "6f63cd1ec2e3"  # RunConfig().hash() before
 
