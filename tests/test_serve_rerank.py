@@ -233,12 +233,12 @@ def test_a_damaged_ranker_or_rules_file_is_refused_at_load(folders, tmp_path, na
 def test_a_ranker_of_another_catalogue_is_refused(run, ranker, tmp_path):
     model, features = ranker
     shuffled = FittedFeatures(features.features, features._catalogue.reverse(), features._user_ids, features._users)
-    with pytest.raises(TowerrecError, match="the ranker was trained on another catalogue than the retriever "
-                                            r"\(position 0 holds item 60, the retriever's 1\)"):
+    with pytest.raises(TowerrecError, match="the ranker was trained on another catalogue than the retriever: "
+                                            "catalogue position 0 holds item 60, not 1"):
         export_bundle(run.run_dir, tmp_path / "x", data=run.data, ranker=model, ranker_features=shuffled)
     assert not (tmp_path / "x").exists()
     smaller = FittedFeatures(features.features, features._catalogue.head(50), features._user_ids, features._users)
-    with pytest.raises(TowerrecError, match="50 items, the retriever's 60"):
+    with pytest.raises(TowerrecError, match="50 items, not 60"):
         export_bundle(run.run_dir, tmp_path / "x", data=run.data, ranker=model, ranker_features=smaller)
 
 
@@ -269,3 +269,72 @@ def test_cli_export_rules_need_rerank(run, tmp_path, capsys):
         main(["export", str(run.run_dir), "--out", str(tmp_path / "b"), "--rules", str(rules)])
     text = capsys.readouterr()
     assert exit_info.value.code == 1 and "--rules go with --rerank" in text.out + text.err
+
+
+# -- a ranking run ([model] kind = "ranking") and the CLI ------------------------------------------------
+
+def _ranking_run(root, num_items: int = 60):
+    from towerrec.config import config_from_dict
+    from towerrec.data.synthetic import make_synthetic
+    from towerrec.runs import train_run
+
+    config = config_from_dict({
+        "name": f"rank{num_items}", "data": {"dataset": "synthetic", "split": "tfrs-random", "seed": 1},
+        "model": {"kind": "ranking", "query_features": ["user_id", "user_age"], "candidate_features": ["item_id"],
+                  "embedding_dim": 8, "layer_sizes": [16]},
+        "train": {"epochs": 1, "batch_size": 256, "optimizer": "adam", "learning_rate": 0.01},
+        "ranking": {"user_item_bias": True},
+    })
+    return train_run(config, runs_root=root, dataset=make_synthetic(150, num_items, 3000, seed=5), progress=False,
+                     log=lambda *_: None)
+
+
+def test_cli_export_with_a_ranking_run_rules_and_summed_scores(run, tmp_path, capsys, monkeypatch):
+    from towerrec.cli.app import main
+    from towerrec.runs import load_run
+    from towerrec.serve import export as export_module
+
+    real = export_module.export_bundle  # a synthetic run's data cannot be re-read from its config: hand it over
+    monkeypatch.setattr(export_module, "export_bundle", lambda *a, **kw: real(*a, **{**kw, "data": run.data}))
+    ranking = _ranking_run(tmp_path / "runs")
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[exclude]]\nname = "no-horror-under-13"\nitems = { column = "genres", op = "contains", '
+                     'value = "Horror" }\nusers = { column = "age", op = "<", value = 13 }\n')
+    out = tmp_path / "bundle"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(run.run_dir), "--out", str(out), "--rerank", str(ranking.run_dir), "--candidates", "25",
+              "--rules", str(rules), "--score", "sum", "--retrieval-weight", "0.5"])
+    assert exit_info.value.code in (0, None), capsys.readouterr()
+    bundle = load_bundle(out)
+    assert bundle.candidates == 25 and bundle.manifest["ranker"]["run"] == ranking.run_dir.name
+    assert bundle.ranking.score == "sum" and bundle.ranking.retrieval_weight == 0.5
+    assert (out / "ranker" / "config.toml").is_file() and bundle.manifest["rules"]["user_columns"] == ["age"]
+    ranker = load_run(ranking.run_dir)
+    ranker.model.set_catalogue(ranker.features.encode_candidates())
+    ages = dict(zip(run.data.dataset.users["user_id"].to_list(), run.data.dataset.users["age"].to_list()))
+    user = next(int(u) for u in bundle.user_ids[3:] if ages[int(u)] >= 13)  # the rule leaves this user alone
+    plain = load_bundle(export_bundle(run.run_dir, tmp_path / "plain", data=run.data))
+    retrieved = plain.recommend(user, k=25)
+    positions = plain.item_positions([r["item_id"] for r in retrieved]).tolist()
+    batch = {**ranker.features.encode_queries(pl.DataFrame({"user_id": [user]})),
+             "user_row": torch.from_numpy(ranker.features.user_index([user])), CANDIDATE_INDEX: torch.tensor([positions])}
+    with torch.no_grad():
+        ranking_scores = np.array(ranker.model.score(batch)[0].tolist(), dtype=np.float64)
+    retrieval = np.array([r["score"] for r in retrieved])
+
+    def z(v):
+        return (v - v.mean()) / v.std()
+
+    final = z(ranking_scores) + 0.5 * z(retrieval)
+    expected = [retrieved[i]["item_id"] for i in sorted(range(25), key=lambda i: -final[i])[:8]]
+    found = bundle.recommend(user, k=8)
+    assert [r["item_id"] for r in found] == expected
+    assert [r["score"] for r in found] == pytest.approx(sorted(final, reverse=True)[:8], rel=1e-4, abs=1e-5)
+    assert [r["ranking_score"] for r in found] == pytest.approx(
+        [ranking_scores[positions.index(p)] for p in bundle.item_positions(expected).tolist()], rel=1e-5, abs=1e-6)
+    other = _ranking_run(tmp_path / "runs", num_items=50)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(run.run_dir), "--out", str(tmp_path / "x"), "--rerank", str(other.run_dir)])
+    text = capsys.readouterr()
+    assert exit_info.value.code == 1 and "was trained on another catalogue than the retriever" in text.out + text.err
+    assert "50 items, not 60" in text.out + text.err

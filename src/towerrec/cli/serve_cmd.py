@@ -173,6 +173,8 @@ def export(
     rerank: Annotated[Optional[Path], typer.Option("--rerank", help="A ranking run (\\[model] kind = \"ranking\") that re-ranks the retrieved candidates; trained on the same catalogue.")] = None,
     candidates: Annotated[int, typer.Option("--candidates", min=1, max=100_000, help="With --rerank: items retrieved and scored by the ranker per request.")] = 300,
     rules: Annotated[Optional[Path], typer.Option("--rules", help="With --rerank: a business-rules TOML file applied after ranking, before the top-K cut.")] = None,
+    score: Annotated[str, typer.Option("--score", help="With --rerank: the final score: ranker (the ranking score) or sum (both stages' scores, standardised per request, added).")] = "ranker",
+    retrieval_weight: Annotated[float, typer.Option("--retrieval-weight", help="With --score sum: the weight of the standardised retrieval score.")] = 1.0,
 ) -> None:
     """Export a trained two-tower or sequential (GRU / SASRec) run to a self-contained serving bundle.
 
@@ -204,10 +206,12 @@ def export(
     _check_kind(index, params)
     if rules is not None and rerank is None:
         raise TowerrecError("--rules go with --rerank: rules are applied to the ranked candidates")
+    if score not in ("ranker", "sum"):
+        raise TowerrecError(f"--score {score!r} is not one of ranker, sum")
     started = time.perf_counter()
     export_bundle(run_dir, out, index=index, index_params=params, overwrite=overwrite,
                   data=None if data_dir is None else _run_data(run_dir, data_dir),
-                  ranker=rerank, candidates=candidates, rules=rules)
+                  ranker=rerank, candidates=candidates, rules=rules, score=score, retrieval_weight=retrieval_weight)
     size = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
     console.print(f"bundle written to [bold]{escape(str(out))}[/bold] ({size / 1e6:.1f} MB, "
                   f"{time.perf_counter() - started:.1f} s)", highlight=False, soft_wrap=True)

@@ -88,7 +88,8 @@ class Item(BaseModel):
     item_id: Id
     title: str
     score: float = Field(description="The final score, best first: the retrieval score (a dot product) of a "
-                                     "bundle without a ranker; with a ranker, the ranking stage's final score.")
+                                     "bundle without a ranker; with a ranker, the ranking score, or with "
+                                     "score 'sum' (GET /healthz) the sum of both standardised scores.")
     retrieval_score: float | None = Field(None, description="Bundles with a ranker only: the retrieval model's "
                                                             "score (query · candidate embedding).")
     ranking_score: float | None = Field(None, description="Bundles with a ranker only: the ranker's score "
@@ -129,6 +130,8 @@ class Health(BaseModel):
     uses_history: bool
     ranker: str | None = Field(None, description="The ranker's run (bundles exported with a ranker).")
     candidates: int | None = Field(None, description="Retrieved items the ranker scores per request.")
+    score: str | None = Field(None, description="How the final score is made: 'ranker' (the ranking score) or "
+                                                "'sum' (both stages' scores, standardised per request, added).")
     rules: bool = Field(False, description="Whether business rules are applied after ranking.")
 
 
@@ -322,7 +325,8 @@ def create_app(
             "uses_history": bundle.uses_history,
             "ranker": None if ranking is None else str(bundle.manifest["ranker"].get("run")),
             "candidates": bundle.candidates,
-            "rules": ranking is not None and ranking.has_rules,
+            "score": None if ranking is None else ranking.score,
+            "rules": ranking is not None and ranking.rules is not None,
         }
 
     @app.get("/recommend", response_model=Recommendations, responses=ERRORS, summary="Top-K items for a known user")

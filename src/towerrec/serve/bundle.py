@@ -255,7 +255,8 @@ class Bundle:
                 warning) or ``"ignore"`` (dropped); default: a sequential run's ``[sequence] unknown_items``,
                 else ``"error"``.
             fallback: ``"popular"``: an unknown user without features or history (or with a history
-                of only unknown items) gets the most popular items instead of an error.
+                of only unknown items) gets the most popular items instead of an error (with a ranker too:
+                the fallback is neither ranked nor filtered by the rules).
         Returns:
             ``min(k, items left)`` records; scores are dot products (train counts for the fallback; with a
             ranker, the final scores of the ranking stage).

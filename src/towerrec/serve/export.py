@@ -42,8 +42,8 @@ from towerrec.model import CANDIDATE_INDEX, RetrievalModel
 from towerrec.serve.bundle import BUNDLE_FORMAT_VERSION, MANIFEST, MODEL_FOLDER, bundle_files, load_bundle
 from towerrec.serve.queries import QUERY_PREFIX, QueryBuilder, SequentialQueries, TensorQueries, TwoTowerQueries
 from towerrec.rules import BusinessRules
-from towerrec.serve.ranking import (DEFAULT_CANDIDATES, check_candidates_count, ranker_parts, rule_tables,
-                                    write_ranker, write_rules)
+from towerrec.serve.ranking import (DEFAULT_CANDIDATES, check_candidates_count, check_score, ranker_parts,
+                                    rule_tables, write_ranker, write_rules)
 
 INDEX_KINDS = ("brute-force", "hnsw", "ivf", "ivfpq")
 ITEM_COLUMNS = ("title", "year", "genres")
@@ -114,6 +114,8 @@ def export_bundle(
     ranker_features=None,
     candidates: int = DEFAULT_CANDIDATES,
     rules: str | Path | BusinessRules | None = None,
+    score: str = "ranker",
+    retrieval_weight: float = 1.0,
 ) -> Path:
     """Write a serving bundle to ``out`` and check that it loads: from a run, or from a model built in Python.
 
@@ -151,6 +153,9 @@ def export_bundle(
         candidates: how many retrieved items the ranker scores per request (1..100,000; default 300).
         rules: a business-rules TOML file or :class:`~towerrec.rules.BusinessRules`, checked against the
             data's item and user tables now and again at load; needs ``ranker``.
+        score, retrieval_weight: the final score: ``"ranker"`` (the ranking score) or ``"sum"``
+            (standardised ranking score + ``retrieval_weight`` x standardised retrieval score;
+            :func:`towerrec.pipeline.combine_scores`).
     Returns:
         ``out``.
     Raises:
@@ -164,6 +169,7 @@ def export_bundle(
     out = Path(out)
     index_params = dict(index_params or {})
     candidates = check_candidates_count(candidates)
+    score, retrieval_weight = check_score(score, retrieval_weight)
     if rules is not None and ranker is None:
         raise TypeError("rules= go with ranker=: rules are applied to the ranked candidates")
     if model is not None:
@@ -207,7 +213,7 @@ def export_bundle(
         shutil.copy(run.run_dir / "config.toml", staging / "config.toml")
         extra = {}
         if ranking is not None:
-            extra["ranker"] = write_ranker(staging, ranking, candidates)
+            extra["ranker"] = write_ranker(staging, ranking, candidates, score, retrieval_weight)
             if rules is not None:
                 extra["rules"] = write_rules(staging, rules, *tables)
         _write(staging, run.model, embeddings, index=index, index_params=index_params, source=source,

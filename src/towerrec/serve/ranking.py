@@ -7,12 +7,14 @@ A bundle exported with a ranker (``towerrec export RUN --out B --rerank RANKER_R
    (seen items and ``exclude_ids`` left out, as without a ranker);
 2. ranking: the ranker (a :class:`~towerrec.model.RankingModel`) scores the ``[1, C]``
    candidates of the user's query features (``score(batch) -> [1, C]``);
-3. business rules (:mod:`towerrec.rules`, compiled over the catalogue at load:
-   :class:`~towerrec.rules.CompiledRules`) drop candidates and fill the list best first
-   under the diversity caps, up to ``k`` items (fewer when the rules leave fewer).
+3. the final score: the ranking score (``score="ranker"``) or the sum of both stages' scores
+   standardised over the user's candidates (``score="sum"``; :func:`towerrec.pipeline.combine_scores`);
+4. business rules (:mod:`towerrec.rules`, compiled over the catalogue at load) drop candidates
+   and fill the list best first under the diversity caps, up to ``k`` items (fewer when the
+   rules leave fewer),
 
-Each returned item carries ``score`` (final: the ranking score of an item the rules
-kept, in final order), ``retrieval_score`` and ``ranking_score``.
+steps 2-4 by :func:`towerrec.pipeline.rerank`, the function ``towerrec recommend --rerank``
+uses. Each returned item carries ``score`` (final), ``retrieval_score`` and ``ranking_score``.
 
 Files (inside the bundle, listed with SHA-256 in ``bundle.json`` like every other)::
 
@@ -41,7 +43,8 @@ from torch import Tensor
 from towerrec import fsio
 from towerrec.errors import RequestError, ServingError, TowerrecError, first_line
 from towerrec.features import FittedFeatures
-from towerrec.model import CANDIDATE_INDEX, USER_ROW, RankingModel
+from towerrec.model import USER_ROW, RankingModel
+from towerrec.pipeline import SCORE_MODES, check_same_catalogue, ranking_scores, rerank
 from towerrec.rules import BusinessRules, CompiledRules
 from towerrec.serve.queries import AGAIN, FEATURES_FILE, QUERY_PREFIX, TwoTowerQueries
 
@@ -74,22 +77,21 @@ class RankingStage:
         queries: builds a new user's ranker query batch from raw user features.
         user_queries: ``{key: [U, ...]}`` each known user's ranker query batch.
         candidates: C, how many retrieved items the ranker scores per request.
-        rules: the business rules compiled over the catalogue (an empty rule set without ``--rules``:
-            then the list is the ranked candidates' top ``k``).
-        has_rules: whether the bundle was exported with rules.
+        rules: the business rules compiled over the catalogue; None without rules.
         user_ids: known user ids in row order (how the compiled rules find a known user's attributes).
         user_columns: the user columns the rules read (a new user's features give them).
+        score, retrieval_weight: how the final score is made (:func:`towerrec.pipeline.combine_scores`).
     """
 
     model: RankingModel
     queries: TwoTowerQueries
     user_queries: dict[str, Tensor]
     candidates: int
-    rules: CompiledRules
-    has_rules: bool
+    rules: CompiledRules | None
     user_ids: list[Any]
     user_columns: tuple[str, ...] = ()
-    device: torch.device = torch.device("cpu")
+    score: str = "ranker"
+    retrieval_weight: float = 1.0
 
     def feature_columns(self) -> list[str]:
         """User columns a new user's ``features`` may give this stage: those the ranker reads, then those the
@@ -119,51 +121,38 @@ class RankingStage:
         columns = self.user_columns
         return {k: v for k, v in (features or {}).items() if k in columns}
 
-    @torch.no_grad()
-    def score(self, queries: dict[str, Tensor], positions: list[int]) -> list[float]:
-        """Ranking scores of catalogue ``positions`` for one ``[1, ...]`` query batch.
-
-        Raises:
-            ServingError: the ranker fails or gives scores that are not finite.
-        """
-        if not positions:
-            return []
-        device = self.device
-        batch = {k: v.to(device) for k, v in queries.items()}
-        batch[CANDIDATE_INDEX] = torch.as_tensor([positions], dtype=torch.int64, device=device)
-        try:
-            scores = self.model.score(batch)
-        except (IndexError, KeyError, RuntimeError, TypeError, ValueError) as exc:
-            raise ServingError(f"the ranker cannot score this request ({type(exc).__name__}: {first_line(exc)})",
-                               hint="check the request's feature values; if they are valid, export the bundle again") from None
-        scores = scores.detach().float().cpu().reshape(-1)
-        if scores.numel() != len(positions) or not torch.isfinite(scores).all():
-            raise ServingError("the ranker's scores contain NaN or infinity (or have the wrong shape)",
-                               hint="the ranker diverged; retrain it and export the bundle again")
-        return scores.tolist()
-
     def rerank(self, queries: dict[str, Tensor], positions: list[int], retrieval_scores: list[float], k: int,
                user: Any) -> list[tuple[int, float, float, float]]:
         """``(position, final score, retrieval score, ranking score)`` of the final list, best first, at most ``k``.
 
-        Scores the retrieved ``positions`` with the ranker, then applies the rules and the top-``k`` cut
-        (:meth:`~towerrec.rules.CompiledRules.select_batch`: ties keep retrieval order; rules that remove
-        everything give an empty list). ``user``: from :meth:`rule_user`.
+        The retrieved ``positions`` (best first) and their ``retrieval_scores`` go through
+        :func:`towerrec.pipeline.rerank` with this user's ``[1, ...]`` ranker ``queries`` and ``user``
+        (from :meth:`rule_user`); rules that remove everything give an empty list.
 
         Raises:
             RequestError: a new user's feature value the rules' user table cannot hold (``features.<column>``).
             ServingError: the ranker fails or its scores are not finite.
         """
-        ranking = self.score(queries, positions)
         if not positions:
             return []
+        user_rules = None
+        if self.rules is not None:
+            try:
+                user_rules = self.rules.user_matches([user])
+            except ValueError as exc:
+                name = next((c for c in self.user_columns if f"'{c}'" in str(exc)), None)
+                raise RequestError(f"features.{name}" if name else "features", first_line(exc)) from None
         try:
-            matches = self.rules.user_matches([user])
-        except ValueError as exc:
-            name = next((c for c in self.user_columns if f"'{c}'" in str(exc)), None)
-            raise RequestError(f"features.{name}" if name else "features", first_line(exc)) from None
-        order = self.rules.select_batch(np.asarray([positions], dtype=np.int64), np.asarray([ranking]), k, matches)[0]
-        return [(positions[i], ranking[i], retrieval_scores[i], ranking[i]) for i in order[order >= 0].tolist()]
+            found = rerank(self.model, queries, np.asarray([positions], dtype=np.int64),
+                           np.asarray([retrieval_scores], dtype=np.float64), k, rules=self.rules,
+                           user_rules=user_rules, score=self.score, retrieval_weight=self.retrieval_weight)
+        except (IndexError, KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise ServingError(f"the ranker cannot score this request ({type(exc).__name__}: {first_line(exc)})",
+                               hint="if the request is valid, the ranker is broken: retrain it and export the "
+                                    "bundle again") from None
+        count = int(found.counts[0])
+        return list(zip(found.items[0, :count].tolist(), found.scores[0, :count].tolist(),
+                        found.retrieval_scores[0, :count].tolist(), found.ranking_scores[0, :count].tolist()))
 
 
 # ------------------------------------------------------------------ export
@@ -202,11 +191,10 @@ def ranker_parts(ranker: Any, ranker_features: FittedFeatures | None, item_ids: 
         config_path = run.run_dir / "config.toml"
         source = {"run": run.run_dir.name, "run_name": run.config.name, "config_hash": run.meta.get("config_hash"),
                   "data_fingerprint": run.meta.get("data_fingerprint")}
-        theirs = run.catalogue["item_id"].to_list()
-        _same_catalogue(theirs, item_ids, str(run.run_dir))
+        check_same_catalogue(item_ids, run.catalogue["item_id"].to_list(), ranker=str(run.run_dir))
     if features is None:
         raise TowerrecError("the ranker has no fitted features: it cannot encode queries", hint="retrain the ranker")
-    _same_catalogue(features.catalogue_ids.tolist(), item_ids, "the ranker's features")
+    check_same_catalogue(item_ids, features.catalogue_ids, ranker="the ranker")
     candidates = {k: v.detach().cpu().contiguous() for k, v in features.encode_candidates().items()}
     builder = TwoTowerQueries(features, latest_timestamp, None)
     queries = {k: v.detach().cpu().contiguous() for k, v in builder.known_users(user_ids, None).items()}
@@ -214,18 +202,6 @@ def ranker_parts(ranker: Any, ranker_features: FittedFeatures | None, item_ids: 
     parts = RankerParts(model.eval(), features, candidates, queries, latest_timestamp, source, config_path)
     _try_scoring(parts, len(item_ids))
     return parts
-
-
-def _same_catalogue(theirs: list, ours: list, what: str) -> None:
-    if theirs == ours:
-        return
-    if len(theirs) != len(ours):
-        detail = f"{len(theirs)} items, the retriever's {len(ours)}"
-    else:
-        at = next(i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b)
-        detail = f"position {at} holds item {theirs[at]!r}, the retriever's {ours[at]!r}"
-    raise TowerrecError(f"{what}: the ranker was trained on another catalogue than the retriever ({detail})",
-                        hint="train the ranker and the retriever on the same data (same catalogue, same order)")
 
 
 @torch.no_grad()
@@ -237,17 +213,13 @@ def _try_scoring(parts: RankerParts, num_items: int) -> None:
     if not users:
         return
     width = min(8, num_items)
-    batch = {k: v[:users].to(model.device) for k, v in parts.user_queries.items()}
-    batch[CANDIDATE_INDEX] = torch.arange(width, device=model.device).expand(users, width)
+    queries = {k: v[:users] for k, v in parts.user_queries.items()}
     try:
-        scores = model.score(batch)
+        scores = ranking_scores(model, queries, np.broadcast_to(np.arange(width), (users, width)))
     except (IndexError, KeyError, RuntimeError, TypeError, ValueError) as exc:
         raise ValueError(f"the ranker cannot score its query features {sorted(parts.user_queries)} with candidate "
                          f"features {sorted(parts.candidates)} ({type(exc).__name__}: {first_line(exc)})") from None
-    if tuple(scores.shape) != (users, width):
-        raise ValueError(f"ranker.score gave {list(scores.shape)} for candidate_index [{users}, {width}]: "
-                         "scores must be shaped like candidate_index")
-    if not torch.isfinite(scores).all():
+    if not np.isfinite(scores).all():
         raise ValueError("the ranker's scores are not finite (NaN or infinity): retrain it")
 
 
@@ -257,7 +229,8 @@ def attach(model: RankingModel, candidates: dict[str, Tensor]) -> None:
         model.set_catalogue({k: v.to(model.device) for k, v in candidates.items()})
 
 
-def write_ranker(staging: Path, parts: RankerParts, candidates: int) -> dict[str, Any]:
+def write_ranker(staging: Path, parts: RankerParts, candidates: int, score: str = "ranker",
+                 retrieval_weight: float = 1.0) -> dict[str, Any]:
     """Write ``ranker/`` into a bundle being staged; the manifest's ``ranker`` entry."""
     from safetensors.torch import save_file
 
@@ -276,8 +249,22 @@ def write_ranker(staging: Path, parts: RankerParts, candidates: int) -> dict[str
     from towerrec.model import class_name
 
     return {**parts.source, "model_class": class_name(type(parts.model)), "candidates": candidates,
-            "latest_timestamp": parts.latest_timestamp, "query_keys": sorted(parts.user_queries),
+            "score": score, "retrieval_weight": retrieval_weight, "latest_timestamp": parts.latest_timestamp, "query_keys": sorted(parts.user_queries),
             "candidate_keys": sorted(parts.candidates)}
+
+
+def check_score(score: Any, retrieval_weight: Any) -> tuple[str, float]:
+    """The final-score mode (``"ranker"`` | ``"sum"``) and the retrieval weight, checked.
+
+    Raises:
+        ValueError: an unknown mode or a weight that is not a finite number.
+    """
+    if score not in SCORE_MODES:
+        raise ValueError(f"score must be one of {', '.join(SCORE_MODES)}, got {score!r}")
+    if isinstance(retrieval_weight, bool) or not isinstance(retrieval_weight, (int, float)) or \
+            not np.isfinite(retrieval_weight):
+        raise ValueError(f"retrieval_weight must be a finite number, got {retrieval_weight!r}")
+    return score, float(retrieval_weight)
 
 
 def check_candidates_count(candidates: Any) -> int:
@@ -318,6 +305,10 @@ def load_ranking_stage(folder: Path, manifest: dict[str, Any], item_ids: list, u
         candidates = check_candidates_count(candidates)
     except ValueError as exc:
         raise TowerrecError(f"{path}: ranker.{exc}", hint=AGAIN) from None
+    try:
+        score, weight = check_score(entry.get("score"), entry.get("retrieval_weight"))
+    except ValueError as exc:
+        raise TowerrecError(f"{path}: ranker.{exc}", hint=AGAIN) from None
     latest = entry.get("latest_timestamp")
     if isinstance(latest, bool) or not isinstance(latest, int):
         raise TowerrecError(f"{path}: ranker.latest_timestamp must be an integer", hint=AGAIN)
@@ -335,7 +326,7 @@ def load_ranking_stage(folder: Path, manifest: dict[str, Any], item_ids: list, u
 
     features = read_features(base / FEATURES_FILE, fsio.read_json(base / FEATURES_FILE, hint=AGAIN), hint=AGAIN)
     try:
-        _same_catalogue(features.catalogue_ids.tolist(), item_ids, str(base / FEATURES_FILE))
+        check_same_catalogue(item_ids, features.catalogue_ids, ranker=str(base / FEATURES_FILE))
     except TowerrecError as error:
         raise TowerrecError(error.message, hint=AGAIN) from None
     candidate_features = {k: v for k, v in fsio.read_tensors(base / "candidates.safetensors", hint=AGAIN).items()
@@ -354,8 +345,8 @@ def load_ranking_stage(folder: Path, manifest: dict[str, Any], item_ids: list, u
     attach(model, candidate_features)
     rules, user_columns = _load_rules(folder, manifest, item_ids, user_ids)
     return RankingStage(model=model, queries=TwoTowerQueries(features, latest, None), user_queries=queries,
-                        candidates=candidates, rules=rules, has_rules=manifest.get("rules") is not None,
-                        user_ids=user_ids, user_columns=user_columns, device=device)
+                        candidates=candidates, rules=rules, user_ids=user_ids, user_columns=user_columns,
+                        score=score, retrieval_weight=weight)
 
 
 def _check_query_ranges(path: Path, features: FittedFeatures, queries: dict[str, Tensor]) -> None:
@@ -418,12 +409,12 @@ def write_rules(staging: Path, rules: BusinessRules, items: pl.DataFrame, users:
 
 
 def _load_rules(folder: Path, manifest: dict[str, Any], item_ids: list,
-                user_ids: list) -> tuple[CompiledRules, tuple[str, ...]]:
+                user_ids: list) -> tuple[CompiledRules | None, tuple[str, ...]]:
     """The bundle's rules compiled over its catalogue (checked against the rule tables again) and the user
-    columns they read; no rules: an empty rule set (the ranked top-k)."""
+    columns they read; (None, ()) without rules."""
     entry = manifest.get("rules")
     if entry is None:
-        return BusinessRules().compile(None, None, catalogue_ids=item_ids), ()
+        return None, ()
     base = folder / RULES_FOLDER
     for name in (RULES_FILE, "items.parquet", "users.parquet"):
         if not (base / name).is_file():
