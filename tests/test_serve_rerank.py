@@ -178,6 +178,17 @@ def test_rules_that_remove_everything_give_fewer_items(run, ranker, tmp_path):
         assert body["k"] == 0 and body["items"] == [] and body["k_requested"] == 5
 
 
+def test_the_popular_fallback_obeys_the_rules(run, ranker, tmp_path, bundles):
+    model, features = ranker
+    popular = [r["item_id"] for r in bundles["ranked"].recommend("nobody", k=5, fallback="popular")]
+    denied = popular[:2]
+    out = export_bundle(run.run_dir, tmp_path / "deny", data=run.data, ranker=model, ranker_features=features,
+                        candidates=CANDIDATES, rules=BusinessRules(deny=tuple(denied)))
+    answered = [r["item_id"] for r in load_bundle(out).recommend("nobody", k=5, fallback="popular")]
+    assert len(answered) == 5 and not set(denied) & set(answered)
+    assert answered[:3] == popular[2:]  # the rest keep their popularity order
+
+
 def test_http_answers_both_scores_like_python(bundles):
     rules = bundles["rules"]
     with TestClient(create_app(rules)) as client:

@@ -215,13 +215,25 @@ class Bundle:
                  "ranking_score": ranking} for p, final, retrieval, ranking in found]
 
     def popular(self, k: int, exclude: np.ndarray | None = None) -> list[dict[str, Any]]:
-        """The ``k`` items with the most training interactions (ties by position), skipping ``exclude``; score = count."""
+        """The ``k`` items with the most training interactions (ties by position), skipping ``exclude``; score = count.
+
+        A bundle with business rules applies them to the most popular ``max(k, candidates)`` items (as to
+        a new user without features: rules with a user condition apply only where the condition matches
+        a missing value); the list is not ranked.
+        """
         counts = self.item_counts.double().clone()
         if exclude is not None and exclude.size:
             counts[torch.as_tensor(exclude, dtype=torch.int64)] = -torch.inf
         order = torch.sort(-counts, stable=True).indices
-        top = order[torch.isfinite(counts[order])][:k]
-        return self.records(top.tolist(), counts[top].tolist())
+        rules = None if self.ranking is None else self.ranking.rules
+        top = order[torch.isfinite(counts[order])][: k if rules is None else max(k, self.ranking.candidates)]
+        if rules is None:
+            return self.records(top.tolist(), counts[top].tolist())
+        positions = top.numpy()[None, :]
+        chosen = rules.select_batch(positions, counts[top].numpy()[None, :], k,
+                                    rules.user_matches([self.ranking.rule_user(None, None)]))[0]
+        kept = top[torch.as_tensor(chosen[chosen >= 0], dtype=torch.int64)]
+        return self.records(kept.tolist(), counts[kept].tolist())
 
     # ------------------------------------------------------------ recommend
     def recommend(
@@ -255,8 +267,8 @@ class Bundle:
                 warning) or ``"ignore"`` (dropped); default: a sequential run's ``[sequence] unknown_items``,
                 else ``"error"``.
             fallback: ``"popular"``: an unknown user without features or history (or with a history
-                of only unknown items) gets the most popular items instead of an error (with a ranker too:
-                the fallback is neither ranked nor filtered by the rules).
+                of only unknown items) gets the most popular items instead of an error (with a ranker: not
+                ranked, but the bundle's rules apply, see :meth:`popular`).
         Returns:
             ``min(k, items left)`` records; scores are dot products (train counts for the fallback; with a
             ranker, the final scores of the ranking stage).
