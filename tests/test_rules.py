@@ -80,7 +80,12 @@ def test_each_operator(condition, expected):
 
 def test_allow_and_deny_lists():
     ids, scores = [10, 11, 12, 13, 14], [5.0, 4.0, 3.0, 2.0, 1.0]
-    assert compiled(deny=[10, 12, 999]).apply(ids, scores, 10) == [11, 13, 14]  # an unknown id is ignored
+    with pytest.warns(UserWarning, match=r"deny: item id\(s\) 999 are not in the catalogue"):
+        assert compiled(deny=[10, 12, 999]).apply(ids, scores, 10) == [11, 13, 14]  # an unknown id is ignored
+    with pytest.warns(UserWarning, match=r"allow: item id\(s\) 998 are not in the catalogue"):
+        assert compiled(allow=[14, 998]).apply(ids, scores, 10) == [14]
+    with pytest.raises(ConfigError, match="allow: none of its item id"):
+        compiled(allow=[998, 999])
     assert compiled(allow=[14, 11]).apply(ids, scores, 10) == [11, 14]
     assert compiled(allow=[11, 14], deny=[11]).apply(ids, scores, 10) == [14]
 

@@ -169,7 +169,7 @@ def test_rules_apply_to_known_and_new_users(bundles, run):
 def test_rules_that_remove_everything_give_fewer_items(run, ranker, tmp_path):
     model, features = ranker
     out = export_bundle(run.run_dir, tmp_path / "none", data=run.data, ranker=model, ranker_features=features,
-                        candidates=CANDIDATES, rules=BusinessRules(allow=(999_999,)))
+                        candidates=CANDIDATES, rules=BusinessRules(deny=tuple(run.data.catalogue_ids.tolist())))
     bundle = load_bundle(out)
     user = int(bundle.user_ids[0])
     assert bundle.recommend(user, k=5) == []

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -503,10 +504,12 @@ class BusinessRules:
 
         ``catalogue_ids``: the item ids in catalogue (model) order; candidates are then named by
         their catalogue positions. Default: ``items["item_id"]`` in table order. Catalogue items
-        absent from ``items`` have missing attributes. Allow/deny ids not in the catalogue are ignored.
+        absent from ``items`` have missing attributes. Allow/deny ids not in the catalogue are ignored
+        with a warning naming them.
 
         Raises:
-            ConfigError: as :meth:`check`.
+            ConfigError: as :meth:`check`; an allow list naming no item of the catalogue (nothing could
+                ever be recommended).
         """
         self.check(items, users)
         if catalogue_ids is None:
@@ -524,6 +527,15 @@ class BusinessRules:
             frame = pl.DataFrame({"item_id": catalogue})
         blocked = np.zeros(num_items, dtype=bool)
         position = {v: i for i, v in enumerate(ids)}
+        for key, listed in (("allow", self.allow or ()), ("deny", self.deny)):
+            unknown = [v for v in listed if v not in position]
+            if key == "allow" and listed and len(unknown) == len(listed):
+                raise ConfigError(f"{self.source}: allow: none of its item id(s) {listing(unknown, 5, shorten)} "
+                                  "is in the catalogue, so nothing could be recommended",
+                                  hint="list item ids of this catalogue, or drop the allow list")
+            if unknown:
+                warnings.warn(f"{self.source}: {key}: item id(s) {listing(unknown, 5, shorten)} are not in the "
+                              "catalogue and are ignored", stacklevel=2)
         if self.allow is not None:
             blocked[:] = True
             blocked[[position[v] for v in self.allow if v in position]] = False
