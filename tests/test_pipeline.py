@@ -79,6 +79,14 @@ def test_final_lists_are_the_retrieved_candidates_in_ranking_order(retrieval):
             assert item.score == item.ranking_score  # score="ranker"
 
 
+def test_k_above_candidates_retrieves_k(retrieval):
+    run, data = retrieval
+    pipeline = RetrieveThenRank(run.model, PositionRanker(), data, candidates=3)
+    got = pipeline.recommend([1], k=8)[1]
+    assert len(got) == 8  # max(k, candidates) retrieved, as a bundle does
+    assert sorted(r.item_id for r in got) == sorted(r.item_id for r in recommend(run, data, [1], k=8)[1])
+
+
 def test_seen_and_excluded_items_never_come_back(retrieval):
     run, data = retrieval
     pipeline = RetrieveThenRank(run.model, PositionRanker(), data, candidates=40)

@@ -300,15 +300,17 @@ class RetrieveThenRank:
 
     def retrieve(self, rows: np.ndarray, *, exclude_seen: bool = True,
                  exclude_positions: Sequence[Sequence[int]] | None = None,
-                 at: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 at: int | None = None, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Stage 1: ``([users, N] catalogue positions, [users, N] retrieval scores)`` of train users ``rows``
         (``[users]`` rows of ``data.features.user_ids``), best first, ``-1`` / ``-inf`` past the items left.
 
-        ``exclude_positions``: more catalogue positions to leave out, one list per user.
+        ``exclude_positions``: more catalogue positions to leave out, one list per user. ``count``: N,
+        how many to retrieve (default: ``candidates``).
         """
         rows = np.asarray(rows, dtype=np.int64)
+        wanted = self.candidates if count is None else int(count)
         if rows.size == 0:
-            return np.zeros((0, self.candidates), dtype=np.int64), np.zeros((0, self.candidates))
+            return np.zeros((0, wanted), dtype=np.int64), np.zeros((0, wanted))
         examples = user_examples(self.data, rows, at)
         queries = query_embeddings(self.retriever, examples)
         lists = [[] for _ in range(rows.size)]
@@ -318,13 +320,13 @@ class RetrieveThenRank:
             lists = [indices[indptr[u]:indptr[u + 1]].tolist() for u in range(rows.size)]
         if exclude_positions is not None:
             lists = [list(a) + list(b) for a, b in zip(lists, exclude_positions)]
-        found = self._catalogue_index().search(queries, self.candidates, exclude_positions=lists)
+        found = self._catalogue_index().search(queries, wanted, exclude_positions=lists)
         positions = found.indices.cpu().numpy().astype(np.int64)
         scores = found.scores.float().cpu().numpy().astype(np.float64)
         width = positions.shape[1]
         valid = np.arange(width)[None, :] < found.counts.numpy()[:, None]
-        out_positions = np.full((rows.size, self.candidates), -1, dtype=np.int64)
-        out_scores = np.full((rows.size, self.candidates), -np.inf)
+        out_positions = np.full((rows.size, wanted), -1, dtype=np.int64)
+        out_scores = np.full((rows.size, wanted), -np.inf)
         out_positions[:, :width] = np.where(valid, positions, -1)
         out_scores[:, :width] = np.where(valid, scores, -np.inf)
         return out_positions, out_scores
@@ -332,7 +334,8 @@ class RetrieveThenRank:
     def rank_rows(self, rows: np.ndarray, k: int = 10, *, exclude_seen: bool = True,
                   exclude_positions: Sequence[Sequence[int]] | None = None, at: int | None = None,
                   chunk: int = 1024) -> RankedLists:
-        """The final top-``k`` of train users ``rows`` (``[users]``), all stages, in chunks of ``chunk`` users.
+        """The final top-``k`` of train users ``rows`` (``[users]``), all stages, in chunks of ``chunk`` users;
+        ``max(k, candidates)`` items are retrieved per user (as a bundle does).
 
         Raises:
             ValueError: ``k`` < 1 (and as :func:`rerank`).
@@ -342,7 +345,8 @@ class RetrieveThenRank:
         for start in range(0, max(rows.size, 1), chunk):
             part = rows[start:start + chunk]
             excluded = None if exclude_positions is None else exclude_positions[start:start + chunk]
-            candidates, retrieved = self.retrieve(part, exclude_seen=exclude_seen, exclude_positions=excluded, at=at)
+            candidates, retrieved = self.retrieve(part, exclude_seen=exclude_seen, exclude_positions=excluded, at=at,
+                                                  count=max(k, self.candidates))
             queries = user_examples(self.ranker_data, self._ranker_rows(part), at).select(slice(None))
             user_rules = None
             if self.rules is not None:
