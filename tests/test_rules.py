@@ -191,7 +191,7 @@ def test_shipped_rules_validate_against_movielens():
     ({"exclude": [{**CHILD_RULE, "users": {"column": "age", "op": "<", "value": "13"}}]},
      "value '13' (a string) cannot be compared with users column 'age' (Int32)"),
     ({"exclude": [{"name": "x", "items": {"column": "genres", "op": "contains", "value": 1}}]},
-     "cannot be compared with items column 'genres' (String)"),
+     "cannot be compared with items column 'genres' (a list of String)"),
     ({"exclude": [{"name": "x", "items": {"column": "genres", "op": "==", "value": "Horror"}}]},
      "op '==' compares one value, and items column 'genres' holds lists"),
     ({"exclude": [{"name": "x", "items": {"column": "title", "op": "<", "value": "M"}}]},

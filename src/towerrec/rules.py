@@ -176,8 +176,9 @@ class Condition:
                                   "which has no order here", hint="use '==', '!=', 'in' or 'not in'")
         for v in self.values:
             if not _compatible(v, element):
+                held = f"a list of {element}" if element is not dtype else f"{element}"
                 raise ConfigError(f"value {shorten(v)} ({_kind(v)}) cannot be compared with {table} column "
-                                  f"{self.column!r} ({element})",
+                                  f"{self.column!r} ({held})",
                                   hint=f"give a {_kind_of_dtype(element)} value")
 
 
