@@ -226,7 +226,8 @@ def test_a_multi_task_run_reports_top_k_under_both_protocols_and_rating_metrics(
     config = _multi_task_config(data={"validation_fraction": 0.1})
     result = train_run(config, runs_root=tmp_path, dataset=dataset, progress=False, log=lambda *_: None)
     test = result.metrics["test"]
-    assert set(test) == {"seen_excluded", "tfrs", "ranking"} and "validation" in result.metrics
+    assert set(test) == {"seen_excluded", "tfrs", "ranking", "ranking_baselines"} and "validation" in result.metrics
+    assert set(test["ranking_baselines"]["item_mean"]) == set(test["ranking"])  # the rating head's baselines
     assert 0 <= test["tfrs"]["top_50_accuracy"] <= 1 and test["ranking"]["rmse"] < 2.0
     history = [json.loads(line) for line in (result.run_dir / "history.jsonl").read_text().splitlines()]
     assert {"validation/top_10_accuracy", "validation/rmse"} <= set(history[-1])
@@ -270,6 +271,9 @@ def test_towerrec_train_prints_one_table_with_top_k_and_rmse(capsys, tmp_path):
         protocol = "seen_excluded" if row == "seen excl." else "tfrs"
         line = next(line for line in out.splitlines() if row in line)
         assert f"{metrics[protocol]['top_50_accuracy']:.4f}" in line and f"{metrics['ranking']['rmse']:.4f}" in line
+    baselines = metrics["ranking_baselines"]
+    assert (f"rating baselines, test RMSE: global mean {baselines['global_mean']['rmse']:.4f}, "
+            f"item mean {baselines['item_mean']['rmse']:.4f}") in out
     code, out = run_cli_text(capsys, "evaluate", run_dir)
     assert code == 0 and f"{metrics['ranking']['rmse']:.4f}" in out and "top-10" in out
     code, out = run_cli_text(capsys, "recommend", run_dir, "--user", "3", "-k", "3")

@@ -38,10 +38,23 @@ def test_train_then_evaluate_a_ranking_run(capsys, ranking_config):
     rmse = metrics["test"]["ranking"]["rmse"]
     assert set(metrics["validation"]["ranking"]) == {"rmse", "mae", "auc", "ndcg@3", "ndcg@10", "mrr"}
     assert f"{rmse:.4f}" in out
+    for split in ("test", "validation"):  # the rating baselines, stored and printed beside the model
+        baselines = metrics[split]["ranking_baselines"]
+        assert set(baselines) == {"global_mean", "item_mean"}
+        assert set(baselines["item_mean"]) == set(metrics[split]["ranking"])
+        lines = out.splitlines()
+        at = next(i for i, line in enumerate(lines) if f"rank-cli ({split})" in line)
+        for offset, name in ((1, "global_mean"), (2, "item_mean")):  # indented rows under the split's model row
+            row = lines[at + offset]
+            assert f"│   {name.replace('_', ' ')} " in row
+            assert f"{baselines[name]['rmse']:.4f}" in row
+    item_rmse = metrics["test"]["ranking_baselines"]["item_mean"]["rmse"]
 
     code, out = run_cli(capsys, "evaluate", run_dir)
     assert code == 0, out
     assert f"{rmse:.4f}" in out  # the loaded model (catalogue given back) scores as the trained one did
+    assert "indented: baselines" in out
+    assert f"{item_rmse:.4f}" in next(line for line in out.splitlines() if "│   item mean " in line)
 
     code, out = run_cli(capsys, "recommend", run_dir, "--user", "3")
     assert code == 1 and "is a ranking run" in out and "Traceback" not in out

@@ -47,7 +47,7 @@ from towerrec.errors import ConfigError, TowerrecError, first_line, listing
 from towerrec.features import FittedFeatures
 from towerrec.model import Model, RankingModel
 from towerrec.train.checkpoint import RETRAIN_HINT, load_json, save_json
-from towerrec.train.evaluate import evaluate_both_protocols, evaluate_ranking
+from towerrec.train.evaluate import evaluate_both_protocols, evaluate_ranking, ranking_baselines
 from towerrec.train.models import build_model, fit_baseline
 from towerrec.train.prepared import PreparedData, prepare
 from towerrec.train.sequence_data import SequenceData, prepare_sequences, require_examples
@@ -318,7 +318,10 @@ def train_run(
 def evaluate_run(config: RunConfig, model: Model, data: PreparedData | SequenceData) -> dict[str, Any]:
     """``{"test": ..., "validation": ...}`` (validation when the data has one) of a trained model: both
     full-catalogue protocols (``{"seen_excluded": ..., "tfrs": ...}``) for retrieval kinds, ``{"ranking":
-    ...}`` (:func:`~towerrec.train.evaluate.evaluate_ranking`) for ranking kinds, all three for multi-task runs."""
+    ...}`` (:func:`~towerrec.train.evaluate.evaluate_ranking`) for ranking kinds, all three for multi-task runs;
+    rating runs also get ``"ranking_baselines": {"global_mean": ..., "item_mean": ...}``
+    (:func:`~towerrec.train.evaluate.ranking_baselines`: the same metrics of the mean train rating and of each
+    item's mean train rating)."""
     splits = {"test": data.test, "validation": data.validation}
     metrics: dict[str, Any] = {}
     for name, examples in splits.items():
@@ -330,6 +333,10 @@ def evaluate_run(config: RunConfig, model: Model, data: PreparedData | SequenceD
             metrics[name] = evaluate_both_protocols(model, data, examples, config.eval.ks)
         if config.model.kind == MULTI_TASK:
             metrics[name]["ranking"] = evaluate_ranking(model, data, examples, config.ranking)  # type: ignore[arg-type]
+        if config.model.kind in RANKING_KINDS or config.model.kind == MULTI_TASK:
+            baselines = ranking_baselines(data, examples, config.ranking)  # type: ignore[arg-type]
+            if baselines:
+                metrics[name]["ranking_baselines"] = baselines
     return metrics
 
 

@@ -88,18 +88,33 @@ def train(
     console.print(f"run directory: [bold]{escape(str(result.run_dir))}[/bold]", soft_wrap=True, highlight=False)  # paths stay copyable
 
 
-def ranking_table(title: str | Text, rows: dict[str, dict[str, float]]) -> Table:
-    """One row per model (or split): its ranking metrics (RMSE, MAE, AUC, NDCG@K, MRR; those it has)."""
+BASELINE_LABELS = {"global_mean": "global mean", "item_mean": "item mean"}  # rows of the mean train rating baselines
+BASELINES_NOTE = "; indented: baselines, the global / each item's mean train rating"
+
+Rows = dict[str, dict[str, float]] | list[tuple[str, dict[str, float]]]
+
+
+def with_baselines(label: str, metrics: dict[str, float],
+                   baselines: dict[str, dict[str, float]]) -> list[tuple[str, dict[str, float]]]:
+    """A model's row followed by one indented row per rating baseline (``metrics.json``'s ``ranking_baselines``:
+    ``"  global mean"``, the mean train rating, and ``"  item mean"``, each item's)."""
+    return [(label, metrics), *[(f"  {BASELINE_LABELS.get(name, name)}", m) for name, m in baselines.items()]]
+
+
+def ranking_table(title: str | Text, rows: Rows) -> Table:
+    """One row per model (or split, or baseline; ``rows``: label -> metrics, or (label, metrics) pairs): its
+    ranking metrics (RMSE, MAE, AUC, NDCG@K, MRR; those it has)."""
+    pairs = list(rows.items()) if isinstance(rows, dict) else rows
     order = ["rmse", "mae", "auc"]
-    names = [n for n in order if any(n in m for m in rows.values())]
-    ndcg = sorted({n for m in rows.values() for n in m if n.startswith("ndcg@")}, key=lambda n: int(n[5:]))
-    names += ndcg + (["mrr"] if any("mrr" in m for m in rows.values()) else [])
+    names = [n for n in order if any(n in m for _, m in pairs)]
+    ndcg = sorted({n for _, m in pairs for n in m if n.startswith("ndcg@")}, key=lambda n: int(n[5:]))
+    names += ndcg + (["mrr"] if any("mrr" in m for _, m in pairs) else [])
     labels = {"rmse": "RMSE", "mae": "MAE", "auc": "AUC", "mrr": "MRR"}
     table = Table(title=title, title_justify="left")
     table.add_column("model")
     for n in names:
         table.add_column(labels.get(n, n.replace("ndcg", "NDCG")), justify="right")
-    for name, metrics in rows.items():
+    for name, metrics in pairs:
         table.add_row(Text(name), *[f"{metrics[n]:.4f}" if n in metrics else "" for n in names])
     return table
 
@@ -127,9 +142,18 @@ def _print_run_metrics(name: str, metrics: dict, ks=KS) -> None:
     if "ranking" in test and "tfrs" in test:
         console.print(multitask_table(Text(f"{name}, test: top-K accuracy over the catalogue; rating error of "
                                            "the rated pairs"), test, ks))
+        if "ranking_baselines" in test:
+            console.print("rating baselines, test RMSE: " + ", ".join(
+                f"{BASELINE_LABELS.get(n, n)} {m['rmse']:.4f}" for n, m in test["ranking_baselines"].items()),
+                highlight=False)
     elif "ranking" in test:
-        rows = {f"{name} ({split})": metrics[split]["ranking"] for split in ("test", "validation") if split in metrics}
-        console.print(ranking_table("ranking metrics (each user's rated items of the split)", rows))
+        title = "ranking metrics (each user's rated items of the split)"
+        if "ranking_baselines" in test:
+            title += BASELINES_NOTE
+        rows = [row for split in ("test", "validation") if split in metrics
+                for row in with_baselines(f"{name} ({split})", metrics[split]["ranking"],
+                                          metrics[split].get("ranking_baselines", {}))]
+        console.print(ranking_table(title, rows))
     else:
         console.print(metrics_table("test, seen items excluded", {name: test["seen_excluded"]}, ks))
         console.print(metrics_table("test, TFRS protocol (seen items not excluded)", {name: test["tfrs"]}, ks))
@@ -165,13 +189,16 @@ def evaluate(
     if examples is None:
         raise TowerrecError(f"split {split!r} does not exist for this run", hint="use --split test")
     if run.config.model.kind in RANKING_KINDS:
-        from towerrec.train.evaluate import evaluate_ranking
+        from towerrec.train.evaluate import evaluate_ranking, ranking_baselines
 
         if include_seen:
             console.print("note: --include-seen has no effect: a ranking run scores each user's rated items",
                           highlight=False)
         ranking = evaluate_ranking(run.model, data, examples, run.config.ranking)  # type: ignore[arg-type]
-        console.print(ranking_table(f"{split}, ranking metrics (each user's rated items)", {run.config.name: ranking}))
+        baselines = ranking_baselines(data, examples, run.config.ranking)  # type: ignore[arg-type]
+        console.print(ranking_table(f"{split}, ranking metrics (each user's rated items)"
+                                    + (BASELINES_NOTE if baselines else ""),
+                                    with_baselines(run.config.name, ranking, baselines)))
         return
     metrics = evaluate_examples(run.model, data, examples, ks=run.config.eval.ks, exclude_seen=not include_seen)
     protocol = "TFRS protocol" if include_seen else "seen items excluded"
@@ -179,10 +206,13 @@ def evaluate(
     extra = {k: v for k, v in metrics.items() if not k.startswith("top_")}
     console.print("  ".join(f"{k} {v:.4f}" for k, v in extra.items()))
     if run.config.model.kind == MULTI_TASK:  # its rating head too
-        from towerrec.train.evaluate import evaluate_ranking
+        from towerrec.train.evaluate import evaluate_ranking, ranking_baselines
 
         ranking = evaluate_ranking(run.model, data, examples, run.config.ranking)  # type: ignore[arg-type]
-        console.print(ranking_table(f"{split}, rating head (each user's rated items)", {run.config.name: ranking}))
+        baselines = ranking_baselines(data, examples, run.config.ranking)  # type: ignore[arg-type]
+        console.print(ranking_table(f"{split}, rating head (each user's rated items)"
+                                    + (BASELINES_NOTE if baselines else ""),
+                                    with_baselines(run.config.name, ranking, baselines)))
 
 
 @app.command()

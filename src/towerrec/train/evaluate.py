@@ -167,7 +167,12 @@ def evaluate_ranking(model: nn.Module, data: PreparedData, examples: EncodedExam
     items of the split, graded by their ratings (or labels where there are none), from
     :mod:`towerrec.metrics.ranking`. A metric that is undefined on the split (AUC with one class) is NaN.
     """
-    scores = ranking_scores(model, data, examples)
+    return ranking_metrics(ranking_scores(model, data, examples), examples, settings)
+
+
+def ranking_metrics(scores: Tensor, examples: EncodedExamples, settings: RankingConfig) -> dict[str, float]:
+    """:func:`evaluate_ranking`'s metrics of given ``[n]`` scores, one per example of the split (a model's or a
+    baseline's)."""
     ratings = examples.ratings if examples.ratings is not None else torch.full((len(examples),), float("nan"))
     labels = ranking_labels(settings, ratings)
     names = ranking_metric_names(settings)
@@ -184,3 +189,33 @@ def evaluate_ranking(model: nn.Module, data: PreparedData, examples: EncodedExam
     except ValueError:  # no user has a positive label on this split: NDCG and MRR are undefined
         metrics.update({name: float("nan") for name in names if name == "mrr" or name.startswith("ndcg@")})
     return metrics
+
+
+def rating_baseline_scores(data: PreparedData, examples: EncodedExamples) -> dict[str, Tensor]:
+    """``{"global_mean": [n], "item_mean": [n]}`` predicted ratings of the split's examples: the mean train
+    rating, and each target item's mean train rating (unshrunk; the global mean for an item without train
+    ratings). Train examples without a rating (NaN) are left out. Empty when train has no ratings."""
+    train = data.train
+    if train.ratings is None or not bool((~torch.isnan(train.ratings)).any()):
+        return {}
+    rated = ~torch.isnan(train.ratings)
+    ratings = train.ratings[rated].double()
+    items = train.targets[rated]
+    mean = float(ratings.mean())
+    sums = torch.zeros(data.num_items, dtype=torch.float64).index_add_(0, items, ratings)
+    counts = torch.zeros(data.num_items, dtype=torch.float64).index_add_(0, items, torch.ones_like(ratings))
+    item_means = torch.where(counts > 0, sums / counts.clamp(min=1), torch.tensor(mean, dtype=torch.float64))
+    return {"global_mean": torch.full((len(examples),), mean, dtype=torch.float64).float(),
+            "item_mean": item_means[examples.targets].float()}
+
+
+def ranking_baselines(data: PreparedData, examples: EncodedExamples,
+                      settings: RankingConfig) -> dict[str, dict[str, float]]:
+    """The project's baselines beside a rating model: ``{"global_mean": metrics, "item_mean": metrics}`` of
+    :func:`rating_baseline_scores` on the split, by :func:`ranking_metrics` (a constant's NDCG and MRR are the
+    tie-aware expectations; the item mean ranks each user's items by their mean rating). Only for rating
+    regression (``label = "rating"``, ``loss = "mse"``); otherwise, or without train ratings, ``{}``."""
+    if settings.label != "rating" or settings.loss != "mse":
+        return {}
+    return {name: ranking_metrics(scores, examples, settings)
+            for name, scores in rating_baseline_scores(data, examples).items()}
