@@ -46,7 +46,7 @@ from towerrec.metrics.topk import DEFAULT_KS
 from towerrec.model import CANDIDATE_INDEX, LABEL, USER_ROW, RankingModel, RetrievalModel
 from towerrec.models.sequential import TARGETS
 from towerrec.train.evaluate import evaluate_examples, evaluate_ranking
-from towerrec.train.prepared import HISTORY, PreparedData, ranking_labels
+from towerrec.train.prepared import HISTORY, EncodedExamples, PreparedData, ranking_labels
 from towerrec.train.sequence_data import SequenceData
 
 Evaluate = Callable[[nn.Module], dict[str, float]]
@@ -105,7 +105,37 @@ class TensorData:
         return None if self._evaluate is None or split != "validation" else self._evaluate(model)
 
 
-class PreparedBatches:
+class _PreparedSplits:
+    """What every source of prepared data shares: ``attach`` and the validation / test lookup of ``evaluate``.
+
+    Subclasses set ``data`` (:class:`PreparedData`) and ``_evaluate`` (an evaluate function or None) and
+    define ``_split_metrics(model, examples)``.
+    """
+
+    data: PreparedData
+    _evaluate: Evaluate | None
+
+    def attach(self, model: nn.Module) -> None:
+        """Give a model with ``set_catalogue`` the encoded catalogue and the items' train counts."""
+        if hasattr(model, "set_catalogue"):
+            model.set_catalogue(self.data.catalogue, self.data.item_counts)
+
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float] | None:
+        """``_split_metrics`` of ``split`` ("validation" / "test"; None when absent); an evaluate function
+        given at construction replaces them (validation only)."""
+        if self._evaluate is not None:
+            return self._evaluate(model) if split == "validation" else None
+        examples = self.data.validation if split == "validation" else self.data.test
+        if examples is None:
+            return None
+        return self._split_metrics(model, examples)
+
+    def _split_metrics(self, model: nn.Module, examples: EncodedExamples) -> dict[str, float]:
+        """The metrics of ``model`` on held-out ``examples``."""
+        raise NotImplementedError
+
+
+class PreparedBatches(_PreparedSplits):
     """Prepared two-tower / baseline data: query features + ``candidate_index``; full-catalogue evaluation.
 
     ``attach(model)`` gives a model with ``set_catalogue`` the encoded catalogue and the
@@ -132,22 +162,12 @@ class PreparedBatches:
         batch[CANDIDATE_INDEX] = train.targets[index]
         return batch
 
-    def attach(self, model: nn.Module) -> None:
-        """Give a model with ``set_catalogue`` the encoded catalogue and the items' train counts."""
-        if hasattr(model, "set_catalogue"):
-            model.set_catalogue(self.data.catalogue, self.data.item_counts)
-
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float] | None:
-        """Full-catalogue metrics of ``split`` ("validation" / "test"; None when absent)."""
-        if self._evaluate is not None:
-            return self._evaluate(model) if split == "validation" else None
-        examples = self.data.validation if split == "validation" else self.data.test
-        if examples is None:
-            return None
+    def _split_metrics(self, model: nn.Module, examples: EncodedExamples) -> dict[str, float]:
+        """Full-catalogue metrics of ``examples`` (:func:`~towerrec.train.evaluate.evaluate_examples`)."""
         return evaluate_examples(model, self.data, examples, ks=self.ks, exclude_seen=self.exclude_seen)
 
 
-class RankingBatches:
+class RankingBatches(_PreparedSplits):
     """Prepared data for a ranking model (:class:`towerrec.model.RankingModel`): labelled (query, candidate) pairs.
 
     Pointwise losses (``mse``, ``bce``): one row per train example, ``candidate_index`` ``[batch]`` and
@@ -197,18 +217,8 @@ class RankingBatches:
         batch[LABEL] = self.labels[index]
         return batch
 
-    def attach(self, model: nn.Module) -> None:
-        """Give a model with ``set_catalogue`` the encoded catalogue (and the items' train counts)."""
-        if hasattr(model, "set_catalogue"):
-            model.set_catalogue(self.data.catalogue, self.data.item_counts)
-
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float] | None:
-        """Ranking metrics of ``split`` ("validation" / "test"; None when absent)."""
-        if self._evaluate is not None:
-            return self._evaluate(model) if split == "validation" else None
-        examples = self.data.validation if split == "validation" else self.data.test
-        if examples is None:
-            return None
+    def _split_metrics(self, model: nn.Module, examples: EncodedExamples) -> dict[str, float]:
+        """Ranking metrics of ``examples`` (:func:`~towerrec.train.evaluate.evaluate_ranking`)."""
         return evaluate_ranking(model, self.data, examples, self.settings)
 
 
