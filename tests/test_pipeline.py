@@ -189,6 +189,9 @@ def test_bad_arguments(retrieval):
         RetrieveThenRank(run.model, PositionRanker(), data, candidates=0)
     with pytest.raises(ValueError, match="score must be one of"):
         RetrieveThenRank(run.model, PositionRanker(), data, score="product")
+    for weight in (True, float("nan"), "2"):  # the same check as a bundle's export
+        with pytest.raises(ValueError, match="retrieval_weight must be a finite number"):
+            RetrieveThenRank(run.model, PositionRanker(), data, score="sum", retrieval_weight=weight)
     pipeline = RetrieveThenRank(run.model, PositionRanker(), data)
     with pytest.raises(TowerrecError, match="user\\(s\\) 99999 not in the training data"):
         pipeline.recommend([1, 99999])

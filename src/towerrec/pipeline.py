@@ -215,6 +215,20 @@ def _top(final: np.ndarray, valid: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def check_score(score: Any, retrieval_weight: Any) -> tuple[str, float]:
+    """The final-score mode (``"ranker"`` | ``"sum"``) and the retrieval weight, checked.
+
+    Raises:
+        ValueError: an unknown mode or a weight that is not a finite number.
+    """
+    if score not in SCORE_MODES:
+        raise ValueError(f"score must be one of {', '.join(SCORE_MODES)}, got {score!r}")
+    if isinstance(retrieval_weight, bool) or not isinstance(retrieval_weight, (int, float)) or \
+            not math.isfinite(retrieval_weight):
+        raise ValueError(f"retrieval_weight must be a finite number, got {retrieval_weight!r}")
+    return score, float(retrieval_weight)
+
+
 class RetrieveThenRank:
     """Retrieval of ``candidates`` items per user, re-ranked by a ranking model, filtered by business rules.
 
@@ -245,10 +259,7 @@ class RetrieveThenRank:
             raise TypeError(f"the ranker must be a towerrec RankingModel, got {type(ranker).__name__}")
         if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) or candidates < 1:
             raise ValueError(f"candidates must be an integer ≥ 1, got {candidates!r}")
-        if score not in SCORE_MODES:
-            raise ValueError(f"score must be one of {', '.join(SCORE_MODES)}, got {score!r}")
-        if not isinstance(retrieval_weight, (int, float)) or not math.isfinite(retrieval_weight):
-            raise ValueError(f"retrieval_weight must be a finite number, got {retrieval_weight!r}")
+        score, retrieval_weight = check_score(score, retrieval_weight)
         ranker_data = data if ranker_data is None else ranker_data
         check_same_catalogue(data.catalogue_ids, ranker_data.catalogue_ids, retriever=names[0], ranker=names[1])
         self.retriever, self.ranker, self.data, self.ranker_data = retriever, ranker, data, ranker_data

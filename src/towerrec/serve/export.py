@@ -41,9 +41,10 @@ from towerrec.metrics.topk import CSR
 from towerrec.model import CANDIDATE_INDEX, RetrievalModel
 from towerrec.serve.bundle import BUNDLE_FORMAT_VERSION, MANIFEST, MODEL_FOLDER, bundle_files, load_bundle
 from towerrec.serve.queries import QUERY_PREFIX, QueryBuilder, SequentialQueries, TensorQueries, TwoTowerQueries
+from towerrec.pipeline import check_score
 from towerrec.rules import BusinessRules
-from towerrec.serve.ranking import (DEFAULT_CANDIDATES, check_candidates_count, check_score, ranker_parts,
-                                    rule_tables, write_ranker, write_rules)
+from towerrec.serve.ranking import (DEFAULT_CANDIDATES, check_candidates_count, ranker_parts, rule_tables,
+                                    write_ranker, write_rules)
 
 INDEX_KINDS = ("brute-force", "hnsw", "ivf", "ivfpq")
 ITEM_COLUMNS = ("title", "year", "genres")

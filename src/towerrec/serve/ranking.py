@@ -44,7 +44,7 @@ from towerrec import fsio
 from towerrec.errors import RequestError, ServingError, TowerrecError, first_line
 from towerrec.features import FittedFeatures
 from towerrec.model import USER_ROW, RankingModel
-from towerrec.pipeline import SCORE_MODES, check_same_catalogue, ranking_scores, rerank
+from towerrec.pipeline import check_same_catalogue, check_score, ranking_scores, rerank
 from towerrec.rules import BusinessRules, CompiledRules
 from towerrec.serve.queries import AGAIN, FEATURES_FILE, QUERY_PREFIX, TwoTowerQueries
 
@@ -251,20 +251,6 @@ def write_ranker(staging: Path, parts: RankerParts, candidates: int, score: str 
     return {**parts.source, "model_class": class_name(type(parts.model)), "candidates": candidates,
             "score": score, "retrieval_weight": retrieval_weight, "latest_timestamp": parts.latest_timestamp, "query_keys": sorted(parts.user_queries),
             "candidate_keys": sorted(parts.candidates)}
-
-
-def check_score(score: Any, retrieval_weight: Any) -> tuple[str, float]:
-    """The final-score mode (``"ranker"`` | ``"sum"``) and the retrieval weight, checked.
-
-    Raises:
-        ValueError: an unknown mode or a weight that is not a finite number.
-    """
-    if score not in SCORE_MODES:
-        raise ValueError(f"score must be one of {', '.join(SCORE_MODES)}, got {score!r}")
-    if isinstance(retrieval_weight, bool) or not isinstance(retrieval_weight, (int, float)) or \
-            not np.isfinite(retrieval_weight):
-        raise ValueError(f"retrieval_weight must be a finite number, got {retrieval_weight!r}")
-    return score, float(retrieval_weight)
 
 
 def check_candidates_count(candidates: Any) -> int:
