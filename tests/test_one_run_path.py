@@ -159,3 +159,23 @@ def test_history_maps_movielens_merged_twin_ids(capsys, tmp_path):
     assert code == 0 and twin == canonical, twin  # unknown_items = "error" would have refused an unknown 3
     listed = re.findall(r"\(id (\d+),", twin)
     assert len(listed) == 3 and {"1", "2", "3"}.isdisjoint(listed)  # 1 (= 3) and 2 are the history: excluded
+
+
+def test_callbacks_reach_the_trainer_and_see_every_trained_epoch_but_not_a_reused_run(tmp_path, dataset):
+    from towerrec.train.trainer import Callback
+
+    class Epochs(Callback):
+        def __init__(self) -> None:
+            self.records: list[dict] = []
+
+        def on_epoch_end(self, trainer, epoch, record) -> None:
+            self.records.append(record)
+
+    config = _config("two-tower").replace(train={"epochs": 2, "eval_every": 1})
+    seen = Epochs()
+    train_run(config, runs_root=tmp_path, dataset=dataset, callbacks=[seen], **QUIET)
+    assert [r["epoch"] for r in seen.records] == [1, 2]
+    assert all("loss" in r and any(k.startswith("test/") for k in r) for r in seen.records)
+    later = Epochs()
+    assert train_run(config, runs_root=tmp_path, dataset=dataset, callbacks=[later], **QUIET).reused
+    assert later.records == []

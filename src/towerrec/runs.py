@@ -27,7 +27,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ from towerrec.train.models import build_model, fit_baseline
 from towerrec.train.prepared import PreparedData, prepare
 from towerrec.train.sequence_data import SequenceData, prepare_sequences, require_examples
 from towerrec.devices import resolve_device
-from towerrec.train.trainer import Trainer
+from towerrec.train.trainer import Callback, Trainer
 
 RUN_FORMAT_VERSION = 3  # 3: the model as model.json + model.safetensors (towerrec.saving), any kind of model
 META = "meta.json"
@@ -266,6 +266,7 @@ def train_run(
     dataset: Dataset | None = None,
     log=print,
     device: str | torch.device | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> RunResult:
     """Train (or reuse, or resume) the run this configuration names, then evaluate it on test (and validation).
 
@@ -275,6 +276,8 @@ def train_run(
     absolute first (the run's stored config then works from any folder; see
     :func:`towerrec.data.registry.with_absolute_paths`). ``device`` (default ``"cpu"``; ``"cuda"``...)
     is where the model trains and is evaluated; it is not part of the configuration (nor of its hash).
+    ``callbacks`` (:class:`~towerrec.train.trainer.Callback`) go to the trainer of a trainable model
+    (tracking, pruning); they see only epochs trained in this call, not a reused run.
 
     Raises:
         TowerrecError: the device is not available (checked before any data is prepared).
@@ -291,7 +294,8 @@ def train_run(
         started = time.perf_counter()
         if model.trainable:
             trainer = Trainer.from_config(config, data, model, device=target, checkpoint_dir=run_dir / "checkpoints",
-                                          history_path=run_dir / "history.jsonl", progress=progress)
+                                          history_path=run_dir / "history.jsonl", progress=progress,
+                                          callbacks=callbacks)
             if trainer.checkpointer is not None and trainer.checkpointer.exists():
                 log(f"resuming {run_dir} from its last checkpoint")
             result = trainer.fit()
