@@ -26,13 +26,14 @@ LAYERS: list[tuple[str, ...]] = [
     ("train.batches",),
     ("train.trainer",),
     ("runs",),
+    ("track",),
     ("recommend",),
     ("pipeline",),
     ("serve", "experiments"),
     ("cli",),
 ]
 #: Modules whose imports must form no circle (the model, training, run, recommend, serving and experiment layers).
-STACK = ("model", "models", "tasks", "saving", "train", "runs", "recommend", "pipeline", "serve", "experiments")
+STACK = ("model", "models", "tasks", "saving", "train", "runs", "track", "recommend", "pipeline", "serve", "experiments")
 
 
 def _modules() -> dict[str, Path]:

@@ -230,10 +230,31 @@ class TasksConfig:
     rating_layers: tuple[int, ...] = (256, 64)
 
 
+TRACK_BACKENDS = ("none", "tensorboard", "mlflow")
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """Experiment tracking (towerrec.track, docs/tracking.md): where a run's per-epoch loss, metrics and
+    examples/s, its configuration and its final metrics are logged. It does not change the model, so it is
+    never part of :meth:`RunConfig.hash`.
+
+    ``backend``: ``"none"`` (default: nothing is written), ``"tensorboard"`` (event files under
+    ``dir/<experiment>/``) or ``"mlflow"`` (the SQLite store ``dir/mlflow.db``, artifacts in
+    ``dir/mlartifacts``, unless ``uri`` names another MLflow tracking URI). ``dir`` is relative to the working
+    folder. ``experiment``: the TensorBoard folder / MLflow experiment name (absent: the config's ``name``).
+    """
+
+    backend: Literal["none", "tensorboard", "mlflow"] = "none"
+    dir: str = "runs/track"
+    experiment: str | None = None
+    uri: str | None = None
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything one training run needs: which data and split, the model, the task (loss), training
-    and evaluation settings, one dataclass per TOML section.
+    and evaluation settings (plus where it is tracked, ``[track]``), one dataclass per TOML section.
 
     ``RunConfig()`` is the ``default`` preset: it equals ``presets.preset("default")`` in every
     value but ``name`` (same :meth:`hash`). Read from TOML with :func:`load_config`, from a dict
@@ -251,15 +272,19 @@ class RunConfig:
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     ranking: RankingConfig = field(default_factory=RankingConfig)
     tasks: TasksConfig = field(default_factory=TasksConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for TOML: an unset optional is left out, or written ``false`` when its default is set
-        (``[sequence] min_rating = false``), so the file reads back as the same config."""
+        (``[sequence] min_rating = false``), so the file reads back as the same config. ``[track]`` is left
+        out while it holds its defaults (tracking off)."""
         values = dataclasses.asdict(self)
         for section in SECTIONS:
             for f in fields(getattr(self, section)):
                 if values[section][f.name] is None and f.default is not None:
                     values[section][f.name] = False
+        if self.track == TrackConfig():
+            values.pop("track")
         return _drop_none(values)
 
     def to_toml(self) -> str:
@@ -267,9 +292,10 @@ class RunConfig:
         return tomli_w.dumps(self.to_dict())
 
     def hash(self) -> str:
-        """Hash of everything that changes the trained model (the name does not)."""
+        """Hash of everything that changes the trained model (the name and ``[track]`` do not)."""
         payload = self.to_dict()
         payload.pop("name")
+        payload.pop("track", None)  # where the run is logged is not what it trains
         payload["data"].pop("data_dir", None)  # where the files are is not what they are
         payload["data"].pop("item_features", None)  # ditto: its content is in the data fingerprint
         payload["data"].pop("duplicate_titles", None)  # ditto: it changes the prepared data's fingerprint
@@ -371,7 +397,7 @@ def _resolved_hints(cls: type) -> dict[str, Any]:
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "task": TaskConfig, "train": TrainConfig, "eval": EvalConfig,
-            "sequence": SequenceConfig, "ranking": RankingConfig, "tasks": TasksConfig}
+            "sequence": SequenceConfig, "ranking": RankingConfig, "tasks": TasksConfig, "track": TrackConfig}
 
 
 def config_from_dict(values: dict[str, Any]) -> RunConfig:
@@ -507,6 +533,9 @@ def _check_values(config: RunConfig) -> None:
                 noun = "entries" if isinstance(value, tuple) else ""
                 raise ConfigError(f"[{section}] {key}{' ' + noun if noun else ''} must be {_plural(bound.describe(), noun)}"
                                   f", got {_shown(shown)}")
+    for key in ("dir", "experiment", "uri"):
+        if getattr(config.track, key) == "":
+            raise ConfigError(f"[track] {key} must not be empty", hint="leave the key out to take its default")
     d = config.data
     if d.test_fraction + d.validation_fraction >= 1.0:
         raise ConfigError(

@@ -21,6 +21,7 @@ Training holds a file lock on the run, so two ``train`` of one run never interle
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -41,7 +42,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from towerrec import __version__, fsio, saving
-from towerrec.config import MULTI_TASK, RANKING_KINDS, RunConfig, config_from_dict, load_config
+from towerrec.config import MULTI_TASK, RANKING_KINDS, RunConfig, TrackConfig, config_from_dict, load_config
 from towerrec.data.tables import Dataset, item_aliases
 from towerrec.errors import ConfigError, TowerrecError, first_line, listing
 from towerrec.features import FittedFeatures
@@ -159,7 +160,7 @@ def open_run_dir(config: RunConfig, fingerprint: str, runs_root: Path, *, retrai
         elif (finished := finished_run(config, fingerprint, runs_root)) is not None:
             log(f"reusing the finished run {run_dir} (same configuration and data; --retrain to train again)")
             return finished
-    text = _config_toml(config)
+    text = _config_toml(dataclasses.replace(config, track=TrackConfig()))  # shared by runs tracked anywhere
     with fsio.io_errors(run_dir, hint="choose a writable folder for the runs (--runs)"):
         run_dir.mkdir(parents=True, exist_ok=True)
     fsio.atomic_write_text(run_dir / "config.toml", text)
@@ -228,6 +229,34 @@ def _drop_if_nothing_to_resume(run_dir: Path, existed: bool) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
+class RunCallback(Callback):
+    """A trainer :class:`~towerrec.train.trainer.Callback` that also hears how the whole run ended
+    (:func:`train_run` calls these hooks; :mod:`towerrec.track` uses them).
+
+    A reused run calls no trainer hook but still calls :meth:`on_run_end`, so the callback sees every run.
+    """
+
+    def on_run_end(self, result: RunResult) -> None:
+        """After the run finished (trained, resumed or reused): its folder, ``metrics.json`` and ``reused``."""
+
+    def on_run_failed(self, error: BaseException) -> None:
+        """The run raised ``error`` (bad data, an interruption...) before it finished; ``error`` is re-raised."""
+
+
+def notify_run_end(callbacks: Sequence[Callback], result: RunResult) -> None:
+    """Call :meth:`RunCallback.on_run_end` of every :class:`RunCallback` among ``callbacks`` (for a caller
+    that reuses a finished run without :func:`train_run`, as the experiment runner does)."""
+    for callback in callbacks:
+        if isinstance(callback, RunCallback):
+            callback.on_run_end(result)
+
+
+def _notify_run_failed(callbacks: Sequence[Callback], error: BaseException) -> None:
+    for callback in callbacks:
+        if isinstance(callback, RunCallback):
+            callback.on_run_failed(error)
+
+
 @dataclass
 class RunResult:
     """What :func:`train_run` gives back: the run's folder, its metrics, whether a finished run was
@@ -277,11 +306,24 @@ def train_run(
     :func:`towerrec.data.registry.with_absolute_paths`). ``device`` (default ``"cpu"``; ``"cuda"``...)
     is where the model trains and is evaluated; it is not part of the configuration (nor of its hash).
     ``callbacks`` (:class:`~towerrec.train.trainer.Callback`) go to the trainer of a trainable model
-    (tracking, pruning); they see only epochs trained in this call, not a reused run.
+    (tracking, pruning); they see only epochs trained in this call, not a reused run. A :class:`RunCallback`
+    among them also hears the end of the run (reused ones too) or its failure.
 
     Raises:
         TowerrecError: the device is not available (checked before any data is prepared).
     """
+    try:
+        result = _train_run(config, runs_root=runs_root, retrain=retrain, progress=progress, dataset=dataset,
+                            log=log, device=device, callbacks=callbacks)
+    except BaseException as exc:
+        _notify_run_failed(callbacks, exc)
+        raise
+    notify_run_end(callbacks, result)
+    return result
+
+
+def _train_run(config: RunConfig, *, runs_root: Path, retrain: bool, progress: bool, dataset: Dataset | None, log,
+               device: str | torch.device | None, callbacks: Sequence[Callback]) -> RunResult:
     from towerrec.data.registry import with_absolute_paths
 
     target = resolve_device(device)

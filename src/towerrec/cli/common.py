@@ -44,6 +44,15 @@ DeviceOption = Annotated[
     ),
 ]
 
+TrackOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--track",
+        help="Track the run(s) with none | tensorboard | mlflow (overrides [track] backend; files under [track] "
+        "dir, default runs/track; see docs/tracking.md).",
+    ),
+]
+
 
 def check_folder_option(folder: Path, option: str) -> None:
     """Refuse a folder option (``--runs``, ``--out``) that names a file, before any work starts."""

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from towerrec.cli.app import app
-from towerrec.cli.common import DataDirOption, DeviceOption, check_folder_option, console, say
+from towerrec.cli.common import DataDirOption, DeviceOption, TrackOption, check_folder_option, console, say
 from towerrec.config import MAX_COUNT, MAX_WIDTH, RANKING_KINDS
 from towerrec.errors import ConfigError
 
@@ -56,6 +56,7 @@ def experiment(
     out: Annotated[Optional[Path], typer.Option("--out", help="Where the chart and tables go (default experiments/NAME).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     device: DeviceOption = "cpu",
+    track: TrackOption = None,
 ) -> None:
     """Train one model per feature set and compare them: curves (HTML + PNG), a results table, recommendations.
 
@@ -71,6 +72,8 @@ def experiment(
 
       towerrec experiment -c configs/w2_ml100k.toml --item-features lengths.csv --on movie_id \\
           --feature-set timestamp,movie_title_text,movie_genres,movie_length
+
+      towerrec experiment -c configs/w2_ml100k.toml --track mlflow
     """
     from towerrec.experiments.runner import ExperimentConfig, load_experiment, run_experiment
     from towerrec.experiments.report import recommendations_markdown, results_markdown
@@ -100,7 +103,7 @@ def experiment(
         include_seen=include_seen,
         runs_dir=None if runs is None else str(runs),
         out_dir=None if out is None else str(out),
-        overrides={"data": data},
+        overrides={"data": data, "track": {"backend": track}},
     )
     if exp.overrides.get("model", {}).get("kind") in RANKING_KINDS:
         raise ConfigError("towerrec experiment compares retrieval models' feature sets by top-K accuracy; "

@@ -12,7 +12,8 @@ from towerrec.cli.app import app
 from rich.markup import escape
 from rich.text import Text
 
-from towerrec.cli.common import DataDirOption, DeviceOption, RunDataDirOption, check_folder_option, console, say
+from towerrec.cli.common import (DataDirOption, DeviceOption, RunDataDirOption, TrackOption, check_folder_option, console,
+                                 say)
 from towerrec.config import MAX_COUNT, MULTI_TASK, RANKING_KINDS, RunConfig, load_config
 from towerrec.presets import PRESETS, preset
 
@@ -64,6 +65,7 @@ def train(
     retrain: Annotated[bool, typer.Option("--retrain", help="Train again even if a finished run matches.")] = False,
     epochs: Annotated[Optional[int], typer.Option(min=1, max=MAX_COUNT, help="Override [train] epochs.")] = None,
     device: DeviceOption = "cpu",
+    track: TrackOption = None,
 ) -> None:
     """Train the model a config describes (reusing a finished identical run, resuming an interrupted one).
 
@@ -76,14 +78,22 @@ def train(
       towerrec train default --epochs 5
 
       towerrec train configs/w1_basic.toml --dataset my-imported-folder/
+
+      towerrec train configs/w1_default.toml --track tensorboard
     """
     from towerrec.runs import train_run
+    from towerrec.track import tracker_callbacks
 
     check_folder_option(runs, "--runs")
     cfg = _resolve_config(config, data_dir, dataset)
     if epochs is not None:
         cfg = cfg.replace(train={"epochs": epochs})
-    result = train_run(cfg, runs_root=runs, retrain=retrain, log=say, device=device)
+    if track is not None:
+        cfg = cfg.replace(track={"backend": track})
+    callbacks = tracker_callbacks(cfg.track, run_name=cfg.name, config=cfg)
+    for callback in callbacks:
+        say(f"tracking to {callback.tracker.location}")
+    result = train_run(cfg, runs_root=runs, retrain=retrain, log=say, device=device, callbacks=callbacks)
     _print_run_metrics(cfg.name, result.metrics, cfg.eval.ks)
     console.print(f"run directory: [bold]{escape(str(result.run_dir))}[/bold]", soft_wrap=True, highlight=False)  # paths stay copyable
 

@@ -269,14 +269,18 @@ def run_experiment(
     """Train (or reuse) one model per feature set, then write the chart, the table and recommendations.
 
     ``device`` (default CPU): where each model trains and is evaluated (see :func:`towerrec.runs.train_run`).
+    With ``[track]`` on (an override section, or ``--track``), each feature set is one tracker run named by its
+    label, in the tracker experiment ``[track] experiment`` (default: the experiment's name); see
+    :mod:`towerrec.track`.
 
     Raises:
         TowerrecError: the device is not available (before any data is loaded).
     """
     from towerrec.experiments.plots import write_curves
     from towerrec.experiments.report import write_recommendations, write_results
-    from towerrec.runs import train_run
+    from towerrec.runs import notify_run_end, train_run
     from towerrec.devices import resolve_device
+    from towerrec.track import tracker_callbacks
 
     resolve_device(device)
     started = time.perf_counter()
@@ -293,6 +297,8 @@ def run_experiment(
     with fsio.io_errors(out_dir, hint="choose a writable folder for --out"):
         out_dir.mkdir(parents=True, exist_ok=True)
     runs_root = Path(config.runs_dir)
+    track = base_config(config).track
+    track = replace(track, experiment=track.experiment or config.name)  # one tracker experiment, a run per set
     summaries: list[RunSummary] = []
     trained: dict[str, Any] = {}
     for i, (label, cfg) in enumerate(configs, 1):
@@ -300,11 +306,13 @@ def run_experiment(
             f"candidate {list(cfg.model.candidate_features)}")
         t0 = time.perf_counter()
         result = fast_reuse(cfg, dataset, runs_root) if not retrain else None
+        callbacks = tracker_callbacks(track, run_name=label, config=cfg)
         if result is not None:
             log(f"  reusing the finished run {result.run_dir} (same configuration and data; --retrain to train again)")
+            notify_run_end(callbacks, result)
         else:
             result = train_run(cfg, runs_root=runs_root, retrain=retrain, progress=progress, dataset=dataset,
-                               log=lambda m: log(f"  {m}"), device=device)
+                               log=lambda m: log(f"  {m}"), device=device, callbacks=callbacks)
         if result.model is not None:
             trained[label] = result
         summaries.append(RunSummary(label, result.run_dir, result.reused, result.metrics,
