@@ -316,6 +316,15 @@ def test_none_backend_gives_no_callbacks_and_a_silent_tracker(tmp_path):
         open_tracker(config.track)
 
 
+def test_an_mlflow_uri_of_another_sqlite_store_keeps_artifacts_in_the_track_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = _config("other", "mlflow", tmp_path / "track", uri=f"sqlite:///{tmp_path}/other.db")
+    with open_tracker(config.track, run_name="r", config=config) as tracker:
+        tracker.log_final({"a": 1.0})
+    assert (tmp_path / "other.db").is_file() and (tmp_path / "track" / "mlartifacts").is_dir()
+    assert not (tmp_path / "mlruns").exists()
+
+
 def test_unreachable_mlflow_store_is_an_error_at_open(tmp_path):
     (tmp_path / "afile").write_text("x")
     config = _config("x", "mlflow", tmp_path / "track", uri=f"sqlite:///{tmp_path}/afile/m.db")

@@ -35,7 +35,7 @@ Where it goes (``dir``: ``[track] dir``, default ``runs/track``, relative to the
   (a group's own run writes into ``dir/<experiment>/<group>``). View: ``tensorboard --logdir dir``.
 - MLflow: experiment ``<experiment>`` of the SQLite store ``sqlite:///dir/mlflow.db`` with artifacts in
   ``dir/mlartifacts`` (no server, no network; MLflow 3 refuses its old ``file:`` store without an opt-in), or of
-  ``[track] uri``. A group is a parent run found by its name (tag ``towerrec.group``) and created once; its
+  ``[track] uri`` (a ``sqlite:`` one keeps its new experiments' artifacts in ``dir/mlartifacts`` too). A group is a parent run found by its name (tag ``towerrec.group``) and created once; its
   runs are nested under it (``mlflow.parentRunId``). Metric names keep to MLflow's alphabet (``@`` -> ``_at_``).
   MLflow's usage telemetry is switched off (``MLFLOW_DISABLE_TELEMETRY``) unless that variable is set.
 
@@ -371,7 +371,8 @@ class MlflowTracker(Tracker):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # the store's SQLAlchemy notices
                 self.client = MlflowClient(tracking_uri=uri)
-                experiment_id = self._experiment_id(experiment, (root / "mlartifacts").as_uri() if local else None)
+                artifacts = local or uri.startswith("sqlite:")  # else MLflow's default: ./mlruns of the cwd
+                experiment_id = self._experiment_id(experiment, (root / "mlartifacts").as_uri() if artifacts else None)
                 if group is not None:
                     with fsio.locked(root / "mlflow-groups", what="tracking groups") if local else contextlib.nullcontext():
                         parent = self._group_run(experiment_id, group)
