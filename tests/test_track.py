@@ -193,17 +193,27 @@ def test_mlflow_group_nests_its_runs_and_takes_summary_metrics(tmp_path, dataset
     assert runs["w1"].info.status == "FINISHED" and runs["trial-1"].data.params["train.learning_rate"] == "0.02"
 
 
-def test_a_failed_run_is_closed_as_failed(tmp_path, dataset, mlflow_dir):
+def _pruned() -> BaseException:
+    import optuna
+
+    return optuna.TrialPruned("pruned at epoch 1")
+
+
+@pytest.mark.parametrize("error, status", [(lambda: RuntimeError("boom"), "FAILED"), (_pruned, "KILLED")],
+                         ids=["error", "optuna-pruned"])
+def test_a_failed_run_is_closed_as_failed_and_a_pruned_one_as_killed(tmp_path, dataset, mlflow_dir, error, status):
+    raised = error()
+
     class Boom(Callback):
         def on_epoch_end(self, trainer, epoch, record):
-            raise RuntimeError("boom")
+            raise raised
 
-    config = _config("fails", "mlflow", mlflow_dir)
+    config = _config(f"fails-{status}", "mlflow", mlflow_dir)
     callbacks = tracker_callbacks(config.track, run_name="r", config=config)
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(type(raised)):
         train_run(config, runs_root=tmp_path / "runs", dataset=dataset, callbacks=[*callbacks, Boom()], **QUIET)
-    run = _runs(_client(mlflow_dir), "fails")["r"]
-    assert run.info.status == "FAILED" and len(_client(mlflow_dir).get_metric_history(run.info.run_id, "loss")) == 1
+    run = _runs(_client(mlflow_dir), f"fails-{status}")["r"]
+    assert run.info.status == status and len(_client(mlflow_dir).get_metric_history(run.info.run_id, "loss")) == 1
 
 
 # -------------------------------------------------------------------- CLI, experiment, off

@@ -15,7 +15,8 @@ The whole API:
     ``validation/<metric>`` or ``test/<metric>``) at step = epoch, then, when the run ends (trained, resumed
     or reused from the run cache: a reused run logs no epochs), its final metrics (:func:`run_metrics`:
     ``metrics.json`` flattened, ``test.seen_excluded.top_10_accuracy``, ``run.train_seconds``...) and closes.
-    A run that raises closes as failed (``KeyboardInterrupt``: killed).
+    A run that raises closes as failed (``KeyboardInterrupt`` or a pruned Optuna trial, ``optuna.TrialPruned``:
+    killed).
 
 ``open_tracker(track, *, run_name=None, config=None, group=None) -> Tracker``
     One tracker run for what is not a trainer run (a study's best value, an experiment's table). A context
@@ -50,6 +51,7 @@ import itertools
 import json
 import os
 import re
+import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -234,7 +236,10 @@ def _is_number(value: Any) -> bool:
 
 
 def _status_of(error: BaseException) -> Status:
-    return "killed" if isinstance(error, KeyboardInterrupt) else "failed"
+    """``killed`` for an interruption or a pruned Optuna trial (``optuna.TrialPruned``), else ``failed``."""
+    optuna = sys.modules.get("optuna")  # never imported here: only an optuna already in use can prune
+    pruned = optuna is not None and isinstance(error, getattr(optuna, "TrialPruned", ()))
+    return "killed" if isinstance(error, KeyboardInterrupt) or pruned else "failed"
 
 
 def _folder_name(name: str, what: str) -> str:
