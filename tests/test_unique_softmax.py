@@ -28,7 +28,8 @@ def _reference(q, c_all, items, log_q_all, remove_hits, temperature, reduction, 
 @pytest.mark.parametrize("use_log_q", [True, False])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_equals_full_in_batch_softmax(remove_hits, use_log_q, reduction, weighted):
+@pytest.mark.parametrize("row_block", [None, 5])  # None: the materialised kernel at this size; 5: the blocked one
+def test_equals_full_in_batch_softmax(remove_hits, use_log_q, reduction, weighted, row_block):
     gen = torch.Generator().manual_seed(0)
     batch, num_items, dim, temperature = 64, 10, 4, 0.7
     items = torch.randint(0, num_items, (batch,), generator=gen)  # many duplicates
@@ -49,6 +50,7 @@ def test_equals_full_in_batch_softmax(remove_hits, use_log_q, reduction, weighte
         user_table, item_table[unique], labels, counts,
         log_q=None if log_q is None else log_q[unique],
         remove_accidental_hits=remove_hits, temperature=temperature, reduction=reduction, sample_weight=weight,
+        row_block=row_block,
     )
     got.backward()
     torch.testing.assert_close(got, expected)
@@ -73,3 +75,22 @@ def test_loss_stays_exact_when_the_positive_probability_underflows():
     expected = F.cross_entropy(q @ c.T / 0.001, labels, reduction="sum")
     assert torch.isfinite(loss)
     torch.testing.assert_close(loss, expected)
+
+
+def test_large_batches_take_the_blocked_kernel_and_agree_with_the_materialised_one(monkeypatch):
+    from towerrec.tasks import unique_softmax
+
+    gen = torch.Generator().manual_seed(1)
+    items = torch.randint(0, 1000, (900,), generator=gen)
+    query, table = torch.randn(900, 8, generator=gen), torch.randn(1000, 8, generator=gen)
+    unique, labels, counts = unique_candidates(items)
+    assert 900 * unique.shape[0] > unique_softmax.MATERIALISED_MAX_LOGITS
+    calls = []
+    real = unique_softmax.blocked_softmax_loss
+    monkeypatch.setattr(unique_softmax, "blocked_softmax_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    blocked = unique_in_batch_softmax_loss(query, table[unique], labels, counts, remove_accidental_hits=False)
+    assert calls == [1]
+    monkeypatch.setattr(unique_softmax, "MATERIALISED_MAX_LOGITS", 10**9)
+    materialised = unique_in_batch_softmax_loss(query, table[unique], labels, counts, remove_accidental_hits=False)
+    assert calls == [1]
+    torch.testing.assert_close(blocked, materialised)

@@ -17,12 +17,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from towerrec.layers.embedding import init_embedding_
 from towerrec.layers.encoder import GRUEncoder, SelfAttentionEncoder
 from towerrec.model import CANDIDATE_INDEX, RetrievalModel
+from towerrec.tasks.blocked_softmax import blocked_softmax_loss
 from towerrec.tasks.retrieval import Retrieval
 from towerrec.tasks.unique_softmax import unique_candidates
 
@@ -204,27 +204,30 @@ class SequentialModel(RetrievalModel):
         return self.loss(query, target)
 
     def loss(self, query: Tensor, target: Tensor) -> Tensor:
-        """``query`` ``[n, dim]`` states, ``target`` ``[n]`` catalogue positions -> scalar loss."""
+        """``query`` ``[n, dim]`` states, ``target`` ``[n]`` catalogue positions -> scalar loss.
+
+        Every objective is computed tile by tile (:func:`~towerrec.tasks.blocked_softmax.blocked_softmax_loss`),
+        never materialising ``[n, N]`` (full softmax) or ``[n, num_sampled]`` logits; each equals
+        ``F.cross_entropy`` over the materialised logits (tested).
+        """
         task = self.task
         weight = self.candidate_weight()
-        scale = 1.0 / task.temperature
         use_log_q = task.logq_correction and self.log_q is not None
         if self.objective == "in-batch":
             unique, labels, counts = unique_candidates(target)
             return task.unique_candidates_loss(query, weight[unique], labels, counts,
                                                candidate_log_q=self.log_q[unique] if use_log_q else None)
         if self.objective == "full-softmax":
-            return F.cross_entropy(query @ weight.t() * scale, target, reduction=task.reduction)
+            return blocked_softmax_loss(query, weight, target, temperature=task.temperature, reduction=task.reduction)
         probabilities = self.sample_probabilities
         if probabilities is None:
             probabilities = torch.full((self.num_items,), 1.0 / self.num_items, device=weight.device)
         negatives = torch.multinomial(probabilities, self.num_sampled, replacement=True)
-        positive = (query * weight[target]).sum(-1, keepdim=True) * scale
-        negative = query @ weight[negatives].t() * scale
-        if use_log_q:
-            positive = positive - self.log_q[target].unsqueeze(1)
-            negative = negative - self.log_q[negatives].unsqueeze(0)
-        if task.remove_accidental_hits:
-            negative = negative.masked_fill(negatives.unsqueeze(0) == target.unsqueeze(1), -torch.inf)
-        logits = torch.cat([positive, negative], dim=1)
-        return F.cross_entropy(logits, torch.zeros_like(target), reduction=task.reduction)
+        masking = task.remove_accidental_hits
+        return blocked_softmax_loss(
+            query, weight[negatives], positives=weight[target],
+            column_bias=-self.log_q[negatives] if use_log_q else None,
+            label_bias=-self.log_q[target] if use_log_q else None,
+            row_ids=target if masking else None, column_ids=negatives if masking else None,
+            temperature=task.temperature, reduction=task.reduction,
+        )

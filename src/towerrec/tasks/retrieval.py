@@ -6,7 +6,9 @@ trick that corrects this cheap softmax is a small standalone function below,
 tested on its own; :class:`Retrieval` chains them in TFRS's order:
 temperature -> logQ correction -> accidental-hit removal -> hard negatives.
 When the batch's candidate ids are known it computes the same softmax over the
-batch's unique candidates instead (:mod:`towerrec.tasks.unique_softmax`).
+batch's unique candidates instead (:mod:`towerrec.tasks.unique_softmax`). Large
+softmaxes are computed tile by tile, never materialising the [B, N] logits
+(:mod:`towerrec.tasks.blocked_softmax`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import math
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from towerrec.tasks.blocked_softmax import blocked_softmax_loss
 from towerrec.tasks.unique_softmax import unique_in_batch_softmax_loss
 
 _MIN_PROBABILITY = 1e-6
@@ -430,20 +432,21 @@ class Retrieval(nn.Module):
         self, query: Tensor, candidates: Tensor, row_ids: Tensor | None, column_ids: Tensor | None,
         log_q: Tensor | None, sample_weight: Tensor | None,
     ) -> Tensor:
-        """The B x N form: ``candidates`` [N, d] start with the batch's B positives."""
-        batch = query.shape[0]
-        logits = in_batch_logits(query, candidates, self.temperature)
-        labels = torch.arange(batch, device=logits.device)
-        if log_q is not None:
-            logits = logits - log_q.to(logits.dtype).unsqueeze(0)
-        if self.remove_accidental_hits and row_ids is not None:
-            logits = remove_accidental_hits(logits, labels, row_ids, column_ids)
-        if self.num_hard_negatives is not None:
-            logits, labels = hard_negative_mining(logits, labels, self.num_hard_negatives)
-        per_row = F.cross_entropy(logits, labels, reduction="none")
-        if sample_weight is not None:
-            per_row = per_row * sample_weight.to(per_row.dtype)
-        return per_row.sum() if self.reduction == "sum" else per_row.sum() / batch
+        """The B x N form: ``candidates`` [N, d] start with the batch's B positives; computed tile by tile
+        (:func:`~towerrec.tasks.blocked_softmax.blocked_softmax_loss`: logQ as a column bias, accidental
+        hits masked by id, hard negatives as a running top-k)."""
+        labels = torch.arange(query.shape[0], device=query.device)
+        masking = self.remove_accidental_hits and row_ids is not None
+        return blocked_softmax_loss(
+            query, candidates, labels,
+            column_bias=None if log_q is None else -log_q,
+            row_ids=row_ids if masking else None,
+            column_ids=column_ids if masking else None,
+            temperature=self.temperature,
+            num_hard_negatives=self.num_hard_negatives,
+            sample_weight=sample_weight,
+            reduction=self.reduction,
+        )
 
 
 _MIN_LOG_PROBABILITY = math.log(_MIN_PROBABILITY)

@@ -9,8 +9,11 @@ positive counts once (its duplicates are the "accidental hits"). The result,
 loss and gradients, is the same as the B x B computation (tested), at U/B of
 the cost, and the candidate tower runs once per unique item.
 
-The custom autograd function keeps one [B, U] buffer of probabilities for the
-backward pass (no recomputation); the logits are freed after the forward.
+Two implementations, chosen by size: above ``MATERIALISED_MAX_LOGITS`` logits
+(B x U) the cache-blocked softmax of :mod:`towerrec.tasks.blocked_softmax`, which
+never materialises [B, U]; below it, a fused autograd function that keeps one
+[B, U] buffer of probabilities for the backward pass (no tiling overhead: faster
+for small batches, see benchmarks/results/task_speed.md).
 """
 
 from __future__ import annotations
@@ -19,6 +22,12 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+
+from towerrec.tasks.blocked_softmax import blocked_softmax_loss
+
+#: Largest B x U computed by the materialised kernel; larger products take the blocked one
+#: (benchmarks/task_speed.py: the blocked loss is faster from about this size up on CPUs).
+MATERIALISED_MAX_LOGITS = 262_144
 
 # -log p beyond this means p is within a few orders of float32's smallest normal.
 _UNDERFLOW_LOSS = 80.0
@@ -67,6 +76,8 @@ def unique_in_batch_softmax_loss(
     temperature: float = 1.0,
     reduction: Literal["mean", "sum"] = "mean",
     sample_weight: Tensor | None = None,
+    row_block: int | None = None,
+    column_block: int | None = None,
 ) -> Tensor:
     """In-batch softmax cross-entropy over unique candidates (the B x B softmax's loss and gradients, exactly).
 
@@ -85,9 +96,15 @@ def unique_in_batch_softmax_loss(
         temperature: logits are divided by it.
         reduction: "mean" (towerrec's default) or "sum" (TFRS's).
         sample_weight: [B] per-row weights, or None (Keras semantics: mean = sum(w·loss) / B).
+        row_block: rows per tile of the blocked kernel (None: sized to the cache); setting it or
+            ``column_block`` always takes the blocked kernel.
+        column_block: candidates per tile of the blocked kernel (None: its default).
     Returns:
-        scalar loss.
+        scalar loss (float32 for bfloat16 inputs or under autocast).
     """
+    if _blocked(query, unique_candidates, row_block, column_block):
+        return _blocked_loss(query, unique_candidates, labels, counts, log_q, remove_accidental_hits, temperature,
+                             reduction, sample_weight, row_block, column_block)
     log_counts = counts.to(query.dtype).log()
     column_bias = log_counts if log_q is None else log_counts - log_q.to(query.dtype)
     label_log_count = log_counts[labels]
@@ -104,6 +121,34 @@ def unique_in_batch_softmax_loss(
     if sample_weight is not None:
         per_row = per_row * sample_weight.to(per_row.dtype)
     return per_row.mean() if reduction == "mean" else per_row.sum()
+
+
+def _blocked(query: Tensor, candidates: Tensor, row_block: int | None, column_block: int | None) -> bool:
+    """Whether the blocked kernel runs: large problems, explicit tile sizes, low precision or autocast."""
+    if row_block is not None or column_block is not None or query.shape[0] * candidates.shape[0] > MATERIALISED_MAX_LOGITS:
+        return True
+    return torch.is_autocast_enabled(query.device.type) or torch.promote_types(query.dtype, candidates.dtype) not in (
+        torch.float32, torch.float64)
+
+
+def _blocked_loss(query: Tensor, candidates: Tensor, labels: Tensor, counts: Tensor, log_q: Tensor | None,
+                  remove_accidental_hits: bool, temperature: float, reduction: Literal["mean", "sum"],
+                  sample_weight: Tensor | None, row_block: int | None, column_block: int | None) -> Tensor:
+    """The same loss through :func:`~towerrec.tasks.blocked_softmax.blocked_softmax_loss`."""
+    log_counts = counts.to(torch.float32 if query.dtype != torch.float64 else torch.float64).log()
+    column_bias = log_counts if log_q is None else log_counts - log_q.to(log_counts.dtype)
+    label_log_count = log_counts[labels]
+    # the positive counts once in its row's denominator (hit removal) or with all its copies (a constant per row)
+    loss = blocked_softmax_loss(
+        query, candidates, labels, column_bias=column_bias,
+        label_bias=-label_log_count if remove_accidental_hits else None, temperature=temperature,
+        sample_weight=sample_weight, reduction=reduction, row_block=row_block, column_block=column_block,
+    )
+    if remove_accidental_hits:
+        return loss
+    weight = label_log_count if sample_weight is None else label_log_count * sample_weight.to(label_log_count.dtype)
+    extra = weight.sum()
+    return loss + (extra / max(labels.shape[0], 1) if reduction == "mean" else extra)
 
 
 def unique_candidates(candidate_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
