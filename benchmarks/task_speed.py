@@ -38,7 +38,8 @@ median over repeats; the ratio (a)/(b) is the ratio of the two medians of this o
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/task_speed.py --kernels --w1 --repeats 7
 
-Writes benchmarks/results/task_speed.json and .md (a part not run keeps its previous results).
+Writes benchmarks/results/task_speed.json and .md (a part not run keeps its previous results; kernel
+rows of settings not run again are kept).
 """
 
 from __future__ import annotations
@@ -231,6 +232,10 @@ def main() -> None:
     if args.kernels:
         configs = [(c.split(":")[0], int(c.split(":")[1])) for c in args.kernel_configs.split(",")]
         rows = run_kernels(args.kernel_repeats, KERNEL_SHAPES, configs, [int(t) for t in args.kernel_threads.split(",")])
+        key = ("threads", "dtype", "dim", "batch", "unique")
+        fresh = {tuple(r[k] for k in key) for r in rows}
+        kept = [r for r in (previous.get("kernels") or {}).get("rows", []) if tuple(r[k] for k in key) not in fresh]
+        rows = sorted(kept + rows, key=lambda r: (r["threads"], r["dtype"], r["dim"], r["logits"]))
         payload["kernels"] = {
             "protocol": ("One forward + backward of the in-batch softmax over U unique candidates (hit removal on); "
                          "blocked = tasks.blocked_softmax (default tiles), materialised = the fused [B, U] kernel of "

@@ -213,9 +213,12 @@ def test_random_shapes_and_blocks_match_the_reference(batch, num_candidates, dim
     _assert_same(kwargs, query, candidates, labels, blocks=((rows, columns),))
 
 
-def test_block_sizes_fit_the_cache_on_cpu_and_are_large_on_gpu():
+def test_block_sizes_fit_the_cache_on_cpu_and_are_large_on_gpu(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     rows, columns = block_sizes(8192, 7500, "cpu")
     assert columns == 7500 and 8 <= rows < 128
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert block_sizes(8192, 7500, "cpu")[0] in (2 * rows, 2 * rows + 1)  # each thread's share of a tile stays cache-sized
     rows, columns = block_sizes(8192, 1_000_000, "cpu")
     assert columns < 1_000_000 and rows >= 8
     assert block_sizes(8192, 7500, "cuda") == (8192, 7500)
