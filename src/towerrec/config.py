@@ -151,7 +151,9 @@ class SequenceConfig:
     item (always on for leave-last-out; under ``tfrs-sequences`` a step whose target is
     a test example's label, same user and position, is not trained). ``user_embedding``:
     add a learned vector per training user to the query (unknown users get zero:
-    history only). ``step_features``: any of rating, genre, year.
+    history only). ``step_features``: any of rating, genre, year. ``validation_fraction`` (``tfrs-sequences``
+    only): that fraction of the training examples, drawn with ``[data] seed``, becomes a validation split
+    (test is unchanged); leave-last-out already holds out each user's second-last item for validation.
     """
 
     protocol: Literal["tfrs-sequences", "leave-last-out"] = "tfrs-sequences"
@@ -170,6 +172,7 @@ class SequenceConfig:
     user_embedding: bool = False
     step_features: tuple[str, ...] = ()
     unknown_items: Literal["warn", "error"] = "warn"
+    validation_fraction: float = 0.0
 
 
 RANKING_KINDS = ("ranking",)  # the [model] kinds that read [ranking] (and the ranking fields of [model])
@@ -180,9 +183,10 @@ POINTWISE_LOSSES = ("mse", "bce")
 LISTWISE_LOSSES = ("hinge", "logistic", "softmax", "listmle")
 
 
-#: Ranking keys added after ranking runs existed, with the value that changes nothing: left out of the
+#: Keys added after runs of their section existed, with the value that changes nothing: left out of the
 #: hash at that value, so a run folder named before the key existed keeps its name.
-NEUTRAL_WHEN_ADDED: dict[tuple[str, str], Any] = {("ranking", "embedding_l2"): 0.0}
+NEUTRAL_WHEN_ADDED: dict[tuple[str, str], Any] = {("ranking", "embedding_l2"): 0.0,
+                                                  ("sequence", "validation_fraction"): 0.0}
 
 
 @dataclass(frozen=True)
@@ -308,18 +312,15 @@ class RunConfig:
                 payload["model"].pop(key, None)
         else:
             payload.pop("task", None)  # the retrieval loss: a ranking model has none
-            for (section, key), neutral in NEUTRAL_WHEN_ADDED.items():  # keys added later: hashes stay put
-                if payload[section].get(key) == neutral:
-                    payload[section].pop(key)
             for key in ("similarity", "ease_l2"):
                 payload["model"].pop(key, None)
         if self.model.kind != MULTI_TASK:
             payload.pop("tasks", None)  # only multi-task models read the heads' weights
         else:
             payload["model"].pop("ease_l2", None)
-            for (section, key), neutral in NEUTRAL_WHEN_ADDED.items():  # keys added later: hashes stay put
-                if payload[section].get(key) == neutral:
-                    payload[section].pop(key)
+        for (section, key), neutral in NEUTRAL_WHEN_ADDED.items():  # keys added later: hashes stay put
+            if section in payload and payload[section].get(key) == neutral:
+                payload[section].pop(key)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
     def replace(self, **sections: dict[str, Any]) -> RunConfig:
@@ -500,6 +501,7 @@ BOUNDS: dict[tuple[str, str], Bound] = {
     ("sequence", "num_blocks"): _ints(1, 256),
     ("sequence", "num_heads"): _ints(1, MAX_WIDTH),
     ("sequence", "num_sampled"): _ints(1, 100_000_000),
+    ("sequence", "validation_fraction"): Bound(0.0, 1.0, high_open=True),
     ("model", "cross_layers"): _ints(1, 64),
     ("model", "projection_dim"): _ints(1, MAX_WIDTH),
     ("model", "diag_scale"): Bound(0.0),
@@ -542,6 +544,11 @@ def _check_values(config: RunConfig) -> None:
             f"[data] test_fraction + validation_fraction must be below 1, got {d.test_fraction} + {d.validation_fraction}",
             hint="leave some interactions for training",
         )
+    s = config.sequence
+    if config.model.kind == "sequential" and s.protocol == "leave-last-out" and s.validation_fraction:
+        raise ConfigError(f"[sequence] validation_fraction = {s.validation_fraction:g} carves validation from the "
+                          "tfrs-sequences training examples; leave-last-out already holds out each user's "
+                          "second-last item for validation", hint="drop [sequence] validation_fraction")
     m = config.model
     if "item_raters" in m.query_features:
         raise ConfigError("[model] query_features lists item_raters, a candidate feature",

@@ -11,7 +11,10 @@ Protocols (``[sequence] protocol``):
 
 * ``tfrs-sequences``: the TFRS tutorial exactly (:func:`towerrec.data.sequences.build_sequence_examples`).
   The examples of one user land in both train and test: it leaks the future.
-  "Seen items" of a test example are the items of its context.
+  "Seen items" of a test example are the items of its context. ``[sequence] validation_fraction``
+  moves that fraction of the training examples (seeded by ``[data] seed``) to a validation split;
+  the test examples stay as they are. With ``all_positions``, an inner step whose target is a
+  validation label of the same user and position is not trained, as for test labels.
 * ``leave-last-out``: per user (ratings >= ``min_rating``, time order), the last
   item is the test target and the second-last the validation target; training
   uses the rest, every position predicting the next item. Test contexts are the
@@ -246,8 +249,7 @@ def prepare_sequences(config: RunConfig, dataset: Dataset | None = None, *, prog
     events = timeline_events(dataset, item_ids, s.min_rating, report=_warn)
     use_ratings = "rating" in s.step_features
     if s.protocol == "tfrs-sequences":
-        train, test = _tfrs_sequences(config, events, use_ratings)
-        validation = None
+        train, validation, test = _tfrs_sequences(config, events, use_ratings)
         train_events = train.targets[:, -1] - 1  # one training example per label event
     else:
         train, validation, test, train_events = _leave_last_out(config, events, use_ratings)
@@ -300,7 +302,9 @@ def _tfrs_sequences(config: RunConfig, events: pl.DataFrame, use_ratings: bool):
     )
     item1 = rows["__item"].to_numpy() + 1
     slots = rows["__slot"].to_numpy()
-    held_out = _timeline_keys(test_df, train_df, test_df)
+    universe = (train_df, test_df)  # every (user, position) key is coded against the same users
+    train_df, validation_df = _carve_validation(train_df, s.validation_fraction, config.data.seed)
+    held_out = _timeline_keys(test_df if validation_df is None else pl.concat([test_df, validation_df]), *universe)
 
     def encode(frame: pl.DataFrame, *, train: bool) -> SequenceExamples:
         ctx = frame["context"]
@@ -314,7 +318,7 @@ def _tfrs_sequences(config: RunConfig, events: pl.DataFrame, use_ratings: bool):
             targets = np.zeros_like(inputs)
             if s.all_positions:
                 targets[:, :-1] = inputs[:, 1:]
-                targets[:, :-1][_inner_targets_held_out(frame, held_out, width, train_df, test_df)] = 0
+                targets[:, :-1][_inner_targets_held_out(frame, held_out, width, *universe)] = 0
             targets[:, -1] = label
             return SequenceExamples(torch.from_numpy(inputs), _t(ratings), torch.from_numpy(targets),
                                     user_ids=frame["user_id"].to_list())
@@ -322,7 +326,21 @@ def _tfrs_sequences(config: RunConfig, events: pl.DataFrame, use_ratings: bool):
         return SequenceExamples(torch.from_numpy(inputs), _t(ratings), torch.from_numpy(label - 1), seen,
                                 frame["user_id"].to_list())
 
-    return encode(train_df, train=True), encode(test_df, train=False)
+    validation = None if validation_df is None else encode(validation_df, train=False)
+    return encode(train_df, train=True), validation, encode(test_df, train=False)
+
+
+def _carve_validation(train_df: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """``(train, validation)``: ``round(fraction * n)`` of the ``n`` tutorial training examples, drawn with
+    ``seed``, become validation examples (None at fraction 0); the test examples are not touched."""
+    if not fraction:
+        return train_df, None
+    order = np.random.default_rng(seed).permutation(train_df.height)
+    n_val = min(round(train_df.height * fraction), train_df.height)
+    is_val = np.zeros(train_df.height, dtype=bool)
+    is_val[order[:n_val]] = True
+    mask = pl.Series(is_val)
+    return train_df.filter(~mask), train_df.filter(mask)
 
 
 def _timeline_keys(frame: pl.DataFrame, *universe: pl.DataFrame) -> np.ndarray:
