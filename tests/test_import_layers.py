@@ -29,11 +29,12 @@ LAYERS: list[tuple[str, ...]] = [
     ("track",),
     ("recommend",),
     ("pipeline",),
-    ("serve", "experiments"),
+    ("serve", "experiments", "tune"),
     ("cli",),
 ]
 #: Modules whose imports must form no circle (the model, training, run, recommend, serving and experiment layers).
-STACK = ("model", "models", "tasks", "saving", "train", "runs", "track", "recommend", "pipeline", "serve", "experiments")
+STACK = ("model", "models", "tasks", "saving", "train", "runs", "track", "recommend", "pipeline", "serve", "experiments",
+         "tune")
 
 
 def _modules() -> dict[str, Path]:

@@ -15,7 +15,7 @@ import towerrec
 
 PACKAGES = ("towerrec", "towerrec.data", "towerrec.experiments", "towerrec.features", "towerrec.index",
             "towerrec.layers", "towerrec.metrics", "towerrec.models", "towerrec.serve", "towerrec.tasks",
-            "towerrec.train")
+            "towerrec.train", "towerrec.tune")
 
 # Modules still being rewritten in issue 14 (one model path) when this test was written; their
 # methods lacking a docstring then: Trainer.fit, TwoTowerModel.from_config, EASEModel.fit,

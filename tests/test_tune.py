@@ -32,7 +32,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="module")
 def dataset():
-    return make_synthetic(40, 30, 700, seed=11)
+    return make_synthetic(40, 40, 700, seed=11)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from towerrec._lazy import lazy_exports
 
 _EXPORTS = {
     "tune": "towerrec.tune.study",
-    "StudyResult": "towerrec.tune.study",
+    "StudyResult": "towerrec.tune.report",
     "load_space": "towerrec.tune.space",
     "SearchSpace": "towerrec.tune.space",
     "Param": "towerrec.tune.space",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,31 @@ from towerrec.config import RunConfig
 from towerrec.errors import TowerrecError, first_line
 from towerrec.tune.objective import split_metrics
 from towerrec.tune.space import SearchSpace, plain
+
+@dataclass
+class StudyResult:
+    """What :func:`tune` gives back.
+
+    ``best_params``: the best trial's config values by ``"section.field"``; ``best_config``: the config
+    ``best.toml`` holds; ``best_value``: its validation ``metric``; ``test_metrics``: that run's test
+    metrics under its protocol (the only test figures a study reports); ``rows``: one dict per trial
+    (``number``, ``state``, ``params``, ``value``, ``epochs``, ``seconds``, ``reused``, ``error``);
+    ``outputs``: label -> file written into ``study_dir``; ``notes``: what was skipped, and why.
+    """
+
+    study_dir: Path
+    metric: str
+    direction: str
+    best_trial: int
+    best_params: dict[str, Any]
+    best_config: RunConfig
+    best_value: float
+    best_run_dir: Path
+    test_metrics: dict[str, float]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    outputs: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
 
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 PLOTS = ("optimization_history", "param_importances", "parallel_coordinate")
@@ -45,14 +71,12 @@ def trial_rows(study: Any, space: SearchSpace) -> list[dict[str, Any]]:
 
 
 def write_outputs(study: Any, space: SearchSpace, base: RunConfig, record: dict[str, Any], study_dir: Path, *,
-                  runs_root: Path, dataset: Any, device: str | None, log) -> Any:
-    """Write every output of the study into ``study_dir``; returns the :class:`~towerrec.tune.study.StudyResult`.
+                  runs_root: Path, dataset: Any, device: str | None, log) -> StudyResult:
+    """Write every output of the study into ``study_dir``; returns the :class:`StudyResult`.
 
     Raises:
         TowerrecError: no trial completed (``results.md`` / ``results.json`` are still written).
     """
-    from towerrec.tune.study import StudyResult
-
     metric = record["metric"]
     rows = trial_rows(study, space)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]

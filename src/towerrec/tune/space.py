@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from towerrec.config import SECTIONS, RunConfig, read_toml
-from towerrec.errors import ConfigError, shorten
+from towerrec.errors import ConfigError, shorten, shorten_text
 
 PARAM_TYPES = ("float", "int", "categorical")
 DIRECTIONS = ("maximize", "minimize")
@@ -71,10 +71,12 @@ class Param:
 
     @property
     def section(self) -> str:
+        """The config section of the key (``"train"`` of ``"train.learning_rate"``)."""
         return self.key.split(".", 1)[0]
 
     @property
     def field(self) -> str:
+        """The field of the key within its section (``"learning_rate"``)."""
         return self.key.split(".", 1)[1]
 
     def labels(self) -> list[Any]:
@@ -392,5 +394,6 @@ def plain(value: Any) -> Any:
 
 
 def _shown(value: Any) -> str:
-    return "nothing" if value is None else shorten(json.dumps(plain(value)) if not isinstance(value, str)
-                                                   else repr(value))
+    if value is None:
+        return "nothing"
+    return shorten(value) if isinstance(value, str) else shorten_text(json.dumps(plain(value)), limit=80)

@@ -20,7 +20,6 @@ import contextlib
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from towerrec.tune.objective import (
     validation_value,
     with_validation,
 )
+from towerrec.tune.report import StudyResult, write_outputs
 from towerrec.tune.space import SearchSpace, check_direction, check_pruner, check_validation_fraction, load_space
 
 STUDY_FILE = "study.json"
@@ -46,31 +46,6 @@ STUDY_DB = "study.db"
 STUDY_NAME = "towerrec"
 STUDY_FORMAT = 1
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
-
-
-@dataclass
-class StudyResult:
-    """What :func:`tune` gives back.
-
-    ``best_params``: the best trial's config values by ``"section.field"``; ``best_config``: the config
-    ``best.toml`` holds; ``best_value``: its validation ``metric``; ``test_metrics``: that run's test
-    metrics under its protocol (the only test figures a study reports); ``rows``: one dict per trial
-    (``number``, ``state``, ``params``, ``value``, ``epochs``, ``seconds``, ``reused``, ``error``);
-    ``outputs``: label -> file written into ``study_dir``; ``notes``: what was skipped, and why.
-    """
-
-    study_dir: Path
-    metric: str
-    direction: str
-    best_trial: int
-    best_params: dict[str, Any]
-    best_config: RunConfig
-    best_value: float
-    best_run_dir: Path
-    test_metrics: dict[str, float]
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    outputs: dict[str, Path] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
 
 def tune(
@@ -187,8 +162,6 @@ def tune(
             else:
                 log(f"study {study_dir}: already holds {done} finished trials (asked for {trials}); "
                     "writing its outputs")
-            from towerrec.tune.report import write_outputs
-
             return write_outputs(study, space, trial_base, record, study_dir, runs_root=runs_root, dataset=dataset,
                                  device=device, log=log)
 
