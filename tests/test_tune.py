@@ -207,3 +207,47 @@ def test_load_space_reads_every_parameter_type(tmp_path):
     assert space.params[2].decode(choice) == ("user_id", "user_history")
     assert space.apply(_config(), {"model.query_features": ("user_id", "user_history")}).model.query_features == (
         "user_id", "user_history")
+
+
+class InterruptAtEpoch(trainer_module.Callback):
+    """Ctrl-C at the end of an epoch (before that epoch's checkpoint is written)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer, epoch, record) -> None:
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_trial_runs_again_first_and_its_run_resumes(tmp_path, dataset):
+    config = _config(train={"epochs": 3})
+    space = {"params": {"train.learning_rate": {"type": "float", "low": 0.001, "high": 0.1, "log": True}}}
+    runs, study = tmp_path / "runs", tmp_path / "s"
+    with pytest.raises(KeyboardInterrupt):
+        tune(config, space, trials=2, study_dir=study, runs_root=runs, dataset=dataset, pruner="none",
+             callbacks=[InterruptAtEpoch(2)], **QUIET)
+    (run_dir,) = [runs / name for name in _run_dirs(runs)]
+    assert (run_dir / "checkpoints").is_dir() and not (run_dir / "metrics.json").exists()
+
+    result = tune(config, space, trials=2, study_dir=study, runs_root=runs, dataset=dataset, pruner="none", **QUIET)
+    assert [r["state"] for r in result.rows] == ["interrupted", "complete", "complete"]
+    assert result.rows[1]["params"] == result.rows[0]["params"]  # the interrupted trial, again
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["resumed_from_epoch"] == 1 and metrics["epochs_run"] == 3
+    again = tune(config, space, trials=2, study_dir=study, runs_root=runs, dataset=dataset, **QUIET)
+    assert len(again.rows) == 3  # requeued once only; the study already holds 2 finished trials
+
+
+def test_a_failing_trial_is_recorded_with_its_message_and_the_study_goes_on(tmp_path, dataset):
+    config = config_from_dict({"name": "sas", "model": {"kind": "sequential", "embedding_dim": 8},
+                               "sequence": {"protocol": "leave-last-out", "encoder": "sasrec", "max_length": 4,
+                                            "min_rating": 0.0, "num_blocks": 1},
+                               "train": {"epochs": 1, "batch_size": 64}, "eval": {"ks": [1, 10]}})
+    space = {"params": {"sequence.num_heads": {"type": "categorical", "choices": [1, 3]}}}
+    result = tune(config, space, trials=2, study_dir=tmp_path / "s", runs_root=tmp_path / "runs", dataset=dataset,
+                  enqueue=[{"sequence.num_heads": 3}, {"sequence.num_heads": 1}], **QUIET)
+    failed, complete = result.rows
+    assert failed["state"] == "failed" and "must be divisible by [sequence] num_heads 3" in failed["error"]
+    assert complete["state"] == "complete" and result.best_params == {"sequence.num_heads": 1}
+    assert "failed: [model] embedding_dim 8 must be divisible" in (tmp_path / "s" / "results.md").read_text()

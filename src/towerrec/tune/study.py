@@ -311,11 +311,11 @@ class _TrialRunner:
         from towerrec.runs import train_run
 
         values = {p.key: p.decode(p.suggest(trial)) for p in self.space.params}
-        config = self.space.apply(self.base, values)
         pruning = PruningCallback(trial, self.metric)
         callbacks = [pruning, _EpochProgress(self, trial.number), *self.callbacks]
         started = time.perf_counter()
         try:
+            config = self.space.apply(self.base, values)  # a combination the config layer refuses: a failed trial
             result = train_run(config, runs_root=self.runs_root, progress=False, dataset=self.dataset,
                                log=self.log, device=self.device, callbacks=callbacks)
         except optuna.TrialPruned:
