@@ -251,3 +251,28 @@ def test_a_failing_trial_is_recorded_with_its_message_and_the_study_goes_on(tmp_
     assert failed["state"] == "failed" and "must be divisible by [sequence] num_heads 3" in failed["error"]
     assert complete["state"] == "complete" and result.best_params == {"sequence.num_heads": 1}
     assert "failed: [model] embedding_dim 8 must be divisible" in (tmp_path / "s" / "results.md").read_text()
+
+
+def test_a_tracked_study_logs_each_trial_without_test_figures_and_the_choice_once(tmp_path, dataset, capsys):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    track = tmp_path / "track"
+    config = _config(track={"backend": "tensorboard", "dir": str(track)})
+    space = {"params": {"train.learning_rate": {"type": "float", "low": 0.001, "high": 0.1, "log": True}}}
+    result = tune(config, space, trials=2, study_dir=tmp_path / "s", runs_root=tmp_path / "runs", dataset=dataset,
+                  **QUIET)
+
+    def scalars(folder: Path) -> dict[str, list[float]]:
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        return {tag: [s.value for s in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+    for row in result.rows:
+        logged = scalars(track / "tiny" / "tune-s" / f"trial-{row['number']:03d}")
+        assert logged["validation/top_10_accuracy"][-1] == pytest.approx(row["value"])
+        assert logged["validation.seen_excluded.top_10_accuracy"] == [pytest.approx(row["value"])]
+        assert not [tag for tag in logged if tag.startswith("test")]  # a trial's test figures stay unseen
+    summary = scalars(track / "tiny" / "tune-s")
+    assert summary["best.validation.top_10_accuracy"] == [pytest.approx(result.best_value)]
+    assert summary["test.top_10_accuracy"] == [pytest.approx(result.test_metrics["top_10_accuracy"])]

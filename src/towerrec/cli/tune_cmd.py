@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from towerrec.cli.app import app
-from towerrec.cli.common import DataDirOption, DeviceOption, check_folder_option, console, say
+from towerrec.cli.common import DataDirOption, DeviceOption, TrackOption, check_folder_option, console, say
 from towerrec.cli.train_cmd import DatasetOption, _resolve_config
 from towerrec.config import MAX_COUNT
 from towerrec.presets import PRESETS
@@ -43,6 +43,7 @@ def tune(
     dataset: DatasetOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     device: DeviceOption = "cpu",
+    track: TrackOption = None,
 ) -> None:
     """Search config fields for the best validation metric; report the chosen config's test metrics once.
 
@@ -55,6 +56,8 @@ def tune(
       towerrec tune configs/w1_default.toml --space configs/spaces/w1.toml --trials 40
 
       towerrec tune configs/w3_tutorial_gru.toml --space my_space.toml --trials 20 --timeout 900 --pruner none
+
+      towerrec tune configs/w1_default.toml --space my_space.toml --trials 10 --track tensorboard
     """
     from towerrec.tune import tune as run_study
 
@@ -62,6 +65,8 @@ def tune(
         if folder is not None:
             check_folder_option(folder, option)
     cfg = _resolve_config(config, data_dir, dataset)
+    if track is not None:
+        cfg = cfg.replace(track={"backend": track})
     result = run_study(cfg, space, trials=trials, timeout=timeout, metric=metric, direction=direction,
                        study_dir=study_dir, pruner=pruner, runs_root=runs, validation_fraction=validation_fraction,
                        progress=not quiet, device=device, log=say)

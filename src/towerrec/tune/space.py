@@ -309,6 +309,8 @@ def _param(source: str, key: Any, table: Any) -> Param:
     valid = [f.name for f in fields(SECTIONS[section])]
     if name not in valid:
         raise ConfigError(f"{where}: [{section}] has no field {name!r}; valid fields: {valid}")
+    if section == "track":
+        raise ConfigError(f"{where}: not searchable: [track] says where runs are logged, not what they train")
     if (section, name) in NOT_SEARCHABLE:
         raise ConfigError(f"{where}: not searchable: {NOT_SEARCHABLE[(section, name)]}")
     if not isinstance(table, dict):

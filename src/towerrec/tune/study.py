@@ -17,6 +17,7 @@ metric, direction and validation split: a later ``tune`` into the folder must ma
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -24,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from towerrec import __version__, fsio
-from towerrec.config import RunConfig
+from towerrec.config import RunConfig, TrackConfig
 from towerrec.data.tables import Dataset
 from towerrec.errors import ConfigError, TowerrecError, first_line
+from towerrec.runs import RunCallback, RunResult, train_run
+from towerrec.track import open_tracker, tracker_callbacks
 from towerrec.train.trainer import Callback, Trainer
 from towerrec.tune.objective import (
     DEFAULT_VALIDATION_FRACTION,
@@ -65,6 +68,7 @@ def tune(
     validation_fraction: float | None = None,
     device: str | None = None,
     enqueue: Sequence[dict[str, Any]] = (),
+    track: TrackConfig | None = None,
     log: Callable[[str], None] = print,
 ) -> StudyResult:
     """Search ``space`` around ``config`` until the study holds ``trials`` finished trials, then write its outputs.
@@ -86,6 +90,10 @@ def tune(
         device: where trials train (``"cpu"``, ``"cuda"``...; not part of the configuration).
         enqueue: points to try first (config values by ``"section.field"``, e.g. the base config's own),
             each once per study (Optuna's ``enqueue_trial``).
+        track: where to track the study (default: the config's ``[track]``; :mod:`towerrec.track`): each
+            trial is a run ``trial-NNN`` of the group ``tune-<study folder name>`` (epochs, validation metrics
+            and final validation metrics; never a trial's test metrics), and the group's own run gets the best
+            trial's validation value and test metrics once, at the end.
         log: receives one line per finished trial and the runs' messages.
 
     Returns:
@@ -138,11 +146,15 @@ def tune(
         "validation": ({"field": "built into the split"} if place is None else
                        {"field": ".".join(place), "fraction": getattr(getattr(trial_base, place[0]), place[1])}),
     }
+    track = config.track if track is None else track
+    group = f"tune-{study_dir.resolve().name}"
     with fsio.locked(study_dir / "study", what="study", timeout_s=0):
         _check_or_write_record(study_dir, record)
-        with _quiet_optuna(optuna):
+        with _quiet_optuna(optuna), open_tracker(track, group=group, config=trial_base) as study_tracker:
             study = optuna.create_study(study_name=STUDY_NAME, storage=_storage(optuna, study_dir),
                                         direction=direction, load_if_exists=True)
+            if track.backend != "none":
+                log(f"tracking to {study_tracker.location}")
             requeued = _requeue_interrupted(optuna, study, log)
             for point in starts:
                 study.enqueue_trial(point, skip_if_exists=True)
@@ -155,15 +167,20 @@ def tune(
                     f"{f', resuming {requeued} interrupted' if requeued else ''}; searching {len(space.params)} "
                     f"parameter(s) for the best validation {metric} ({direction})")
                 runner = _TrialRunner(space, trial_base, metric, direction, trials, done, runs_root, dataset,
-                                      list(callbacks), device, log)
+                                      list(callbacks), device, log, track, group)
                 with runner.progress_bar(progress, remaining):
                     study.optimize(runner.objective, n_trials=remaining, timeout=timeout,
                                    callbacks=[runner.after_trial], catch=(TowerrecError,))
             else:
                 log(f"study {study_dir}: already holds {done} finished trials (asked for {trials}); "
                     "writing its outputs")
-            return write_outputs(study, space, trial_base, record, study_dir, runs_root=runs_root, dataset=dataset,
-                                 device=device, log=log)
+            result = write_outputs(study, space, trial_base, record, study_dir, runs_root=runs_root,
+                                   dataset=dataset, device=device, log=log)
+            study_tracker.log_final({"best": {"trial": result.best_trial, f"validation.{metric}": result.best_value},
+                                     "test": result.test_metrics,
+                                     "trials": {row["state"]: sum(r["state"] == row["state"] for r in result.rows)
+                                                for row in result.rows}})
+            return result
 
 
 def _require_optuna():
@@ -286,8 +303,9 @@ class _TrialRunner:
 
     def __init__(self, space: SearchSpace, base: RunConfig, metric: str, direction: str, trials: int, done: int,
                  runs_root: Path, dataset: Dataset, callbacks: list[Callback], device: str | None,
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None], track: TrackConfig, group: str) -> None:
         self.space, self.base, self.metric, self.direction = space, base, metric, direction
+        self.track, self.group = track, group
         self.trials, self.finished = trials, done
         self.runs_root, self.dataset, self.callbacks, self.device, self.log = runs_root, dataset, callbacks, device, log
         self.bar: Any = None
@@ -308,14 +326,14 @@ class _TrialRunner:
     def objective(self, trial: Any) -> float:
         import optuna
 
-        from towerrec.runs import train_run
-
         values = {p.key: p.decode(p.suggest(trial)) for p in self.space.params}
         pruning = PruningCallback(trial, self.metric)
         callbacks = [pruning, _EpochProgress(self, trial.number), *self.callbacks]
         started = time.perf_counter()
         try:
             config = self.space.apply(self.base, values)  # a combination the config layer refuses: a failed trial
+            callbacks += [_WithoutTest(c) for c in tracker_callbacks(self.track, run_name=f"trial-{trial.number:03d}",
+                                                                   config=config, group=self.group)]
             result = train_run(config, runs_root=self.runs_root, progress=False, dataset=self.dataset,
                                log=self.log, device=self.device, callbacks=callbacks)
         except optuna.TrialPruned:
@@ -354,6 +372,36 @@ class _TrialRunner:
         self.log(f"trial {self.finished}/{self.trials} [#{trial.number}] {params}: {what}{best}")
         if self.bar is not None:
             self.bar.update(self.task, advance=1, description="trials")
+
+
+class _WithoutTest(RunCallback):
+    """A trial's tracking callback without the run's test metrics: a study shows test figures once, for the
+    chosen config; a pruned trial logs the epoch it was pruned at."""
+
+    def __init__(self, inner: RunCallback) -> None:
+        self.inner = inner
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        self.inner.on_train_begin(trainer)
+
+    def on_batch_end(self, trainer: Trainer, step: int, loss: float) -> None:
+        self.inner.on_batch_end(trainer, step, loss)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
+        self.inner.on_epoch_end(trainer, epoch, record)
+
+    def on_train_end(self, trainer: Trainer, result: Any) -> None:
+        self.inner.on_train_end(trainer, result)
+
+    def on_run_end(self, result: RunResult) -> None:
+        metrics = {k: v for k, v in result.metrics.items() if k != "test"}
+        self.inner.on_run_end(dataclasses.replace(result, metrics=metrics))
+
+    def on_run_failed(self, error: BaseException) -> None:
+        tracker = getattr(self.inner, "tracker", None)
+        if tracker is not None and type(error).__name__ == "TrialPruned":
+            tracker.log_final({"pruned": True})
+        self.inner.on_run_failed(error)
 
 
 class _EpochProgress(Callback):
