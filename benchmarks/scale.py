@@ -10,12 +10,20 @@ build time, index memory (RSS growth while building and size on disk),
 single-query QPS with 1 and 8 concurrent client threads, and recall@100 of
 each index against brute force over the held-out queries.
 
-Part 2 — training. A synthetic MovieLens-shaped dataset of 10M interactions
-(towerrec.data.synthetic), one epoch of the default two-tower trainer in a
-fresh process: examples/s and the process's peak RSS.
+Part 2 — training. Synthetic MovieLens-shaped data (towerrec.data.synthetic) at
+1M, 10M and 30M interactions and 50k and 1M items (users = interactions / 50),
+each size in a fresh process: the two-tower id model of the first scale run
+(dim 32, batch 8192, Adam) trains for at most --max-seconds / --max-steps after
+a warm-up (big sizes measure capped steps, not a full epoch: the results say
+which), giving examples/s, peak RSS, and the roofline of each size (FLOPs per
+step over the measured torch.mm peak at the step's shapes, fp32 and bf16;
+bytes per step over the measured copy bandwidth). Variants at one size
+(--variant-size): bf16 when the config offers it. A GPU section when CUDA is
+present. Curves: benchmarks/results/scale.png.
 
-    .venv/bin/python benchmarks/scale.py                 # 1M x 64 and 10M interactions (~15 min on 2 cores)
-    .venv/bin/python benchmarks/scale.py --items 100000 --interactions 1000000   # quick look
+    .venv/bin/python benchmarks/scale.py                 # index (~15 min) + training sizes (~15 min on 2 cores)
+    .venv/bin/python benchmarks/scale.py --skip-index    # training only; keeps the committed index figures
+    .venv/bin/python benchmarks/scale.py --skip-index --sizes 1M/50k --max-seconds 20   # quick look
 
 Writes benchmarks/results/scale.json and .md.
 """
@@ -37,7 +45,7 @@ import numpy as np
 import psutil
 import torch
 
-from _common import machine, write_results
+from _common import RESULTS, git_commit_of, machine, write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -178,53 +186,293 @@ def bench_indexes(args) -> dict:
             "indexes": results}
 
 
-TRAIN_CHILD = r"""
-import json, resource, sys, time
-import torch
-from towerrec.config import config_from_dict
-from towerrec.data.synthetic import make_synthetic
-from towerrec.train.models import build_model
-from towerrec.train.prepared import prepare
-from towerrec.train.trainer import Trainer
-users, items, interactions, epochs, batch = (int(x) for x in sys.argv[1:6])
-t = time.perf_counter()
-dataset = make_synthetic(users, items, interactions, seed=0)
-generate = time.perf_counter() - t
-config = config_from_dict({
-    "name": "scale", "data": {"dataset": "synthetic", "split": "tfrs-random", "test_fraction": 0.01, "seed": 0},
-    "model": {"query_features": ["user_id"], "candidate_features": ["item_id"], "embedding_dim": 32, "layer_sizes": [],
-              "similarity": "dot"},
-    "task": {"temperature": 0.1},
-    "train": {"epochs": epochs, "batch_size": batch, "optimizer": "adam", "learning_rate": 0.005, "eval_every": epochs},
-    "eval": {"ks": [10, 100]},
-})
-t = time.perf_counter()
-data = prepare(config, dataset, progress=False)
-prep = time.perf_counter() - t
-model = build_model(config, data)
-result = Trainer.from_config(config, data, model, progress=False).fit()
-print(json.dumps({
-    "generate_s": round(generate, 1), "prepare_s": round(prep, 1), "train_examples": len(data.train),
-    "train_s": round(result.train_seconds, 1), "examples_per_s": round(result.examples_per_s, 0),
-    "last_epoch": result.history[-1], "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-}))
-"""
+SIZE_UNITS = {"k": 1_000, "M": 1_000_000}
+DEFAULT_SIZES = "1M/50k,10M/50k,30M/50k,1M/1M,10M/1M"
+INTERACTIONS_PER_USER = 50  # users = interactions / 50 (10M -> 200k users, the shape of the first scale run)
+LOGITS_PASSES = 7  # fp32 passes over the [B, U] logits of a materialised softmax (see roofline_terms)
+OPTIMIZER_PASSES = 9  # fp32 passes over each dense parameter per step (see roofline_terms)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"10M/50k"`` -> (10_000_000 interactions, 50_000 items)."""
+    try:
+        n, items = (int(float(part[:-1]) * SIZE_UNITS[part[-1]]) if part[-1] in SIZE_UNITS else int(part)
+                    for part in text.split("/"))
+    except (ValueError, KeyError):
+        raise SystemExit(f"--sizes: {text!r} is not INTERACTIONS/ITEMS such as 10M/50k") from None
+    return n, items
+
+
+def size_label(interactions: int, items: int) -> str:
+    def short(x: int) -> str:
+        return f"{x / 1e6:g}M" if x >= 1_000_000 else f"{x / 1e3:g}k"
+
+    return f"{short(interactions)}/{short(items)}"
+
+
+def scale_config(spec: dict) -> dict:
+    """The scale run's config: TFRS's basic two-tower (user id / item id, dim 32), in-batch softmax, Adam.
+
+    ``epochs = 2, eval_every = 2``: the first epoch is never evaluated, so the measurement (which stops
+    at the end of epoch 1 or at the cap) times training only.
+    """
+    config = {
+        "name": "scale", "data": {"dataset": "synthetic", "split": "tfrs-random", "test_fraction": 0.01, "seed": 0},
+        "model": {"query_features": ["user_id"], "candidate_features": ["item_id"], "embedding_dim": spec["dim"],
+                  "layer_sizes": [], "similarity": "dot"},
+        "task": {"temperature": 0.1},
+        "train": {"epochs": 2, "batch_size": spec["batch_size"], "optimizer": "adam", "learning_rate": 0.005,
+                  "eval_every": 2},
+        "eval": {"ks": [10, 100]},
+    }
+    for section, values in spec.get("overrides", {}).items():
+        config[section] = {**config[section], **values}
+    return config
+
+
+def best_seconds(fn, repeats: int = 5) -> float:
+    """The fastest of ``repeats`` timed calls after one warm-up (the least disturbed by other processes)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def measured_matmul(batch: int, unique: int, dim: int, dtype: torch.dtype) -> dict:
+    """Seconds of the in-batch softmax's three matmuls at the step's shapes, and the GFLOP/s they reach.
+
+    Forward logits ``[B, d] @ [d, U]``, then the two gradients ``[B, U] @ [U, d]`` (queries) and
+    ``[U, B] @ [B, d]`` (candidates): 3 x 2·B·U·d FLOPs.
+    """
+    q, c = torch.randn(batch, dim, dtype=dtype), torch.randn(unique, dim, dtype=dtype)
+    g = torch.randn(batch, unique, dtype=dtype)
+    seconds = (best_seconds(lambda: q @ c.T) + best_seconds(lambda: g @ c) + best_seconds(lambda: g.T @ q))
+    flops = 3 * 2 * batch * unique * dim
+    return {"seconds": seconds, "gflops": flops / seconds / 1e9}
+
+
+def measured_bandwidth(mib: int = 256) -> float:
+    """GB/s of a large tensor copy (bytes read + bytes written per second): the memory roofline."""
+    src = torch.ones(mib * 2**20 // 4)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / best_seconds(lambda: dst.copy_(src)) / 1e9
+
+
+def roofline_terms(batch: int, unique: float, dim: int, parameters: int) -> dict:
+    """FLOPs and bytes of one training step of the id-only two-tower model (a model, stated, not traced).
+
+    FLOPs: the softmax's three matmuls, 3 x 2·B·U·d (embedding lookups and the optimizer add O(params), no
+    matmul). Bytes: the [B, U] fp32 logits written by the forward matmul, read and written by the softmax,
+    read again for the gradient, and read by the two gradient matmuls (LOGITS_PASSES = 7 passes of
+    4·B·U bytes), plus the dense Adam step over every parameter (param, grad, two moments read; param and
+    moments written) and the embedding backward's zero-filled gradient (OPTIMIZER_PASSES = 9 passes of 4
+    bytes per parameter). A cache-blocked softmax removes the first term; sparse embedding gradients with
+    a row-wise optimizer shrink the second to the touched rows.
+    """
+    return {"flops": 3 * 2 * batch * unique * dim,
+            "logits_bytes": LOGITS_PASSES * 4 * batch * unique,
+            "parameter_bytes": OPTIMIZER_PASSES * 4 * parameters}
+
+
+class _Enough(Exception):
+    """Raised by the step meter to end a capped measurement."""
+
+
+def train_child(spec: dict) -> dict:
+    """One scale run in this (fresh) process: generate, prepare, train for the capped steps, measure."""
+    import resource
+
+    from towerrec.config import config_from_dict
+    from towerrec.data.synthetic import make_synthetic
+    from towerrec.train.models import build_model
+    from towerrec.train.prepared import prepare
+    from towerrec.train.trainer import Callback, Trainer
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    process = psutil.Process()
+
+    class StepMeter(Callback):
+        """Times each optimizer step (batch end to batch end), samples RSS, ends the run at the cap."""
+
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.losses: list[float] = []
+            self.rss: list[int] = []
+            self.epoch_record: dict | None = None
+
+        def on_train_begin(self, trainer) -> None:
+            self.times.append(time.perf_counter())
+
+        def on_batch_end(self, trainer, step: int, loss: float) -> None:
+            now = time.perf_counter()
+            self.times.append(now)
+            self.losses.append(loss)
+            self.rss.append(process.memory_info().rss)
+            measured = len(self.times) - 1 - spec["warmup"]
+            if measured > 0 and (measured >= spec["max_steps"] or
+                                 now - self.times[spec["warmup"]] >= spec["max_seconds"]):
+                raise _Enough
+
+        def on_epoch_end(self, trainer, epoch: int, record: dict) -> None:
+            self.epoch_record = record
+            raise _Enough
+
+    t = time.perf_counter()
+    dataset = make_synthetic(spec["users"], spec["items"], spec["interactions"], seed=0)
+    generate = time.perf_counter() - t
+    config = config_from_dict(scale_config(spec))
+    t = time.perf_counter()
+    data = prepare(config, dataset, progress=False)
+    prep = time.perf_counter() - t
+    del dataset
+    gc.collect()
+    model = build_model(config, data)
+    parameters = sum(p.numel() for p in model.parameters())
+    rss_before = process.memory_info().rss
+    meter = StepMeter()
+    trainer = Trainer.from_config(config, data, model, progress=False, callbacks=[meter],
+                                  **({"device": spec["device"]} if spec.get("device") else {}))
+    try:
+        trainer.fit()
+    except _Enough:
+        pass
+    batch = config.train.batch_size
+    n = len(data.train)
+    steps_per_epoch = -(-n // batch)
+    warm = spec["warmup"]
+    measured_steps = len(meter.times) - 1 - warm
+    seconds = meter.times[-1] - meter.times[warm]
+    full_epoch = meter.epoch_record is not None
+    examples_per_s = meter.epoch_record["examples_per_s"] if full_epoch else measured_steps * batch / seconds
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    targets = data.train.targets
+    sample = [len(torch.unique(targets[order[s:s + batch]])) for s in range(0, min(n, 20 * batch), batch)]
+    unique = sum(sample) / len(sample)
+    dim = config.model.embedding_dim
+    out = {
+        "users": spec["users"], "items": spec["items"], "interactions": spec["interactions"],
+        "train_examples": n, "batch_size": batch, "dim": dim, "parameters": parameters,
+        "threads": torch.get_num_threads(), "overrides": spec.get("overrides", {}),
+        "generate_s": round(generate, 1), "prepare_s": round(prep, 1),
+        "steps_per_epoch": steps_per_epoch, "warmup_steps": warm, "measured_steps": measured_steps,
+        "measured_s": round(seconds, 2), "full_epoch": full_epoch,
+        "examples_per_s": round(examples_per_s, 0),
+        "step_ms_median": round(1e3 * float(np.median(np.diff(meter.times[warm:]))), 1),
+        "losses": [round(x, 5) for x in meter.losses],
+        "unique_candidates_per_batch": round(unique, 1),
+        "rss_before_train_gb": round(rss_before / 2**30, 3),
+        "train_rss_max_gb": round(max(meter.rss) / 2**30, 3),
+        "train_rss_first_step_gb": round(meter.rss[0] / 2**30, 3),
+        "train_rss_last_step_gb": round(meter.rss[-1] / 2**30, 3),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+    }
+    if spec.get("device", "cpu") == "cpu":
+        roof = roofline_terms(batch, unique, dim, parameters)
+        mm32 = measured_matmul(batch, round(unique), dim, torch.float32)
+        mm16 = measured_matmul(batch, round(unique), dim, torch.bfloat16)
+        bandwidth = measured_bandwidth()
+        compute_s = roof["flops"] / (mm32["gflops"] * 1e9)
+        memory_s = (roof["logits_bytes"] + roof["parameter_bytes"]) / (bandwidth * 1e9)
+        bound = max(compute_s, memory_s)
+        out["roofline"] = {
+            **roof, "matmul_fp32_gflops": round(mm32["gflops"], 1), "matmul_bf16_gflops": round(mm16["gflops"], 1),
+            "bandwidth_gbs": round(bandwidth, 1), "compute_ms": round(1e3 * compute_s, 1),
+            "memory_ms": round(1e3 * memory_s, 1),
+            "memory_ms_parameters_only": round(1e3 * roof["parameter_bytes"] / (bandwidth * 1e9), 1),
+            "bound_examples_per_s": round(batch / bound, 0),
+            "fraction_of_roofline": round(examples_per_s / (batch / bound), 3),
+            "achieved_gflops": round(roof["flops"] * examples_per_s / batch / 1e9, 1),
+        }
+    return out
+
+
+def run_child(spec: dict) -> dict:
+    """``train_child(spec)`` in a fresh Python process (its own peak RSS), with the load average around it."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"scale run {spec} failed:\n{proc.stderr[-3000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out.update(wall_s=round(time.perf_counter() - started, 1), loadavg_before=[round(x, 2) for x in load_before],
+               loadavg_after=[round(x, 2) for x in os.getloadavg()])
+    print("training", size_label(spec["interactions"], spec["items"]), spec.get("overrides") or "",
+          json.dumps({k: v for k, v in out.items() if k != "losses"}), flush=True)
+    return out
+
+
+def config_supports(overrides: dict) -> str | None:
+    """None when the scale config accepts ``overrides``; else the config's one-line refusal."""
+    from towerrec.config import config_from_dict
+    from towerrec.errors import TowerrecError
+
+    try:
+        config_from_dict(scale_config({"dim": 32, "batch_size": 8192, "overrides": overrides}))
+    except (TowerrecError, TypeError, ValueError) as exc:
+        return str(exc).splitlines()[0]
+    return None
 
 
 def bench_training(args) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    cmd = [sys.executable, "-c", TRAIN_CHILD, str(args.users), str(args.train_items), str(args.interactions),
-           str(args.epochs), str(args.batch_size)]
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-3000:])
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    out.update({"users": args.users, "items": args.train_items, "interactions": args.interactions,
-                "epochs": args.epochs, "batch_size": args.batch_size, "wall_s": round(time.perf_counter() - started, 1),
-                "memory_total_gb": round(psutil.virtual_memory().total / 2**30, 1)})
-    print("training", json.dumps(out), flush=True)
-    return out
+    base = {"batch_size": args.batch_size, "dim": args.dim_train, "warmup": args.warmup,
+            "max_seconds": args.max_seconds, "max_steps": args.max_steps, "threads": args.threads}
+    runs = []
+    for text in args.sizes.split(","):
+        interactions, items = parse_size(text)
+        users = max(1, interactions // INTERACTIONS_PER_USER)
+        runs.append(run_child({**base, "users": users, "items": items, "interactions": interactions}))
+    variants = {}
+    interactions, items = parse_size(args.variant_size)
+    users = max(1, interactions // INTERACTIONS_PER_USER)
+    for name, overrides in (("bf16", {"train": {"precision": "bf16"}}),):
+        refusal = config_supports(overrides)
+        if refusal is not None:
+            variants[name] = {"overrides": overrides, "unavailable": refusal}
+            continue
+        variants[name] = run_child({**base, "users": users, "items": items, "interactions": interactions,
+                                    "overrides": overrides})
+    return {"runs": runs, "variants": variants, "variant_size": args.variant_size,
+            "max_seconds": args.max_seconds, "max_steps": args.max_steps,
+            "memory_total_gb": round(psutil.virtual_memory().total / 2**30, 1)}
+
+
+def plot_training(training: dict, path: Path) -> None:
+    """Examples/s and peak RSS against interactions, one line per catalogue size (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (speed, memory) = plt.subplots(1, 2, figsize=(10, 4))
+    for items in sorted({r["items"] for r in training["runs"]}):
+        rows = sorted((r for r in training["runs"] if r["items"] == items), key=lambda r: r["interactions"])
+        x = [r["interactions"] for r in rows]
+        label = f"{items:,} items"
+        speed.plot(x, [r["examples_per_s"] for r in rows], "o-", label=label)
+        if all("roofline" in r for r in rows):
+            speed.plot(x, [r["roofline"]["bound_examples_per_s"] for r in rows], "x--", alpha=0.6,
+                       label=f"{label}: roofline bound")
+        memory.plot(x, [r["peak_rss_gb"] for r in rows], "o-", label=label)
+    for ax in (speed, memory):
+        ax.set_xscale("log")
+        ax.set_xlabel("synthetic interactions")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    speed.set_yscale("log")
+    speed.set_ylabel("training examples/s")
+    speed.set_title("Throughput (2 threads)")
+    memory.axhline(24, color="red", linestyle=":", label="24 GiB")
+    memory.set_ylabel("peak RSS, GiB (whole process)")
+    memory.set_title("Memory")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def markdown(payload: dict) -> str:
@@ -248,20 +496,70 @@ def markdown(payload: dict) -> str:
                 f"{e['speedup_vs_exact_faiss_flat'][0]}x / {e['speedup_vs_exact_faiss_flat'][1]}x | {e['batch_qps']:,.0f} |"
             )
         lines.append("")
+    if "index_from" in payload:
+        lines += [f"The index figures are kept from the earlier full run ({payload['index_from']}); "
+                  "this run re-measured training only (`--skip-index`).", ""]
     if "training" in payload:
-        t = payload["training"]
-        lines += [
-            f"## Training: {t['interactions']:,} synthetic interactions ({t['users']:,} users, {t['items']:,} items)",
-            "",
-            f"Two-tower (user_id / item_id, dim 32), in-batch softmax, batch {t['batch_size']}, {t['epochs']} epoch(s), "
-            f"{t['train_examples']:,} train examples: **{t['examples_per_s']:,.0f} examples/s**, "
-            f"peak RSS **{t['peak_rss_gb']} GiB** of {t['memory_total_gb']} GiB "
-            f"(generate {t['generate_s']} s, prepare {t['prepare_s']} s, train {t['train_s']} s incl. evaluation "
-            f"over 1% held out).",
-            "",
-        ]
+        lines += training_markdown(payload["training"])
     lines.append(f"Command: `{payload['command']}`")
     return "\n".join(lines) + "\n"
+
+
+def training_markdown(t: dict) -> list[str]:
+    """The training section: one row per size, the roofline of each, the variants and the GPU note."""
+    lines = [
+        "## Training: examples/s and memory vs size",
+        "",
+        f"Two-tower, user id / item id embeddings (dim {t['runs'][0]['dim']}), in-batch softmax over the batch's "
+        f"unique candidates, Adam, batch {t['runs'][0]['batch_size']}, {t['runs'][0]['threads']} threads; "
+        f"users = interactions / {INTERACTIONS_PER_USER}. Each size runs in a fresh process. A run trains for at "
+        f"most {t['max_seconds']:g} s or {t['max_steps']} steps after {t['runs'][0]['warmup_steps']} warm-up steps: "
+        "**capped** rows measured that many steps, not a full epoch (\"full\" rows trained the whole epoch); "
+        "memory is flat after the first step (first/last-step RSS below), so an epoch needs the same. "
+        "Peak RSS is the whole process's, data generation included. The machine is shared: the load "
+        "average (1 min) before and after each run is recorded.",
+        "",
+        "| interactions / items | users | examples/s | step ms (median) | steps measured / per epoch | "
+        "unique candidates per batch | peak RSS GiB | train RSS first / last step GiB | generate + prepare s | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in t["runs"]:
+        measured = "full" if r["full_epoch"] else f"{r['measured_steps']} / {r['steps_per_epoch']} (capped)"
+        lines.append(
+            f"| {size_label(r['interactions'], r['items'])} | {r['users']:,} | **{r['examples_per_s']:,.0f}** | "
+            f"{r['step_ms_median']} | {measured} | {r['unique_candidates_per_batch']:,.0f} | {r['peak_rss_gb']:.2f} | "
+            f"{r['train_rss_first_step_gb']:.2f} / {r['train_rss_last_step_gb']:.2f} | "
+            f"{r['generate_s'] + r['prepare_s']:.0f} | {r['loadavg_before'][0]:.1f} -> {r['loadavg_after'][0]:.1f} |")
+    lines += ["", "![examples/s and peak RSS vs size](scale.png)", "",
+              "## Roofline of each size", "",
+              "FLOPs per step: the softmax's three matmuls (3 x 2·B·U·d). Bytes per step: the [B, U] fp32 logits "
+              f"({LOGITS_PASSES} passes of a materialised softmax) plus the dense optimizer step "
+              f"({OPTIMIZER_PASSES} passes of 4 bytes per parameter). Peaks measured in the run's own process: "
+              "torch.mm at the step's three shapes (fp32 and bf16) and a 256 MiB tensor copy. The bound is "
+              "B / max(compute time, memory time).",
+              "",
+              "| interactions / items | GFLOP per step | logits MB per step | parameter MB per step | matmul GFLOP/s "
+              "fp32 / bf16 | copy GB/s | compute ms | memory ms (of which parameters) | measured step ms | "
+              "roofline examples/s | measured / roofline |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in t["runs"]:
+        f = r.get("roofline")
+        if not f:
+            continue
+        lines.append(
+            f"| {size_label(r['interactions'], r['items'])} | {f['flops'] / 1e9:.2f} | {f['logits_bytes'] / 1e6:,.0f} | "
+            f"{f['parameter_bytes'] / 1e6:,.0f} | {f['matmul_fp32_gflops']:.0f} / {f['matmul_bf16_gflops']:.0f} | "
+            f"{f['bandwidth_gbs']:.1f} | {f['compute_ms']} | {f['memory_ms']} ({f['memory_ms_parameters_only']}) | "
+            f"{r['step_ms_median']} | {f['bound_examples_per_s']:,.0f} | {100 * f['fraction_of_roofline']:.0f}% |")
+    lines += ["", f"## Variants at {t['variant_size']}", ""]
+    for name, v in t["variants"].items():
+        if "unavailable" in v:
+            lines.append(f"- {name} ({v['overrides']}): not measured: the config refuses it here: {v['unavailable']}")
+        else:
+            lines.append(f"- {name} ({v['overrides']}): **{v['examples_per_s']:,.0f} examples/s**, peak RSS "
+                         f"{v['peak_rss_gb']:.2f} GiB, {v['measured_steps']} steps")
+    lines += ["", "## GPU", "", t.get("gpu_note", "no GPU machine was lent this session."), ""]
+    return lines
 
 
 def main() -> None:
@@ -276,20 +574,36 @@ def main() -> None:
     parser.add_argument("--ef-search", type=int, default=512)
     parser.add_argument("--nlist", type=int, default=4096)
     parser.add_argument("--nprobe", type=int, default=256)
-    parser.add_argument("--interactions", type=int, default=10_000_000)
-    parser.add_argument("--users", type=int, default=200_000)
-    parser.add_argument("--train-items", type=int, default=50_000)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--sizes", default=DEFAULT_SIZES,
+                        help="training sizes, INTERACTIONS/ITEMS comma-separated (users = interactions / 50)")
+    parser.add_argument("--variant-size", default="10M/50k", help="the size the fp32/bf16 variants run at")
+    parser.add_argument("--max-seconds", type=float, default=60.0,
+                        help="cap on the measured seconds per size (then it measures steps, not an epoch)")
+    parser.add_argument("--max-steps", type=int, default=400, help="cap on the measured steps per size")
+    parser.add_argument("--warmup", type=int, default=3, help="steps before the measurement starts")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: PyTorch's default)")
+    parser.add_argument("--dim-train", type=int, default=32, help="embedding dim of the trained model")
     parser.add_argument("--batch-size", type=int, default=8192)
-    parser.add_argument("--skip-index", action="store_true")
+    parser.add_argument("--skip-index", action="store_true",
+                        help="keep the committed index figures (labelled) and measure training only")
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="scale", help="result name under benchmarks/results")
     args = parser.parse_args()
+    if args.child:
+        print(json.dumps(train_child(json.loads(args.child))))
+        return
     payload: dict = {"machine": machine(), "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:])}
     if not args.skip_index:
         payload["index"] = bench_indexes(args)
+    elif (RESULTS / f"{args.out}.json").is_file():
+        earlier = json.loads((RESULTS / f"{args.out}.json").read_text())
+        if "index" in earlier:
+            payload["index"] = earlier["index"]
+            payload["index_from"] = earlier.get("index_from") or git_commit_of(RESULTS / f"{args.out}.json")
     if not args.skip_training:
         payload["training"] = bench_training(args)
+        plot_training(payload["training"], RESULTS / f"{args.out}.png")
     write_results(args.out, payload, markdown(payload))
 
 
