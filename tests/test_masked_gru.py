@@ -1,5 +1,7 @@
 """The hand-written masked GRU must equal nn.GRU run on packed sequences, values and gradients."""
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
@@ -64,3 +66,28 @@ def test_masked_gru_passes_gradcheck():
     steps, mask = _batch([4, 2, 3], 4, 3, gen)
     x = steps.requires_grad_()
     assert torch.autograd.gradcheck(lambda s, *p: sum(o.sum() for o in masked_gru(gru, s, mask)), (x,))
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_last_only_gives_the_last_state_and_its_gradients(num_layers, monkeypatch):
+    monkeypatch.setattr(importlib.import_module("towerrec.layers.masked_gru"), "ROW_BLOCK", 4)  # several row blocks, a short last one
+    gen = torch.Generator().manual_seed(2)
+    torch.manual_seed(2)
+    gru = nn.GRU(3, 5, num_layers=num_layers, batch_first=True).double()
+    steps, mask = _batch([5, 1, 3, 0, 5, 2, 4, 4, 1, 5], 5, 3, gen)
+    weights = torch.randn(10, 5, generator=gen, dtype=torch.float64)
+    grads = []
+    for last_only in (False, True):
+        gru.zero_grad()
+        x = steps.clone().requires_grad_()
+        states, last = masked_gru(gru, x, mask, last_only=last_only)
+        assert (states is None) == last_only
+        (last * weights).sum().backward()
+        grads.append((last.detach(), x.grad, [p.grad.clone() for p in gru.parameters()]))
+    (last_a, x_a, p_a), (last_b, x_b, p_b) = grads
+    torch.testing.assert_close(last_b, last_a)
+    torch.testing.assert_close(x_b, x_a)
+    for a, b in zip(p_a, p_b):
+        torch.testing.assert_close(b, a)
+    expected = _reference(gru, steps, mask)[1]
+    torch.testing.assert_close(last_b, expected)

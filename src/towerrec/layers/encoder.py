@@ -60,7 +60,7 @@ class GRUEncoder(nn.Module):
         Returns:
             [batch, hidden_dim] when ``last_only``, else [batch, length, hidden_dim] states (zeros at padding).
         """
-        states, last = masked_gru(self.gru, steps, mask)
+        states, last = masked_gru(self.gru, steps, mask, last_only=last_only)
         return last if last_only else states * mask.unsqueeze(-1).to(states.dtype)
 
 
