@@ -45,7 +45,7 @@ import numpy as np
 import psutil
 import torch
 
-from _common import RESULTS, git_commit_of, machine, write_results
+from _common import DEFAULT_DATA, REPO, RESULTS, git_commit_of, machine, write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -261,20 +261,39 @@ def measured_bandwidth(mib: int = 256) -> float:
     return 2 * src.numel() * 4 / best_seconds(lambda: dst.copy_(src)) / 1e9
 
 
-def roofline_terms(batch: int, unique: float, dim: int, parameters: int) -> dict:
-    """FLOPs and bytes of one training step of the id-only two-tower model (a model, stated, not traced).
+def measured_exp_rate(rows: int = 256, columns: int = 1024) -> float:
+    """Exponentials per second of ``torch.exp`` on a cache-sized fp32 tile (a softmax's third ceiling)."""
+    tile = torch.randn(rows, columns)
+    out = torch.empty_like(tile)
+    return tile.numel() / best_seconds(lambda: torch.exp(tile, out=out), repeats=20)
 
-    FLOPs: the softmax's three matmuls, 3 x 2·B·U·d (embedding lookups and the optimizer add O(params), no
-    matmul). Bytes: the [B, U] fp32 logits written by the forward matmul, read and written by the softmax,
-    read again for the gradient, and read by the two gradient matmuls (LOGITS_PASSES = 7 passes of
-    4·B·U bytes), plus the dense Adam step over every parameter (param, grad, two moments read; param and
-    moments written) and the embedding backward's zero-filled gradient (OPTIMIZER_PASSES = 9 passes of 4
-    bytes per parameter). A cache-blocked softmax removes the first term; sparse embedding gradients with
-    a row-wise optimizer shrink the second to the touched rows.
+
+def blocked_loss_for(logits: float) -> bool:
+    """Whether the unique in-batch softmax takes the cache-blocked kernel at ``logits`` = B x U cells."""
+    from towerrec.tasks import unique_softmax
+
+    limit = getattr(unique_softmax, "MATERIALISED_MAX_LOGITS", None)
+    return limit is not None and logits > limit
+
+
+def roofline_terms(batch: int, unique: float, dim: int, parameters: int, touched_rows: float | None,
+                   blocked: bool) -> dict:
+    """FLOPs, exponentials and bytes of one training step of the id-only two-tower model (a stated model).
+
+    FLOPs: the softmax's three matmuls, 3 x 2·B·U·d (embedding lookups and the optimizer add O(params),
+    no matmul). Exponentials: B·U, one per logit. Bytes: a materialised softmax (B·U below the blocked
+    kernel's threshold) moves the [B, U] fp32 logits LOGITS_PASSES = 7 times (written by the matmul, read
+    and written by the softmax, read for the gradient, read by the two gradient matmuls); the cache-blocked
+    kernel keeps its tiles in cache (0 bytes here). The optimizer moves OPTIMIZER_PASSES = 9 x 4 bytes per
+    updated parameter (param, grad, two moments read; param and moments written; the gradient zero-filled):
+    every parameter with a dense optimizer, the ``touched_rows`` x d of the batch's users and items with a
+    sparse one (``touched_rows`` given).
     """
-    return {"flops": 3 * 2 * batch * unique * dim,
-            "logits_bytes": LOGITS_PASSES * 4 * batch * unique,
-            "parameter_bytes": OPTIMIZER_PASSES * 4 * parameters}
+    updated = parameters if touched_rows is None else touched_rows * dim
+    return {"flops": 3 * 2 * batch * unique * dim, "exponentials": batch * unique,
+            "logits_bytes": 0 if blocked else LOGITS_PASSES * 4 * batch * unique,
+            "parameter_bytes": OPTIMIZER_PASSES * 4 * updated, "blocked_loss": blocked,
+            "sparse_update": touched_rows is not None}
 
 
 class _Enough(Exception):
@@ -349,9 +368,10 @@ def train_child(spec: dict) -> dict:
     full_epoch = meter.epoch_record is not None
     examples_per_s = meter.epoch_record["examples_per_s"] if full_epoch else measured_steps * batch / seconds
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-    targets = data.train.targets
-    sample = [len(torch.unique(targets[order[s:s + batch]])) for s in range(0, min(n, 20 * batch), batch)]
-    unique = sum(sample) / len(sample)
+    targets, users = data.train.targets, data.train.user_rows
+    starts = range(0, min(n, 20 * batch), batch)
+    unique = float(np.mean([len(torch.unique(targets[order[s:s + batch]])) for s in starts]))
+    unique_users = float(np.mean([len(torch.unique(users[order[s:s + batch]])) for s in starts]))
     dim = config.model.embedding_dim
     out = {
         "users": spec["users"], "items": spec["items"], "interactions": spec["interactions"],
@@ -364,6 +384,7 @@ def train_child(spec: dict) -> dict:
         "step_ms_median": round(1e3 * float(np.median(np.diff(meter.times[warm:]))), 1),
         "losses": [round(x, 5) for x in meter.losses],
         "unique_candidates_per_batch": round(unique, 1),
+        "unique_users_per_batch": round(unique_users, 1),
         "rss_before_train_gb": round(rss_before / 2**30, 3),
         "train_rss_max_gb": round(max(meter.rss) / 2**30, 3),
         "train_rss_first_step_gb": round(meter.rss[0] / 2**30, 3),
@@ -371,19 +392,23 @@ def train_child(spec: dict) -> dict:
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
     }
     if spec.get("device", "cpu") == "cpu":
-        roof = roofline_terms(batch, unique, dim, parameters)
+        sparse = config.train.optimizer in ("sparse-adam", "rowwise-adagrad")
+        roof = roofline_terms(batch, unique, dim, parameters, unique + unique_users if sparse else None,
+                              blocked_loss_for(batch * unique))
         mm32 = measured_matmul(batch, round(unique), dim, torch.float32)
         mm16 = measured_matmul(batch, round(unique), dim, torch.bfloat16)
-        bandwidth = measured_bandwidth()
-        compute_s = roof["flops"] / (mm32["gflops"] * 1e9)
-        memory_s = (roof["logits_bytes"] + roof["parameter_bytes"]) / (bandwidth * 1e9)
-        bound = max(compute_s, memory_s)
+        bf16 = config.train.precision == "bf16" if hasattr(config.train, "precision") else False
+        peak = mm16["gflops"] if bf16 else mm32["gflops"]
+        bandwidth, exp_rate = measured_bandwidth(), measured_exp_rate()
+        terms = {"compute": roof["flops"] / (peak * 1e9), "exp": roof["exponentials"] / exp_rate,
+                 "memory": (roof["logits_bytes"] + roof["parameter_bytes"]) / (bandwidth * 1e9)}
+        bound = max(terms.values())
         out["roofline"] = {
             **roof, "matmul_fp32_gflops": round(mm32["gflops"], 1), "matmul_bf16_gflops": round(mm16["gflops"], 1),
-            "bandwidth_gbs": round(bandwidth, 1), "compute_ms": round(1e3 * compute_s, 1),
-            "memory_ms": round(1e3 * memory_s, 1),
-            "memory_ms_parameters_only": round(1e3 * roof["parameter_bytes"] / (bandwidth * 1e9), 1),
-            "bound_examples_per_s": round(batch / bound, 0),
+            "matmul_dtype": "bf16" if bf16 else "fp32", "bandwidth_gbs": round(bandwidth, 1),
+            "exp_per_ns": round(exp_rate / 1e9, 2), **{f"{k}_ms": round(1e3 * v, 1) for k, v in terms.items()},
+            "limit": max(terms, key=terms.get), "bound_examples_per_s": round(batch / bound, 0),
+            "sum_examples_per_s": round(batch / sum(terms.values()), 0),
             "fraction_of_roofline": round(examples_per_s / (batch / bound), 3),
             "achieved_gflops": round(roof["flops"] * examples_per_s / batch / 1e9, 1),
         }
@@ -405,6 +430,14 @@ def run_child(spec: dict) -> dict:
     print("training", size_label(spec["interactions"], spec["items"]), spec.get("overrides") or "",
           json.dumps({k: v for k, v in out.items() if k != "losses"}), flush=True)
     return out
+
+
+#: Variants measured at --variant-size beside the default (fp32, dense Adam) row of that size.
+VARIANTS = {
+    "bf16": {"train": {"precision": "bf16"}},
+    "sparse-adam": {"train": {"optimizer": "sparse-adam"}},
+    "bf16 + sparse-adam": {"train": {"precision": "bf16", "optimizer": "sparse-adam"}},
+}
 
 
 def config_supports(overrides: dict) -> str | None:
@@ -430,16 +463,53 @@ def bench_training(args) -> dict:
     variants = {}
     interactions, items = parse_size(args.variant_size)
     users = max(1, interactions // INTERACTIONS_PER_USER)
-    for name, overrides in (("bf16", {"train": {"precision": "bf16"}}),):
+    for name, overrides in VARIANTS.items():
         refusal = config_supports(overrides)
         if refusal is not None:
             variants[name] = {"overrides": overrides, "unavailable": refusal}
             continue
         variants[name] = run_child({**base, "users": users, "items": items, "interactions": interactions,
                                     "overrides": overrides})
-    return {"runs": runs, "variants": variants, "variant_size": args.variant_size,
+    data_parallel = bench_data_parallel(args)
+    gpu = bench_gpu(args, base) if torch.cuda.is_available() else None
+    return {"runs": runs, "variants": variants, "data_parallel": data_parallel, "gpu": gpu,
+            "variant_size": args.variant_size,
             "max_seconds": args.max_seconds, "max_steps": args.max_steps,
             "memory_total_gb": round(psutil.virtual_memory().total / 2**30, 1)}
+
+
+def bench_data_parallel(args) -> dict:
+    """2 processes x 1 thread vs 1 process x 2 threads on ``--dp-config`` (benchmarks/data_parallel.py)."""
+    try:
+        from data_parallel import compare
+    except ImportError:
+        return {"unavailable": "benchmarks/data_parallel.py (data-parallel training) is not in this tree"}
+    if args.dp_repeats < 1:
+        return {"unavailable": "--dp-repeats 0"}
+    return compare(str(REPO / args.dp_config), processes=2, repeats=args.dp_repeats, data_dir=args.dp_data_dir)
+
+
+def bench_gpu(args, base: dict) -> dict:
+    """W1 tutorial, W3 tutorial GRU and the 10M/50k run on the CUDA device."""
+    import tempfile
+
+    from towerrec.config import load_config
+    from towerrec.presets import preset
+    from towerrec.runs import train_run
+
+    data_dir = str(Path(args.dp_data_dir) / "ml-100k")
+    speeds = {}
+    for name, config in (("W1 tutorial", preset("w1-tutorial")),
+                         ("W3 tutorial GRU", load_config(REPO / "configs" / "w3_tutorial_gru.toml"))):
+        with tempfile.TemporaryDirectory() as runs:
+            result = train_run(config.replace(data={"data_dir": data_dir}), runs_root=Path(runs), progress=False,
+                               device="cuda", log=lambda *_: None)
+        speeds[name] = result.metrics["examples_per_s"]
+    interactions, items = parse_size("10M/50k")
+    run = run_child({**base, "users": interactions // INTERACTIONS_PER_USER, "items": items,
+                     "interactions": interactions, "device": "cuda"})
+    speeds["10M/50k (capped steps)"] = run["examples_per_s"]
+    return {"device": torch.cuda.get_device_name(0), "examples_per_s": speeds, "run_10m": run}
 
 
 def plot_training(training: dict, path: Path) -> None:
@@ -532,33 +602,64 @@ def training_markdown(t: dict) -> list[str]:
             f"{r['generate_s'] + r['prepare_s']:.0f} | {r['loadavg_before'][0]:.1f} -> {r['loadavg_after'][0]:.1f} |")
     lines += ["", "![examples/s and peak RSS vs size](scale.png)", "",
               "## Roofline of each size", "",
-              "FLOPs per step: the softmax's three matmuls (3 x 2·B·U·d). Bytes per step: the [B, U] fp32 logits "
-              f"({LOGITS_PASSES} passes of a materialised softmax) plus the dense optimizer step "
-              f"({OPTIMIZER_PASSES} passes of 4 bytes per parameter). Peaks measured in the run's own process: "
-              "torch.mm at the step's three shapes (fp32 and bf16) and a 256 MiB tensor copy. The bound is "
-              "B / max(compute time, memory time).",
+              "Three ceilings per step, each from a stated model of the step and a peak measured in the run's own "
+              "process: **compute** = the softmax's three matmuls (3 x 2·B·U·d FLOPs) / torch.mm at the step's "
+              "three shapes (fp32, or bf16 for a bf16 run); **exp** = B·U exponentials / torch.exp on a cache-sized "
+              "tile; **memory** = bytes / a 256 MiB tensor copy, where bytes are the [B, U] fp32 logits "
+              f"({LOGITS_PASSES} passes; 0 with the cache-blocked loss, which keeps its tiles in cache) plus the "
+              f"optimizer ({OPTIMIZER_PASSES} passes of 4 bytes per updated parameter: all of them with a dense "
+              "optimizer). Roofline examples/s = B / the largest term; \"sum\" = B / the sum of the terms "
+              "(the terms run one after another on the same cores).",
               "",
-              "| interactions / items | GFLOP per step | logits MB per step | parameter MB per step | matmul GFLOP/s "
-              "fp32 / bf16 | copy GB/s | compute ms | memory ms (of which parameters) | measured step ms | "
-              "roofline examples/s | measured / roofline |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in t["runs"]:
+              "| run | GFLOP / step | logits MB / step | optimizer MB / step | matmul GFLOP/s fp32 / bf16 | "
+              "exp per ns | copy GB/s | compute / exp / memory ms | limit | measured step ms | roofline examples/s "
+              "(sum) | measured / roofline |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+    variant_rows = [(f"{t['variant_size']} {name}", v) for name, v in t["variants"].items() if "roofline" in v]
+    for label, r in [(size_label(r["interactions"], r["items"]), r) for r in t["runs"]] + variant_rows:
         f = r.get("roofline")
         if not f:
             continue
         lines.append(
-            f"| {size_label(r['interactions'], r['items'])} | {f['flops'] / 1e9:.2f} | {f['logits_bytes'] / 1e6:,.0f} | "
-            f"{f['parameter_bytes'] / 1e6:,.0f} | {f['matmul_fp32_gflops']:.0f} / {f['matmul_bf16_gflops']:.0f} | "
-            f"{f['bandwidth_gbs']:.1f} | {f['compute_ms']} | {f['memory_ms']} ({f['memory_ms_parameters_only']}) | "
-            f"{r['step_ms_median']} | {f['bound_examples_per_s']:,.0f} | {100 * f['fraction_of_roofline']:.0f}% |")
+            f"| {label} | {f['flops'] / 1e9:.2f} | {f['logits_bytes'] / 1e6:,.0f} | {f['parameter_bytes'] / 1e6:,.0f} | "
+            f"{f['matmul_fp32_gflops']:.0f} / {f['matmul_bf16_gflops']:.0f} | {f['exp_per_ns']} | "
+            f"{f['bandwidth_gbs']:.1f} | {f['compute_ms']} / {f['exp_ms']} / {f['memory_ms']} | {f['limit']} | "
+            f"{r['step_ms_median']} | {f['bound_examples_per_s']:,.0f} ({f['sum_examples_per_s']:,.0f}) | "
+            f"{100 * f['fraction_of_roofline']:.0f}% |")
     lines += ["", f"## Variants at {t['variant_size']}", ""]
     for name, v in t["variants"].items():
         if "unavailable" in v:
             lines.append(f"- {name} ({v['overrides']}): not measured: the config refuses it here: {v['unavailable']}")
         else:
-            lines.append(f"- {name} ({v['overrides']}): **{v['examples_per_s']:,.0f} examples/s**, peak RSS "
-                         f"{v['peak_rss_gb']:.2f} GiB, {v['measured_steps']} steps")
-    lines += ["", "## GPU", "", t.get("gpu_note", "no GPU machine was lent this session."), ""]
+            base = next((r for r in t["runs"] if size_label(r["interactions"], r["items"]) == t["variant_size"]), None)
+            ratio = f" ({v['examples_per_s'] / base['examples_per_s']:.2f}x the fp32 dense-Adam row)" if base else ""
+            loss = ""
+            if base:
+                step = min(len(v["losses"]), len(base["losses"]))
+                loss = (f"; training loss at step {step}: {v['losses'][step - 1]:.4f} "
+                        f"(fp32 dense Adam: {base['losses'][step - 1]:.4f})")
+            lines.append(f"- {name} ({v['overrides']}): **{v['examples_per_s']:,.0f} examples/s**{ratio}, peak RSS "
+                         f"{v['peak_rss_gb']:.2f} GiB, {v['measured_steps']} steps{loss}")
+    dp = t.get("data_parallel")
+    lines += ["", "## 1 vs 2 processes", ""]
+    if dp is None or "unavailable" in dp:
+        lines.append(f"Not measured: {(dp or {}).get('unavailable', 'not run')}.")
+    else:
+        lines.append(
+            f"`{dp['config']}` trained {dp['repeats']} times each way, interleaved, same global batch: "
+            f"{dp['processes']} processes x 1 thread (`towerrec train --nproc {dp['processes']}`) "
+            f"{dp['data_parallel']['median']:,.0f} examples/s vs 1 process x {dp['one_process']['threads']} threads "
+            f"{dp['one_process']['median']:,.0f} examples/s: **{dp['speedup']:.2f}x**; the two loss curves differ by at "
+            f"most {dp['max_loss_difference']:.2e} (per-epoch losses {dp['losses']}).")
+    lines += ["", "## GPU", ""]
+    gpu = t.get("gpu")
+    if not gpu:
+        lines.append("No GPU machine was lent this session (the device tool was not drawn for this task), and "
+                     "this machine has no CUDA device: W1, W3 and the 10M run were not measured on a GPU.")
+    else:
+        lines.append(f"CUDA device: {gpu['device']}.")
+        lines += [f"- {name}: {value:,.0f} examples/s" for name, value in gpu["examples_per_s"].items()]
+    lines.append("")
     return lines
 
 
@@ -584,6 +685,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: PyTorch's default)")
     parser.add_argument("--dim-train", type=int, default=32, help="embedding dim of the trained model")
     parser.add_argument("--batch-size", type=int, default=8192)
+    parser.add_argument("--dp-config", default="configs/w1_basic.toml",
+                        help="config of the 1 vs 2 processes comparison (relative to the repository)")
+    parser.add_argument("--dp-data-dir", default=str(DEFAULT_DATA), help="data folder for --dp-config and the GPU runs")
+    parser.add_argument("--dp-repeats", type=int, default=3, help="interleaved repeats of the 1 vs 2 processes runs")
     parser.add_argument("--skip-index", action="store_true",
                         help="keep the committed index figures (labelled) and measure training only")
     parser.add_argument("--skip-training", action="store_true")
