@@ -456,7 +456,11 @@ def bench_training(args) -> dict:
     base = {"batch_size": args.batch_size, "dim": args.dim_train, "warmup": args.warmup,
             "max_seconds": args.max_seconds, "max_steps": args.max_steps, "threads": args.threads}
     runs = []
-    for text in args.sizes.split(","):
+    if args.variants_only:
+        earlier = json.loads((RESULTS / f"{args.out}.json").read_text())["training"]
+        runs = earlier["runs"]
+        args.sizes = ""
+    for text in filter(None, args.sizes.split(",")):
         interactions, items = parse_size(text)
         users = max(1, interactions // INTERACTIONS_PER_USER)
         runs.append(run_child({**base, "users": users, "items": items, "interactions": interactions}))
@@ -692,6 +696,8 @@ def main() -> None:
     parser.add_argument("--skip-index", action="store_true",
                         help="keep the committed index figures (labelled) and measure training only")
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--variants-only", action="store_true",
+                        help="keep the committed size runs; measure the variants and 1 vs 2 processes again")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="scale", help="result name under benchmarks/results")
     args = parser.parse_args()
