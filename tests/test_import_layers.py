@@ -16,10 +16,10 @@ PACKAGE = Path(towerrec.__file__).parent
 
 #: Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS: list[tuple[str, ...]] = [
-    ("model", "tasks", "layers", "metrics", "index", "features", "data", "rules"),
+    ("model", "tasks", "layers", "metrics", "index", "features", "data", "rules", "parallel"),
     ("models",),
     ("saving",),
-    ("train.checkpoint", "train.prepared"),
+    ("train.checkpoint", "train.prepared", "train.distributed"),
     ("train.sequence_data",),
     ("train.models",),
     ("train.evaluate",),

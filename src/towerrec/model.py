@@ -55,6 +55,11 @@ class Model(nn.Module):
 
     #: Whether the trainer updates this model by gradient steps (baselines are fitted in closed form).
     trainable: ClassVar[bool] = True
+    #: Under data parallelism (``torch.distributed``, world size > 1): True when :meth:`compute_loss` returns
+    #: this process's SHARE of the global batch's loss (the mean over processes is that loss; see
+    #: :mod:`towerrec.parallel`), also for an empty slice, as the retrieval task's losses do. False: it returns
+    #: the mean over its own rows, and the trainer weighs it by its rows / the global batch's rows.
+    data_parallel_loss_share: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

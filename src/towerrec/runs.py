@@ -17,6 +17,8 @@ fingerprint: a run is reused or resumed only when both match, never on a name
 match alone. When training ends ``meta.json`` gains the SHA-256 of every file
 and ``finished: true``; loading checks them all, and the config against its hash.
 Training holds a file lock on the run, so two ``train`` of one run never interleave.
+Under data parallelism (torchrun) rank 0 alone takes that lock and writes the folder;
+the other processes train beside it and read only its checkpoint (to resume).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,12 +44,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from towerrec import __version__, fsio, saving
+from towerrec import __version__, fsio, parallel, saving
 from towerrec.config import MULTI_TASK, RANKING_KINDS, RunConfig, TrackConfig, config_from_dict, load_config
 from towerrec.data.tables import Dataset, item_aliases
 from towerrec.errors import ConfigError, TowerrecError, first_line, listing
 from towerrec.features import FittedFeatures
 from towerrec.model import Model, RankingModel
+from towerrec.train import distributed
 from towerrec.train.checkpoint import RETRAIN_HINT, load_json, save_json
 from towerrec.train.evaluate import evaluate_both_protocols, evaluate_ranking, ranking_baselines
 from towerrec.train.models import build_model, fit_baseline
@@ -200,20 +204,29 @@ def train_in_run_dir(config: RunConfig, fingerprint: str, runs_root: Path, *, re
 
     Holds an inter-process lock on the run directory: a second ``train`` of the same
     run waits (saying so), then reuses the finished result. ``train(run_dir)`` writes
-    the run's files and returns ``(metrics, model)``.
+    the run's files and returns ``(metrics, model)``. Under data parallelism only rank 0
+    locks, opens and finishes the folder; every process learns its decision (reuse or
+    train) and, at the end, its metrics; ``train`` runs in every process.
     """
     run_dir = run_dir_for(config, fingerprint, runs_root)
-    with fsio.locked(run_dir, what="run", log=log):
+    main = distributed.is_main_process()
+    with fsio.locked(run_dir, what="run", log=log) if main else nullcontext():
         existed = run_dir.exists()
-        run_dir, finished = open_run_dir(config, fingerprint, runs_root, retrain=retrain, log=log)
+        finished = None
+        if main:
+            run_dir, finished = open_run_dir(config, fingerprint, runs_root, retrain=retrain, log=log)
+        run_dir, finished = distributed.broadcast_object((run_dir, finished))
         if finished is not None:
             return RunResult(run_dir, finished, True, data, None)
         try:
             metrics, model = train(run_dir)
         except BaseException:
-            _drop_if_nothing_to_resume(run_dir, existed)
+            if main:
+                _drop_if_nothing_to_resume(run_dir, existed)
             raise
-        finish_run(run_dir, config, fingerprint, metrics)
+        if main:
+            finish_run(run_dir, config, fingerprint, metrics)
+        metrics = distributed.broadcast_object(metrics)
     return RunResult(run_dir, metrics, False, data, model)
 
 
@@ -316,9 +329,11 @@ def train_run(
         result = _train_run(config, runs_root=runs_root, retrain=retrain, progress=progress, dataset=dataset,
                             log=log, device=device, callbacks=callbacks)
     except BaseException as exc:
-        _notify_run_failed(callbacks, exc)
+        if distributed.is_main_process():  # under data parallelism rank 0 alone tracks
+            _notify_run_failed(callbacks, exc)
         raise
-    notify_run_end(callbacks, result)
+    if distributed.is_main_process():
+        notify_run_end(callbacks, result)
     return result
 
 
@@ -328,17 +343,21 @@ def _train_run(config: RunConfig, *, runs_root: Path, retrain: bool, progress: b
 
     target = resolve_device(device)
     config = with_absolute_paths(config)
+    progress = progress and distributed.is_main_process()
     data = prepare_run_data(config, dataset, progress=progress)
 
+    main = distributed.is_main_process()
+
     def train(run_dir: Path) -> tuple[dict[str, Any], Model]:
-        _write_data_files(run_dir, config, data)
+        if main:
+            _write_data_files(run_dir, config, data)
         model = build_model(config, data)
         started = time.perf_counter()
         if model.trainable:
             trainer = Trainer.from_config(config, data, model, device=target, checkpoint_dir=run_dir / "checkpoints",
                                           history_path=run_dir / "history.jsonl", progress=progress,
                                           callbacks=callbacks)
-            if trainer.checkpointer is not None and trainer.checkpointer.exists():
+            if main and trainer.checkpointer is not None and trainer.checkpointer.exists():
                 log(f"resuming {run_dir} from its last checkpoint")
             result = trainer.fit()
             fit: dict[str, Any] = {
@@ -352,6 +371,10 @@ def _train_run(config: RunConfig, *, runs_root: Path, retrain: bool, progress: b
         else:
             fit_baseline(model, data)  # closed form, on the CPU
             fit = {"train_seconds": round(time.perf_counter() - started, 3)}
+        if not main:  # rank 0 writes and evaluates the model; its metrics reach every process
+            return {}, model
+        if parallel.world_size() > 1:
+            fit["processes"] = parallel.world_size()
         saving.write_model_files(model, run_dir, metadata={"run": run_dir.name,
                                                            "item_aliases": item_aliases(data.dataset)})
         metrics = {**fit, **evaluate_run(config, model, data)}

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from towerrec.cli.common import (DataDirOption, DeviceOption, RunDataDirOption, TrackOption, check_folder_option, console,
                                  say)
+from towerrec.errors import TowerrecError
 from towerrec.config import MAX_COUNT, MULTI_TASK, RANKING_KINDS, RunConfig, load_config
 from towerrec.presets import PRESETS, preset
 
@@ -66,6 +67,10 @@ def train(
     epochs: Annotated[Optional[int], typer.Option(min=1, max=MAX_COUNT, help="Override [train] epochs.")] = None,
     device: DeviceOption = "cpu",
     track: TrackOption = None,
+    nproc: Annotated[int, typer.Option(
+        "--nproc", min=1, max=MAX_COUNT,
+        help="Data-parallel processes on this machine: runs this command under torchrun with N processes "
+             "(the global batch stays [train] batch_size; 1: one process).")] = 1,
 ) -> None:
     """Train the model a config describes (reusing a finished identical run, resuming an interrupted one).
 
@@ -80,9 +85,12 @@ def train(
       towerrec train configs/w1_basic.toml --dataset my-imported-folder/
 
       towerrec train configs/w1_default.toml --track tensorboard
+
+      towerrec train configs/w1_basic.toml --nproc 2   (or: torchrun --nproc-per-node 2 -m towerrec train ...)
     """
     from towerrec.runs import train_run
     from towerrec.track import tracker_callbacks
+    from towerrec.train import distributed
 
     check_folder_option(runs, "--runs")
     cfg = _resolve_config(config, data_dir, dataset)
@@ -90,12 +98,39 @@ def train(
         cfg = cfg.replace(train={"epochs": epochs})
     if track is not None:
         cfg = cfg.replace(track={"backend": track})
-    callbacks = tracker_callbacks(cfg.track, run_name=cfg.name, config=cfg)
-    for callback in callbacks:
-        say(f"tracking to {callback.tracker.location}")
-    result = train_run(cfg, runs_root=runs, retrain=retrain, log=say, device=device, callbacks=callbacks)
-    _print_run_metrics(cfg.name, result.metrics, cfg.eval.ks)
-    console.print(f"run directory: [bold]{escape(str(result.run_dir))}[/bold]", soft_wrap=True, highlight=False)  # paths stay copyable
+    if nproc > 1:
+        if distributed.launched_with_torchrun():
+            raise TowerrecError("--nproc was given to a process torchrun started",
+                                hint="use either torchrun --nproc-per-node N or towerrec train --nproc N")
+        # the same command without --nproc, in every process (every option of this command, spelled out)
+        argv = ["train", config, "--runs", str(runs), "--device", device,
+                *(["--data-dir", str(data_dir)] if data_dir is not None else []),
+                *(["--dataset", dataset] if dataset is not None else []),
+                *(["--retrain"] if retrain else []), *(["--epochs", str(epochs)] if epochs is not None else []),
+                *(["--track", track] if track is not None else [])]
+        code = distributed.launch(argv, nproc)
+        if code:
+            raise TowerrecError(f"data-parallel training failed: torchrun exited with status {code}",
+                                hint="the lines above name the failing process's error")
+        return
+    started_group = distributed.init_from_env(device)
+    try:
+        main = distributed.is_main_process()
+        callbacks = tracker_callbacks(cfg.track, run_name=cfg.name, config=cfg) if main else []  # rank 0 tracks
+        for callback in callbacks:
+            say(f"tracking to {callback.tracker.location}")
+        result = train_run(cfg, runs_root=runs, retrain=retrain, log=say if main else _quiet,
+                           device=distributed.local_device(device), callbacks=callbacks)
+    finally:
+        if started_group:
+            distributed.teardown()
+    if main:
+        _print_run_metrics(cfg.name, result.metrics, cfg.eval.ks)
+        console.print(f"run directory: [bold]{escape(str(result.run_dir))}[/bold]", soft_wrap=True, highlight=False)  # paths stay copyable
+
+
+def _quiet(message: str) -> None:
+    """The log of a data-parallel process other than rank 0 (rank 0 says it all)."""
 
 
 BASELINE_LABELS = {"global_mean": "global mean", "item_mean": "item mean"}  # rows of the mean train rating baselines

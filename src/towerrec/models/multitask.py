@@ -69,6 +69,8 @@ class MultiTaskModel(TwoTowerModel, RankingModel):
             towers of different sizes).
     """
 
+    data_parallel_loss_share = False  # the ranking term is a mean over this process's rows: the trainer weighs it
+
     def __init__(self, query_tower: nn.Module, candidate_tower: nn.Module, *,
                  rating_layers: Sequence[int] = TFRS_RATING_LAYERS, retrieval_weight: float = 1.0,
                  ranking_weight: float = 1.0, similarity: Similarity = "dot", retrieval_task: Retrieval | None = None,
@@ -168,7 +170,7 @@ class MultiTaskModel(TwoTowerModel, RankingModel):
             if self.retrieval_weight > 0:
                 losses["retrieval"] = self.task.unique_candidates_loss(
                     self._finish(raw_query), self._finish(raw_candidates), labels, counts,
-                    candidate_log_q=self.catalogue_log_q(unique), sample_weight=weight)
+                    candidate_log_q=self.catalogue_log_q(unique), sample_weight=weight, candidate_ids=unique)
             row_candidates = raw_candidates[labels]
         else:
             row_candidates = self.candidate_tower(batch)

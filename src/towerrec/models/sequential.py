@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from towerrec import parallel
 from towerrec.layers.embedding import init_embedding_
 from towerrec.layers.encoder import GRUEncoder, SelfAttentionEncoder
 from towerrec.model import CANDIDATE_INDEX, RetrievalModel
@@ -46,6 +47,8 @@ class SequentialModel(RetrievalModel):
     or ``"sampled"`` softmax with ``num_sampled`` popularity-drawn shared negatives and logQ correction
     (Jean et al. 2015). Popularity for logQ and sampling comes from :meth:`set_candidate_counts`.
     """
+
+    data_parallel_loss_share = True  # its task returns loss shares (towerrec.parallel)
 
     def __init__(
         self,
@@ -195,6 +198,9 @@ class SequentialModel(RetrievalModel):
         """The objective's loss over the batch's targets (every position, or the last one)."""
         inputs, targets = batch[HISTORY], batch[TARGETS]
         ratings, users = batch.get(HISTORY_RATINGS), batch.get(USER)
+        if inputs.shape[0] == 0:  # an empty slice of a data-parallel global batch: the loss's collectives still run
+            weight = self.candidate_weight()
+            return self.loss(weight.new_zeros((0, weight.shape[1])), targets.new_zeros(0))
         if self.all_positions:
             states = self.encode(inputs, ratings, users, last_only=False)
             valid = targets > 0
@@ -209,6 +215,11 @@ class SequentialModel(RetrievalModel):
         Every objective is computed tile by tile (:func:`~towerrec.tasks.blocked_softmax.blocked_softmax_loss`),
         never materialising ``[n, N]`` (full softmax) or ``[n, num_sampled]`` logits; each equals
         ``F.cross_entropy`` over the materialised logits (tested).
+
+        Under data parallelism (``torch.distributed``, world size > 1) it is this process's share of the
+        global batch's loss (:func:`towerrec.parallel.loss_share`): "in-batch" scores against the unique
+        targets of every process (the task's global negatives), "sampled" uses rank 0's draw of shared
+        negatives on every process, as one process draws one set for the whole batch.
         """
         task = self.task
         weight = self.candidate_weight()
@@ -216,18 +227,29 @@ class SequentialModel(RetrievalModel):
         if self.objective == "in-batch":
             unique, labels, counts = unique_candidates(target)
             return task.unique_candidates_loss(query, weight[unique], labels, counts,
-                                               candidate_log_q=self.log_q[unique] if use_log_q else None)
+                                               candidate_log_q=self.log_q[unique] if use_log_q else None,
+                                               candidate_ids=unique)
+        shared = parallel.world_size() > 1
         if self.objective == "full-softmax":
+            if shared:
+                return self._share(blocked_softmax_loss(query, weight, target, temperature=task.temperature,
+                                                        reduction="sum"), query)
             return blocked_softmax_loss(query, weight, target, temperature=task.temperature, reduction=task.reduction)
         probabilities = self.sample_probabilities
         if probabilities is None:
             probabilities = torch.full((self.num_items,), 1.0 / self.num_items, device=weight.device)
-        negatives = torch.multinomial(probabilities, self.num_sampled, replacement=True)
+        negatives = parallel.broadcast_(torch.multinomial(probabilities, self.num_sampled, replacement=True))
         masking = task.remove_accidental_hits
-        return blocked_softmax_loss(
+        loss = blocked_softmax_loss(
             query, weight[negatives], positives=weight[target],
             column_bias=-self.log_q[negatives] if use_log_q else None,
             label_bias=-self.log_q[target] if use_log_q else None,
             row_ids=target if masking else None, column_ids=negatives if masking else None,
-            temperature=task.temperature, reduction=task.reduction,
+            temperature=task.temperature, reduction="sum" if shared else task.reduction,
         )
+        return self._share(loss, query) if shared else loss
+
+    def _share(self, local_sum: Tensor, query: Tensor) -> Tensor:
+        """This process's share of the global batch's loss, from the sum of its ``[n]`` rows' losses."""
+        rows = parallel.gather_sizes(query.shape[0], device=query.device)[:, 0]
+        return parallel.loss_share(local_sum, rows, self.task.reduction)

@@ -50,6 +50,8 @@ class TwoTowerModel(RetrievalModel):
         ConfigError: unknown similarity, or towers with ``out_dim`` of different sizes.
     """
 
+    data_parallel_loss_share = True  # its task returns loss shares (towerrec.parallel)
+
     def __init__(self, query_tower: nn.Module, candidate_tower: nn.Module, similarity: Similarity = "dot",
                  task: Retrieval | None = None, candidate_id: str | None = None) -> None:
         super().__init__()
@@ -182,7 +184,8 @@ class TwoTowerModel(RetrievalModel):
             unique, labels, counts = torch.unique(batch[CANDIDATE_INDEX], return_inverse=True, return_counts=True)
             candidates = self.candidate_embeddings(self.catalogue_rows(unique))
             return self.task.unique_candidates_loss(query, candidates, labels, counts,
-                                                    candidate_log_q=self.catalogue_log_q(unique), sample_weight=weight)
+                                                    candidate_log_q=self.catalogue_log_q(unique), sample_weight=weight,
+                                                    candidate_ids=unique)
         candidates = self.candidate_embeddings(batch)
         ids = batch.get(self.candidate_id) if self.candidate_id else None
         return self.task(query, candidates, candidate_ids=ids, sample_weight=weight,

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from towerrec import parallel
 from towerrec.tasks.blocked_softmax import blocked_softmax_loss
 from towerrec.tasks.unique_softmax import unique_in_batch_softmax_loss
 
@@ -231,6 +232,20 @@ class Retrieval(nn.Module):
     match TFRS with "mean", divide the initial accumulator by B² and epsilon by B,
     or use ``reduction="sum"``, which reproduces TFRS exactly.
 
+    **Data parallelism.** When ``torch.distributed`` is initialised with more than one
+    process, each process holds a slice of the global batch. With ``global_negatives``
+    (the default) the candidate embeddings (with their ids and log q) are all-gathered
+    WITH gradients, deduplicated by id across the processes, and each process's queries
+    are scored against the whole global batch's candidates: the negatives are those a
+    single process would see with the global batch (TFRS's per-replica negatives, by
+    contrast, change the loss). Either way the loss returned is this process's share
+    (:func:`towerrec.parallel.loss_share`): the mean over processes is the loss of the
+    global batch, so DistributedDataParallel's averaged gradients are exactly the
+    single-process gradients of that batch (tested with 2 processes). Extra candidates
+    are not gathered: each process appends its own (pass the same ones everywhere to
+    match one process). Sharing needs the candidates' ids when accidental hits are
+    removed (``candidate_ids``), so that one item on two processes is one column.
+
     Args:
         temperature: logits are divided by it (> 0).
         logq_correction: subtract log q from the logits when a sampling
@@ -239,6 +254,9 @@ class Retrieval(nn.Module):
             ``candidate_ids`` are given.
         num_hard_negatives: keep only the k hardest negatives per row (None: all).
         reduction: ``"mean"`` (default) or ``"sum"`` (TFRS).
+        global_negatives: under data parallelism, score each query against the candidates of
+            every process (the global batch); False: only against its own process's (per-worker
+            negatives). No effect in one process.
     Raises:
         ValueError: temperature ≤ 0, num_hard_negatives < 1, or an unknown reduction.
     """
@@ -250,6 +268,7 @@ class Retrieval(nn.Module):
         remove_accidental_hits: bool = True,
         num_hard_negatives: int | None = None,
         reduction: Literal["mean", "sum"] = "mean",
+        global_negatives: bool = True,
     ) -> None:
         super().__init__()
         if temperature <= 0:
@@ -263,12 +282,14 @@ class Retrieval(nn.Module):
         self.remove_accidental_hits = remove_accidental_hits
         self.num_hard_negatives = num_hard_negatives
         self.reduction = reduction
+        self.global_negatives = bool(global_negatives)
 
     def get_config(self) -> dict[str, Any]:
         """The task's settings as JSON values: ``Retrieval(**task.get_config())`` is an equal task."""
         return {"temperature": self.temperature, "logq_correction": self.logq_correction,
                 "remove_accidental_hits": self.remove_accidental_hits,
-                "num_hard_negatives": self.num_hard_negatives, "reduction": self.reduction}
+                "num_hard_negatives": self.num_hard_negatives, "reduction": self.reduction,
+                "global_negatives": self.global_negatives}
 
     def forward(
         self,
@@ -331,6 +352,12 @@ class Retrieval(nn.Module):
         _check_vector(extra_candidate_ids, num_extra, "extra_candidate_ids")
         if not self.logq_correction:
             log_q = extra_log_q = None
+        if parallel.world_size() > 1:
+            extra = None
+            if has_extra:
+                extra = (extra_candidate_embeddings, extra_candidate_ids, extra_log_q)
+            return self._data_parallel_loss(query_embeddings, candidate_embeddings, candidate_ids, log_q,
+                                            sample_weight, extra=extra)
 
         if candidate_ids is not None and self.num_hard_negatives is None and not has_extra:
             unique, labels, counts = torch.unique(candidate_ids, return_inverse=True, return_counts=True)
@@ -363,6 +390,7 @@ class Retrieval(nn.Module):
         candidate_log_q: Tensor | None = None,
         candidate_sampling_probability: Tensor | None = None,
         sample_weight: Tensor | None = None,
+        candidate_ids: Tensor | None = None,
     ) -> Tensor:
         """Scalar loss of a batch whose candidates were deduplicated before the candidate tower ran.
 
@@ -382,8 +410,11 @@ class Retrieval(nn.Module):
             candidate_log_q: [U] log q ≤ 0 of each unique candidate, or None.
             candidate_sampling_probability: [U] its q in [0, 1] instead; not both.
             sample_weight: [B] per-row weights (Keras semantics: mean = sum(w·loss) / B).
+            candidate_ids: [U] ids of the unique candidates (distinct); under data parallelism
+                they merge one item's columns across processes (required there with
+                accidental-hit removal); unused in one process.
         Returns:
-            scalar loss.
+            scalar loss (under data parallelism this process's share; see the class).
         Raises:
             ValueError: mismatched shapes, labels outside [0, U), counts that do not
                 match the labels, or bad q / log q (as in :meth:`forward`).
@@ -408,12 +439,113 @@ class Retrieval(nn.Module):
         )
         if not self.logq_correction:
             log_q = None
+        _check_vector(candidate_ids, num_unique, "candidate_ids")
+        if parallel.world_size() > 1:
+            return self._data_parallel_unique_loss(query_embeddings, unique_candidate_embeddings, labels, counts,
+                                                   candidate_ids, log_q, sample_weight)
         if self.num_hard_negatives is not None:
             return self._general_loss(
                 query_embeddings, unique_candidate_embeddings[labels], labels, labels,
                 None if log_q is None else log_q[labels], sample_weight,
             )
         return self._unique_loss(query_embeddings, unique_candidate_embeddings, labels, counts, log_q, sample_weight)
+
+    # -- data parallelism (torch.distributed, world size > 1) -----------------------------
+    def _data_parallel_loss(
+        self, query: Tensor, candidates: Tensor, ids: Tensor | None, log_q: Tensor | None,
+        sample_weight: Tensor | None, *, extra: tuple[Tensor, Tensor | None, Tensor | None] | None,
+    ) -> Tensor:
+        """:meth:`forward`'s loss share with global (or per-worker) negatives; [B, d] rows are this process's."""
+        if ids is not None and self.num_hard_negatives is None and extra is None:
+            unique, labels, counts = torch.unique(ids, return_inverse=True, return_counts=True)
+            first = _first_rows(labels, unique.shape[0])
+            return self._data_parallel_unique_loss(query, candidates[first], labels, counts, unique,
+                                                   None if log_q is None else log_q[first], sample_weight)
+        return self._data_parallel_general_loss(query, candidates, ids, log_q, sample_weight, extra=extra)
+
+    def _data_parallel_unique_loss(
+        self, query: Tensor, unique: Tensor, labels: Tensor, counts: Tensor, ids: Tensor | None,
+        log_q: Tensor | None, sample_weight: Tensor | None,
+    ) -> Tensor:
+        """The unique-candidate softmax over the GLOBAL batch's unique candidates; this process's share."""
+        if ids is None and self.global_negatives and self.remove_accidental_hits:
+            raise ValueError("global negatives with accidental-hit removal need the candidates' ids: pass "
+                             "candidate_ids (or Retrieval(global_negatives=False))")
+        if self.num_hard_negatives is not None:  # the B x N form, as in one process
+            row_ids = labels if ids is None else ids[labels]  # labels name items only within one process
+            return self._data_parallel_general_loss(
+                query, unique[labels], row_ids, None if log_q is None else log_q[labels], sample_weight, extra=None)
+        sizes = parallel.gather_sizes(unique.shape[0], query.shape[0], device=query.device)
+        unique_rows, rows = sizes[:, 0].tolist(), sizes[:, 1]
+        if not self.global_negatives:
+            local = self._unique_loss(query, unique, labels, counts, log_q, sample_weight) if query.shape[0] else None
+            return self._share(local, query.shape[0], rows, unique)
+        me = parallel.rank()
+        table = parallel.all_gather_rows(
+            _pack(counts, ids if ids is not None else counts, log_q, unique.shape[0]), unique_rows, grad=False)
+        gathered = parallel.all_gather_rows(unique, unique_rows, grad=True)
+        offset = sum(unique_rows[:me])
+        all_counts, all_log_q = table[:, 0], table[:, 2].view(torch.float64)
+        if ids is None:  # no hit removal: equal items on two processes may stay two columns (same softmax)
+            global_unique, global_labels, global_counts, first = gathered, labels + offset, all_counts, None
+        else:
+            merged, inverse = torch.unique(table[:, 1], return_inverse=True)
+            global_counts = torch.zeros_like(merged).index_add_(0, inverse, all_counts)
+            first = _first_rows(inverse, merged.shape[0])
+            global_unique, global_labels = gathered[first], inverse[offset + labels]
+        global_log_q = None
+        if log_q is not None:
+            global_log_q = (all_log_q if first is None else all_log_q[first]).to(log_q.dtype)
+        local = None
+        if query.shape[0]:
+            local = self._unique_loss(query, global_unique, global_labels, global_counts, global_log_q, sample_weight)
+        return self._share(local, query.shape[0], rows, gathered)
+
+    def _data_parallel_general_loss(
+        self, query: Tensor, candidates: Tensor, ids: Tensor | None, log_q: Tensor | None,
+        sample_weight: Tensor | None, *, extra: tuple[Tensor, Tensor | None, Tensor | None] | None,
+    ) -> Tensor:
+        """The B x N form with the global batch's candidates (this process's first, so labels stay 0..B-1);
+        ``ids``: [B] the rows' item ids (accidental hits), or None."""
+        batch = query.shape[0]
+        rows = parallel.gather_sizes(batch, device=query.device)[:, 0]
+        column_ids = ids
+        if self.global_negatives:
+            counts = rows.tolist()
+            gathered = parallel.all_gather_rows(candidates, counts, grad=True)
+            me, total = parallel.rank(), sum(counts)
+            start = sum(counts[:me])
+            order = torch.cat([torch.arange(start, start + batch), torch.arange(0, start),
+                               torch.arange(start + batch, total)]).to(query.device)
+            anchor = gathered
+            candidates = gathered[order]
+            if ids is not None or log_q is not None:
+                filler = torch.zeros(batch, dtype=torch.int64, device=query.device)
+                table = parallel.all_gather_rows(
+                    _pack(ids if ids is not None else filler, filler, log_q, batch), counts, grad=False)[order]
+                column_ids = table[:, 0] if ids is not None else None
+                if log_q is not None:
+                    log_q = table[:, 2].view(torch.float64).to(log_q.dtype)
+        else:
+            anchor = candidates
+        if extra is not None:
+            extra_embeddings, extra_ids, extra_log_q = extra
+            candidates = torch.cat([candidates, extra_embeddings])
+            if column_ids is not None:
+                column_ids = torch.cat([column_ids, _required(extra_ids, "extra_candidate_ids")])
+            if log_q is not None:
+                log_q = torch.cat([log_q, _required(extra_log_q,
+                                                    "extra_candidate_sampling_probability or extra_candidate_log_q")])
+        local = self._general_loss(query, candidates, ids, column_ids, log_q, sample_weight) if batch else None
+        return self._share(local, batch, rows, anchor)
+
+    def _share(self, local: Tensor | None, batch: int, rows: Tensor, anchor: Tensor) -> Tensor:
+        """This process's loss share from its reduced loss (None for an empty slice: a zero on ``anchor``'s graph,
+        so the gather's backward, a collective, still runs here)."""
+        if local is None:
+            return anchor.sum() * 0.0
+        local_sum = local * batch if self.reduction == "mean" else local
+        return parallel.loss_share(local_sum, rows, self.reduction)
 
     def _unique_loss(
         self, query: Tensor, unique: Tensor, labels: Tensor, counts: Tensor, log_q: Tensor | None,
@@ -515,6 +647,14 @@ def _counts_match(labels: Tensor, counts: Tensor, num_unique: int) -> bool:
     except RuntimeError:  # negative labels
         return False
     return observed.shape[0] == num_unique and torch.equal(observed, counts.to(observed.dtype))
+
+
+def _pack(first: Tensor, second: Tensor, log_q: Tensor | None, rows: int) -> Tensor:
+    """[rows, 3] int64: two integer columns and log q's float64 bits (0 without it), for ONE all-gather."""
+    bits = torch.zeros(rows, dtype=torch.int64, device=first.device)
+    if log_q is not None:
+        bits = log_q.detach().to(torch.float64).view(torch.int64)
+    return torch.stack([first.to(torch.int64), second.to(torch.int64), bits], dim=1)
 
 
 def _first_rows(labels: Tensor, num_unique: int) -> Tensor:

@@ -7,6 +7,12 @@ checkpoints, exact resume, early stopping, callbacks, the device and a progress
 bar with examples/s. The same seed gives the same metrics on CPU: each epoch's
 shuffle and dropout are seeded by (seed, epoch), so a resumed run continues
 exactly as an uninterrupted one would.
+
+Under data parallelism (``torch.distributed`` initialised with several processes, e.g. by
+``torchrun``) the same loop runs in every process: each takes its slice of every global batch
+(``batch_size`` is the global batch), the model is wrapped in DistributedDataParallel, and rank 0
+alone evaluates, writes checkpoints and history and runs the callbacks (see
+:mod:`towerrec.train.distributed`).
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from towerrec import parallel
 from towerrec.config import LOWER_IS_BETTER, RunConfig
 from towerrec.devices import resolve_device
 from towerrec.errors import ConfigError, TowerrecError
 from towerrec.metrics.topk import DEFAULT_KS
 from towerrec.model import Model
 from towerrec.train.batches import Evaluate, for_config, training_data
+from towerrec.train import distributed
 from towerrec.train.checkpoint import Checkpointer, save_weights
 
 OPTIMIZERS = ("adagrad", "adam", "adamw")
@@ -119,6 +127,12 @@ class Trainer:
         history_path: JSONL file with one line per epoch.
         progress: show a progress bar with examples/s.
 
+    Data parallelism: when ``torch.distributed`` is initialised with world size N > 1, every process
+    builds this trainer alike; ``batch_size`` is the global batch, of which each process trains on its
+    slice; gradients are averaged by DistributedDataParallel; only rank 0 evaluates, writes
+    ``checkpoint_dir`` / ``history_path`` and calls the callbacks (their stop requests reach every
+    process). Checkpoints hold no per-process state: resume with any N.
+
     Raises:
         TypeError: not a Model, a model that is not trainable, data the trainer cannot read,
             an optimizer that holds none of the model's parameters.
@@ -177,7 +191,10 @@ class Trainer:
         self.stop_training = False
         self.checkpointer = Checkpointer(Path(checkpoint_dir)) if checkpoint_dir else None
         self.history_path = Path(history_path) if history_path is not None else None
-        self.progress = progress
+        self.world_size, self.rank = parallel.world_size(), parallel.rank()
+        self.is_main = self.rank == 0
+        self._parallel_loss: nn.Module | None = None  # DDP around compute_loss under data parallelism
+        self.progress = progress and self.is_main
         attach = getattr(self.data, "attach", None)
         if attach is not None:
             attach(self.model)
@@ -190,6 +207,9 @@ class Trainer:
             raise ConfigError("[train] early_stopping_patience needs a validation split", hint=self.validation_hint)
         warn_default_embedding_init(model)
         self._preflight()
+        if self.world_size > 1:
+            probe = self._batch(torch.arange(min(len(self.data), 4)))
+            self._parallel_loss = distributed.wrap(self.model, self.device, probe)
 
     @classmethod
     def from_config(cls, config: RunConfig, data: Any, model: Model, **kwargs: Any) -> Trainer:
@@ -230,7 +250,10 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------
     def batch_loss(self, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Loss of the training examples at ``index`` (positions in the training data)."""
+        """Loss of the training examples at ``index`` (positions in the training data); under data
+        parallelism through DDP, so this process's loss as its model computes it."""
+        if self._parallel_loss is not None:
+            return self._parallel_loss(self._batch(index))
         return self.model.compute_loss(self._batch(index))
 
     # -- the loop ---------------------------------------------------------
@@ -257,14 +280,15 @@ class Trainer:
             result.resumed_from_epoch = start_epoch
             result.train_seconds = state.get("train_seconds", 0.0)
         best_state = self._load_best(best["epoch"])
-        self._rewrite_history(result.history)  # drops any line written after the checkpoint
+        if self.is_main:
+            self._rewrite_history(result.history)  # drops any line written after the checkpoint
         n = len(self.data)
         examples_seen = 0
         epoch = start_epoch
         patience = self.early_stopping_patience
         last_epoch = start_epoch if patience is not None and best["bad_epochs"] >= patience else self.epochs
         self.stop_training = False
-        for callback in self.callbacks:
+        for callback in self._callbacks():
             callback.on_train_begin(self)
         with self._progress_bar() as bar:
             task_id = bar.add_task("training", total=(last_epoch - start_epoch) * math.ceil(n / self.batch_size))
@@ -283,19 +307,25 @@ class Trainer:
                 stop = False
                 if self.scheduler is not None:
                     self.scheduler.step()
-                if epoch % self.eval_every == 0 or epoch == self.epochs:
+                improved = False
+                if self.is_main and (epoch % self.eval_every == 0 or epoch == self.epochs):
                     split_name = "validation" if getattr(self.data, "has_validation", False) else "test"
                     metrics = self.evaluate(split_name)
                     if metrics is not None:
                         record.update({f"{split_name}/{k}": v for k, v in metrics.items()})
                         stop = self._early_stopping(best, epoch, metrics)
-                        if best["epoch"] == epoch:
-                            best_state = self._keep_best(epoch)
+                        improved = best["epoch"] == epoch
+                if self.is_main:
+                    self._append_history(record)
+                    for callback in self.callbacks:
+                        callback.on_epoch_end(self, epoch, record)
+                if self.world_size > 1:  # rank 0 evaluated: every process takes its record and decisions
+                    record, best, stop, improved, self.stop_training = distributed.broadcast_object(
+                        (record, best, stop, improved, self.stop_training))
+                if improved:
+                    best_state = self._keep_best(epoch)
                 result.history.append(record)
-                self._append_history(record)
-                for callback in self.callbacks:
-                    callback.on_epoch_end(self, epoch, record)
-                if self.checkpointer is not None:
+                if self.checkpointer is not None and self.is_main:
                     self.checkpointer.save(
                         self.model,
                         self.optimizer,
@@ -313,9 +343,13 @@ class Trainer:
         if trained_epochs:
             total = sum(r["seconds"] for r in trained_epochs)
             result.examples_per_s = n * len(trained_epochs) / total if total else 0.0
-        for callback in self.callbacks:
+        for callback in self._callbacks():
             callback.on_train_end(self, result)
         return result
+
+    def _callbacks(self) -> list[Callback]:
+        """The callbacks, in rank 0 only under data parallelism (tracking and pruning act once)."""
+        return self.callbacks if self.is_main else []
 
     # -- the best epoch's weights (early stopping) ------------------------------
     def _best_path(self, epoch: int) -> Path | None:
@@ -329,7 +363,7 @@ class Trainer:
             return None
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         path = self._best_path(epoch)
-        if path is not None:
+        if path is not None and self.is_main:
             path.parent.mkdir(parents=True, exist_ok=True)
             save_weights(self.model, path)
         return state
@@ -347,7 +381,7 @@ class Trainer:
     def _drop_other_best(self, epoch: int) -> None:
         """After the checkpoint names the best epoch, older best-epoch files are not needed."""
         keep = self._best_path(epoch)
-        if keep is not None:
+        if keep is not None and self.is_main:
             for old in keep.parent.glob("best-epoch-*.safetensors"):
                 if old != keep:
                     old.unlink(missing_ok=True)
@@ -364,8 +398,12 @@ class Trainer:
         started = time.perf_counter()
         for start in range(0, n, self.batch_size):
             index = order[start : start + self.batch_size]
-            loss = self.batch_loss(index, generator)
-            value = float(loss.detach())  # the progress bar syncs for it anyway
+            if self._parallel_loss is None:
+                loss = self.batch_loss(index, generator)
+                value = float(loss.detach())  # the progress bar syncs for it anyway
+            else:
+                loss = self._data_parallel_loss(index)
+                value = float(distributed.all_reduce_mean(loss.detach()))  # the global batch's loss, everywhere
             if not math.isfinite(value):  # stop before the step: the weights stay finite
                 raise TowerrecError(
                     f"epoch {epoch}, batch {batches + 1}: the training loss is {value}",
@@ -376,7 +414,7 @@ class Trainer:
             self.optimizer.step()
             total += value
             batches += 1
-            for callback in self.callbacks:
+            for callback in self._callbacks():
                 callback.on_batch_end(self, batches, value)
             done = min(start + self.batch_size, n)
             bar.update(
@@ -386,6 +424,19 @@ class Trainer:
                 f"{done / max(time.perf_counter() - started, 1e-9):,.0f} ex/s",
             )
         return total / max(batches, 1)
+
+    def _data_parallel_loss(self, index: Tensor) -> Tensor:
+        """This process's share of the loss of the global batch at ``index``, through DDP (whose backward averages
+        the gradients). A model without loss shares (``Model.data_parallel_loss_share``) returns the mean over
+        its rows: weighted here by its rows / the global batch's, exact for mean losses over rows."""
+        assert self._parallel_loss is not None
+        local = distributed.local_slice(index, self.rank, self.world_size)
+        loss = self.batch_loss(local)
+        if local.numel() == 0:  # no rows, no contribution; the loss's collectives ran all the same
+            return distributed.touch_every_parameter(loss.nan_to_num(0.0) * 0.0, self.model)
+        if self.model.data_parallel_loss_share:
+            return loss
+        return loss * (local.numel() * self.world_size / index.numel())
 
     def evaluate(self, split: str = "test") -> dict[str, float] | None:
         """Metrics of the current model on ``"validation"`` or ``"test"`` (None when the data has no evaluation).
