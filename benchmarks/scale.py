@@ -776,6 +776,7 @@ def main() -> None:
         earlier = json.loads((RESULTS / f"{args.out}.json").read_text())
         payload = {**earlier, "roofline_refreshed": payload["command"]}
         refresh_roofline(payload["training"])
+        plot_training(payload["training"], RESULTS / f"{args.out}.png")
         write_results(args.out, payload, markdown(payload))
         return
     if not args.skip_training:
