@@ -398,8 +398,10 @@ class _WithoutTest(RunCallback):
         self.inner.on_run_end(dataclasses.replace(result, metrics=metrics))
 
     def on_run_failed(self, error: BaseException) -> None:
+        import optuna
+
         tracker = getattr(self.inner, "tracker", None)
-        if tracker is not None and type(error).__name__ == "TrialPruned":
+        if tracker is not None and isinstance(error, optuna.TrialPruned):
             tracker.log_final({"pruned": True})
         self.inner.on_run_failed(error)
 
