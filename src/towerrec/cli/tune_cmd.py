@@ -70,7 +70,8 @@ def tune(
     result = run_study(cfg, space, trials=trials, timeout=timeout, metric=metric, direction=direction,
                        study_dir=study_dir, pruner=pruner, runs_root=runs, validation_fraction=validation_fraction,
                        progress=not quiet, device=device, log=say)
-    params = ", ".join(f"{key} = {value!r}" for key, value in result.best_params.items())
+    params = ", ".join(f"{key} = {value:.6g}" if isinstance(value, float) else f"{key} = {value!r}"
+                       for key, value in result.best_params.items())
     say(f"best trial #{result.best_trial}: {params}")
     say(f"validation {result.metric}: {result.best_value:.4f}")
     say("test (the chosen config, reported once): "
