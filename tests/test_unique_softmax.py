@@ -81,10 +81,10 @@ def test_large_batches_take_the_blocked_kernel_and_agree_with_the_materialised_o
     from towerrec.tasks import unique_softmax
 
     gen = torch.Generator().manual_seed(1)
-    items = torch.randint(0, 1000, (900,), generator=gen)
-    query, table = torch.randn(900, 8, generator=gen), torch.randn(1000, 8, generator=gen)
+    items = torch.randint(0, 3000, (2000,), generator=gen)
+    query, table = torch.randn(2000, 8, generator=gen), torch.randn(3000, 8, generator=gen)
     unique, labels, counts = unique_candidates(items)
-    assert 900 * unique.shape[0] > unique_softmax.MATERIALISED_MAX_LOGITS
+    assert 2000 * unique.shape[0] > unique_softmax.MATERIALISED_MAX_LOGITS
     calls = []
     real = unique_softmax.blocked_softmax_loss
     monkeypatch.setattr(unique_softmax, "blocked_softmax_loss", lambda *a, **k: calls.append(1) or real(*a, **k))

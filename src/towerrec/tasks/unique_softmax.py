@@ -25,9 +25,11 @@ from torch import Tensor
 
 from towerrec.tasks.blocked_softmax import blocked_softmax_loss
 
-#: Largest B x U computed by the materialised kernel; larger products take the blocked one
-#: (benchmarks/task_speed.py: the blocked loss is faster from about this size up on CPUs).
-MATERIALISED_MAX_LOGITS = 262_144
+#: Largest B x U computed by the materialised kernel; larger products take the blocked one. Measured
+#: (benchmarks/results/task_speed.md, float32, one thread): at 1M logits (1024 x 1000) the two tie
+#: (0.99x at dim 32, 1.15x at dim 64), below it the materialised one is up to 2x faster (the [B, U]
+#: buffer fits in cache), from 6M logits (4096 x 1500) up the blocked one is 1.4x-2.2x faster.
+MATERIALISED_MAX_LOGITS = 2_097_152
 
 # -log p beyond this means p is within a few orders of float32's smallest normal.
 _UNDERFLOW_LOSS = 80.0
