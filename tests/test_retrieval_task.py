@@ -509,3 +509,30 @@ def test_unique_candidates_loss_names_negative_labels() -> None:
     with pytest.raises(ValueError, match="labels must index the 2 unique candidates"):
         Retrieval().unique_candidates_loss(torch.randn(2, 3), torch.randn(2, 3), torch.tensor([-1, 0]),
                                            torch.tensor([1, 1]))
+
+
+@pytest.mark.parametrize("hard", [None, 2, 5])
+def test_general_path_equals_the_chained_tricks_in_float64(hard) -> None:
+    # extras + ids + log q + weights (+ hard negatives): the blocked general path against the standalone
+    # functions chained in TFRS's order over the materialised [B, B + M] logits, values and gradients.
+    gen = torch.Generator().manual_seed(11)
+    query = torch.randn(9, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    candidates = torch.randn(9, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    extra = torch.randn(4, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    ids, extra_ids = torch.randint(0, 5, (9,), generator=gen), torch.randint(0, 5, (4,), generator=gen)
+    log_q = torch.rand(13, generator=gen, dtype=torch.float64).clamp(min=0.01).log()
+    weight = torch.rand(9, generator=gen, dtype=torch.float64)
+    task = Retrieval(temperature=0.6, num_hard_negatives=hard)
+    got = task(query, candidates, candidate_ids=ids, candidate_log_q=log_q[:9], extra_candidate_embeddings=extra,
+               extra_candidate_ids=extra_ids, extra_candidate_log_q=log_q[9:], sample_weight=weight)
+    got_grads = torch.autograd.grad(got, (query, candidates, extra))
+    labels = torch.arange(9)
+    logits = logq_correction(in_batch_logits(query, torch.cat([candidates, extra]), 0.6), log_q.exp())
+    logits = remove_accidental_hits(logits, labels, ids, torch.cat([ids, extra_ids]))
+    if hard is not None:
+        logits, labels = hard_negative_mining(logits, labels, hard)
+    expected = (F.cross_entropy(logits, labels, reduction="none") * weight).mean()
+    expected_grads = torch.autograd.grad(expected, (query, candidates, extra))
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    for g, e in zip(got_grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
