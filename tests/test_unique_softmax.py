@@ -94,3 +94,18 @@ def test_large_batches_take_the_blocked_kernel_and_agree_with_the_materialised_o
     materialised = unique_in_batch_softmax_loss(query, table[unique], labels, counts, remove_accidental_hits=False)
     assert calls == [1]
     torch.testing.assert_close(blocked, materialised)
+
+
+@pytest.mark.parametrize("row_block", [None, 7])  # None: small, materialised in float32; 7: blocked, bf16 matmuls
+def test_bfloat16_and_autocast_stay_close_to_float32(row_block):
+    gen = torch.Generator().manual_seed(2)
+    items = torch.randint(0, 40, (64,), generator=gen)
+    query, table = torch.randn(64, 16, generator=gen) * 0.3, torch.randn(40, 16, generator=gen) * 0.3
+    unique, labels, counts = unique_candidates(items)
+    exact = unique_in_batch_softmax_loss(query, table[unique], labels, counts, row_block=row_block)
+    low = unique_in_batch_softmax_loss(query.bfloat16(), table[unique].bfloat16(), labels, counts, row_block=row_block)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = unique_in_batch_softmax_loss(query, table[unique], labels, counts, row_block=row_block)
+    for got in (low, auto):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, exact, rtol=1e-2, atol=1e-2)

@@ -102,11 +102,21 @@ def unique_in_batch_softmax_loss(
             ``column_block`` always takes the blocked kernel.
         column_block: candidates per tile of the blocked kernel (None: its default).
     Returns:
-        scalar loss (float32 for bfloat16 inputs or under autocast).
+        scalar loss (float32 for bfloat16 inputs or under autocast: below the threshold the inputs are
+        upcast to float32; above it the blocked kernel's matmuls run in bfloat16, the rest in float32).
     """
-    if _blocked(query, unique_candidates, row_block, column_block):
+    explicit_tiles = row_block is not None or column_block is not None
+    if explicit_tiles or query.shape[0] * unique_candidates.shape[0] > MATERIALISED_MAX_LOGITS:
         return _blocked_loss(query, unique_candidates, labels, counts, log_q, remove_accidental_hits, temperature,
                              reduction, sample_weight, row_block, column_block)
+    dtype = torch.promote_types(query.dtype, unique_candidates.dtype)
+    if torch.is_autocast_enabled(query.device.type) or dtype not in (torch.float32, torch.float64):
+        # low precision (bfloat16 inputs or autocast): the small kernel runs in float32, as the blocked one accumulates
+        with torch.autocast(query.device.type, enabled=False):
+            return unique_in_batch_softmax_loss(
+                query.float(), unique_candidates.float(), labels, counts, log_q=log_q,
+                remove_accidental_hits=remove_accidental_hits, temperature=temperature, reduction=reduction,
+                sample_weight=sample_weight)
     log_counts = counts.to(query.dtype).log()
     column_bias = log_counts if log_q is None else log_counts - log_q.to(query.dtype)
     label_log_count = log_counts[labels]
@@ -123,14 +133,6 @@ def unique_in_batch_softmax_loss(
     if sample_weight is not None:
         per_row = per_row * sample_weight.to(per_row.dtype)
     return per_row.mean() if reduction == "mean" else per_row.sum()
-
-
-def _blocked(query: Tensor, candidates: Tensor, row_block: int | None, column_block: int | None) -> bool:
-    """Whether the blocked kernel runs: large problems, explicit tile sizes, low precision or autocast."""
-    if row_block is not None or column_block is not None or query.shape[0] * candidates.shape[0] > MATERIALISED_MAX_LOGITS:
-        return True
-    return torch.is_autocast_enabled(query.device.type) or torch.promote_types(query.dtype, candidates.dtype) not in (
-        torch.float32, torch.float64)
 
 
 def _blocked_loss(query: Tensor, candidates: Tensor, labels: Tensor, counts: Tensor, log_q: Tensor | None,
