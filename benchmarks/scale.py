@@ -520,6 +520,8 @@ def bench_training(args) -> dict:
         variants[name] = run_child({**base, "users": users, "items": items, "interactions": interactions,
                                     "overrides": overrides})
     data_parallel = bench_data_parallel(args)
+    if args.variants_only and args.dp_repeats < 1:
+        data_parallel = earlier.get("data_parallel", data_parallel)
     gpu = bench_gpu(args, base) if torch.cuda.is_available() else None
     return {"runs": runs, "variants": variants, "data_parallel": data_parallel, "gpu": gpu,
             "variant_size": args.variant_size,
@@ -779,6 +781,10 @@ def main() -> None:
         plot_training(payload["training"], RESULTS / f"{args.out}.png")
         write_results(args.out, payload, markdown(payload))
         return
+    if args.variants_only and (RESULTS / f"{args.out}.json").is_file():
+        refreshed = json.loads((RESULTS / f"{args.out}.json").read_text()).get("roofline_refreshed")
+        if refreshed:
+            payload["roofline_refreshed"] = refreshed
     if not args.skip_training:
         payload["training"] = bench_training(args)
         plot_training(payload["training"], RESULTS / f"{args.out}.png")
