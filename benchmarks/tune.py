@@ -127,22 +127,24 @@ def baseline(kind: str, config, dataset, runs: Path) -> dict[str, Any]:
     return out
 
 
-def run_workload(name: str, trials: int, data_dir: Path, work: Path, pruner: str | None) -> dict[str, Any]:
+def run_workload(name: str, trials: int, data_dir: Path, work: Path, pruner: str | None,
+                 timeout: float | None, base_runs: bool) -> dict[str, Any]:
     spec = WORKLOADS[name]
     base = base_config(spec["base"], data_dir)
     dataset = load_dataset(base.data.dataset, data_dir, progress=False, duplicate_titles=base.data.duplicate_titles)
     study_dir, runs = work / f"study-{name}", work / f"runs-{name}"
     lines: list[str] = []
     print(f"[{name}] {trials} trials of {spec['space']} around {spec['base']}", flush=True)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with LoadSampler() as load:
         result = tune(base, REPO / spec["space"], trials=trials, study_dir=study_dir, runs_root=runs,
-                      dataset=dataset, progress=False, pruner=pruner,
+                      dataset=dataset, progress=False, pruner=pruner, timeout=timeout,
                       log=lambda line: (lines.append(line), print(f"[{name}] {line}", flush=True)))
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     states: dict[str, int] = {}
     for row in result.rows:
         states[row["state"]] = states.get(row["state"], 0) + 1
+    span = trial_span(study_dir)
     chosen_metrics = json.loads((result.best_run_dir / "metrics.json").read_text())
     print(f"[{name}] refit and baselines", flush=True)
     refit_config = without_validation(result.best_config)
@@ -151,7 +153,8 @@ def run_workload(name: str, trials: int, data_dir: Path, work: Path, pruner: str
         "metric": result.metric, "direction": result.direction,
         "protocol": "seen_excluded" if base.eval.exclude_seen else "tfrs",
         "validation": ".".join(validation_field(base) or ("built in",)),
-        "study": {"wall_s": round(wall, 1), "states": states, "load_1min": load.summary(),
+        "study": {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "timeout_s": timeout, **span,
+                  "finished": sum(states.values()), "states": states, "load_1min": load.summary(),
                   "trial_seconds_sum": round(sum(r["seconds"] or 0 for r in result.rows), 1),
                   "epochs_trained": sum(r["epochs"] or 0 for r in result.rows)},
         "best": {"trial": result.best_trial, "params": _plain(result.best_params),
@@ -162,11 +165,27 @@ def run_workload(name: str, trials: int, data_dir: Path, work: Path, pruner: str
         "trial_rows": [{k: _plain(v) for k, v in row.items()} for row in result.rows],
         "baselines": {},
     }
-    outcome["base_config"] = run_test(base, runs, dataset)
+    if base_runs:
+        outcome["base_config"] = run_test(base, runs, dataset)
     for kind in spec["baselines"]:
         outcome["baselines"][kind] = {"full_train": baseline(kind, base, dataset, runs),
                                       "train_minus_validation": baseline(kind, result.best_config, dataset, runs)}
     return outcome
+
+
+def trial_span(study_dir: Path) -> dict[str, Any]:
+    """From the study's own storage (it survives a resumed study): first trial start to last trial end of the
+    finished (complete / pruned) trials, in seconds, and when."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.load_study(study_name="towerrec", storage=f"sqlite:///{(study_dir / 'study.db').resolve()}")
+    done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED") and t.datetime_complete]
+    if not done:
+        return {}
+    start, end = min(t.datetime_start for t in done), max(t.datetime_complete for t in done)
+    return {"trials_span_s": round((end - start).total_seconds(), 1),
+            "trials_span": f"{start:%Y-%m-%d %H:%M} to {end:%H:%M} UTC"}
 
 
 def _plain(value: Any) -> Any:
@@ -192,10 +211,12 @@ def goals(results: dict[str, Any]) -> list[str]:
             out.append(f"W1, {label}: top-10 {t10:.4f} (goal >= EASE {bar10:.4f}: the larger of the issue's "
                        f"{EASE_ISSUE['top_10_accuracy']} and EASE measured here, {ease:.4f}), top-100 {t100:.4f} "
                        f"(goal >= {W1_TOP100_GOAL}): {'MET' if ok else 'MISSED'}")
-        minutes = w1["study"]["wall_s"] / 60
-        out.append(f"W1 {w1['trials']}-trial study: {minutes:.1f} min (goal < {W1_MINUTES_GOAL:g} min) with mean 1-minute "
-                   f"load {w1['study']['load_1min']['mean']} on {results['machine']['cores']} cores: "
-                   f"{'MET' if minutes < W1_MINUTES_GOAL else 'MISSED'}")
+        s = w1["study"]
+        minutes, complete = s["wall_s"] / 60, s["finished"] >= w1["trials"]
+        verdict = ("MET" if minutes < W1_MINUTES_GOAL else "MISSED") if complete else "NOT MEASURED (study incomplete)"
+        out.append(f"W1 {w1['trials']}-trial study: {s['finished']} trials finished in {minutes:.1f} min wall clock, "
+                   f"{s['cpu_s'] / 60:.1f} CPU-minutes (goal: 40 trials in < {W1_MINUTES_GOAL:g} min) with mean "
+                   f"1-minute load {s['load_1min']['mean']} on {results['machine']['cores']} cores: {verdict}")
     w3 = results.get("w3")
     if w3:
         for label, figures in (("refit on all tutorial training examples", w3["refit"]["test"]["tfrs"]),
@@ -209,7 +230,7 @@ def goals(results: dict[str, Any]) -> list[str]:
 
 def markdown(results: dict[str, Any]) -> str:
     lines = ["# Tuning — the shipped search spaces (configs/spaces/) as `towerrec tune` studies", "",
-             f"MovieLens-100K, seed 42, full catalogue. Machine: {machine_line(results['machine'])}. "
+             f"MovieLens-100K, seed 42, full catalogue. {machine_line(results['machine'])} "
              "Regenerate: `.venv/bin/python benchmarks/tune.py` (or `--workloads w1`). Every study chooses on a "
              "validation split carved from train; test figures are read once, for the chosen config only: its "
              "own trial run (trained on train minus validation, what `towerrec tune` reports) and the same config "
@@ -224,12 +245,19 @@ def markdown(results: dict[str, Any]) -> str:
             continue
         p = w["protocol"]
         s = w["study"]
+        stopped = f" (no trial started after {s['timeout_s']:g} s)" if s.get("timeout_s") else ""
+        span = (f" (finished trials ran {s['trials_span']}: {s['trials_span_s'] / 60:.1f} min)"
+                if s.get("trials_span") else "")
         lines += [f"## {name.upper()}: `towerrec tune {w['base']} --space {w['space']} --trials {w['trials']}`", ""]
         if w.get("from_commit"):
             lines += [f"(kept from an earlier run, commit {w['from_commit']})", ""]
         lines += [f"Protocol `{p}` ({'seen items excluded' if p == 'seen_excluded' else 'TFRS: seen / context items not excluded'}); "
                   f"validation: `{w['validation']}` = 0.1; metric validation {w['metric']} ({w['direction']}).", "",
-                  f"Study: {s['wall_s'] / 60:.1f} min wall clock, trials {', '.join(f'{v} {k}' for k, v in s['states'].items())}, "
+                  f"Study: {s['finished']} of {w['trials']} trials finished "
+                  f"({', '.join(f'{v} {k}' for k, v in s['states'].items())}) in {s['wall_s'] / 60:.1f} min wall clock"
+                  f"{span}"
+                  f"{stopped}, "
+                  f"{s['cpu_s'] / 60:.1f} CPU-minutes of this process (all threads), "
                   f"{s['epochs_trained']} epochs trained in all; 1-minute load average during the study: mean "
                   f"{s['load_1min']['mean']}, min {s['load_1min']['min']}, max {s['load_1min']['max']} "
                   f"({results['machine']['cores']} cores: above {results['machine']['cores']} the study shared the CPUs).", "",
@@ -247,7 +275,8 @@ def markdown(results: dict[str, Any]) -> str:
 
         lines.append(row("**tuned**, refit", "train", w["refit"]))
         lines.append(row("tuned, chosen trial's run", "train − validation", w["chosen_run"]))
-        lines.append(row(f"base config ({w['base']}, untuned)", "train", w["base_config"]))
+        if "base_config" in w:
+            lines.append(row(f"base config ({w['base']}, untuned)", "train", w["base_config"]))
         for kind, b in w["baselines"].items():
             lines.append(row(kind, "train", b["full_train"]))
             lines.append(row(kind, "train − validation", b["train_minus_validation"]))
@@ -273,15 +302,22 @@ def main() -> None:
     parser.add_argument("--w1-trials", type=int, default=WORKLOADS["w1"]["trials"])
     parser.add_argument("--w2-trials", type=int, default=WORKLOADS["w2"]["trials"])
     parser.add_argument("--w3-trials", type=int, default=WORKLOADS["w3"]["trials"])
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="per study: start no trial after this many seconds (a shared machine may need it)")
+    parser.add_argument("--base-runs", action="store_true",
+                        help="also train the untuned base config on the whole training split (its test row)")
     parser.add_argument("--pruner", default=None, help="override the spaces' pruner (median / successive-halving / none)")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="keep studies and runs here (default: a temporary folder; a kept folder resumes)")
+    parser.add_argument("--results", default="tune", help="results name: benchmarks/results/NAME.json and .md; "
+                        "workloads already in it and not run now are kept")
     parser.add_argument("--note", default="", help="a sentence for the results file (e.g. how loaded the machine was)")
     args = parser.parse_args()
 
-    earlier = json.loads((RESULTS / "tune.json").read_text()) if (RESULTS / "tune.json").exists() else {}
-    commit = git_commit_of(RESULTS / "tune.json") if earlier else None
-    results: dict[str, Any] = {"machine": machine(), "note": args.note}
+    earlier_file = RESULTS / f"{args.results}.json"
+    earlier = json.loads(earlier_file.read_text()) if earlier_file.exists() else {}
+    commit = git_commit_of(earlier_file) if earlier else None
+    results: dict[str, Any] = {"machine": machine(), "note": args.note or earlier.get("note", "")}
     for name in ("w1", "w2", "w3"):
         if name in earlier:
             results[name] = {**earlier[name], "from_commit": earlier[name].get("from_commit") or commit}
@@ -291,9 +327,9 @@ def main() -> None:
         for name in [w.strip() for w in args.workloads.split(",") if w.strip()]:
             if name not in WORKLOADS:
                 parser.error(f"unknown workload {name!r}; valid: {', '.join(WORKLOADS)}")
-            results[name] = run_workload(name, trials[name], args.data_dir, work, args.pruner)
+            results[name] = run_workload(name, trials[name], args.data_dir, work, args.pruner, args.timeout, args.base_runs)
             results["goals"] = goals(results)
-            write_results("tune", results, markdown(results))
+            write_results(args.results, results, markdown(results))
 
 
 if __name__ == "__main__":
