@@ -154,7 +154,7 @@ def run_workload(name: str, trials: int, data_dir: Path, work: Path, pruner: str
         "protocol": "seen_excluded" if base.eval.exclude_seen else "tfrs",
         "validation": ".".join(validation_field(base) or ("built in",)),
         "study": {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "timeout_s": timeout, **span,
-                  "finished": sum(states.values()), "states": states, "load_1min": load.summary(),
+                  "finished": states.get("complete", 0) + states.get("pruned", 0), "states": states, "load_1min": load.summary(),
                   "trial_seconds_sum": round(sum(r["seconds"] or 0 for r in result.rows), 1),
                   "epochs_trained": sum(r["epochs"] or 0 for r in result.rows)},
         "best": {"trial": result.best_trial, "params": _plain(result.best_params),
@@ -214,8 +214,9 @@ def goals(results: dict[str, Any]) -> list[str]:
         s = w1["study"]
         minutes, complete = s["wall_s"] / 60, s["finished"] >= w1["trials"]
         verdict = ("MET" if minutes < W1_MINUTES_GOAL else "MISSED") if complete else "NOT MEASURED (study incomplete)"
-        out.append(f"W1 {w1['trials']}-trial study: {s['finished']} trials finished in {minutes:.1f} min wall clock, "
-                   f"{s['cpu_s'] / 60:.1f} CPU-minutes (goal: 40 trials in < {W1_MINUTES_GOAL:g} min) with mean "
+        cpu = "" if s.get("cpu_s") is None else f", {s['cpu_s'] / 60:.1f} CPU-minutes"
+        out.append(f"W1 {w1['trials']}-trial study: {s['finished']} trials finished in {minutes:.1f} min wall clock"
+                   f"{cpu} (goal: 40 trials in < {W1_MINUTES_GOAL:g} min) with mean "
                    f"1-minute load {s['load_1min']['mean']} on {results['machine']['cores']} cores: {verdict}")
     w3 = results.get("w3")
     if w3:
@@ -246,6 +247,7 @@ def markdown(results: dict[str, Any]) -> str:
         p = w["protocol"]
         s = w["study"]
         stopped = f" (no trial started after {s['timeout_s']:g} s)" if s.get("timeout_s") else ""
+        cpu = "" if s.get("cpu_s") is None else f"{s['cpu_s'] / 60:.1f} CPU-minutes of this process (all threads), "
         span = (f" (finished trials ran {s['trials_span']}: {s['trials_span_s'] / 60:.1f} min)"
                 if s.get("trials_span") else "")
         lines += [f"## {name.upper()}: `towerrec tune {w['base']} --space {w['space']} --trials {w['trials']}`", ""]
@@ -257,7 +259,7 @@ def markdown(results: dict[str, Any]) -> str:
                   f"({', '.join(f'{v} {k}' for k, v in s['states'].items())}) in {s['wall_s'] / 60:.1f} min wall clock"
                   f"{span}"
                   f"{stopped}, "
-                  f"{s['cpu_s'] / 60:.1f} CPU-minutes of this process (all threads), "
+                  f"{cpu}"
                   f"{s['epochs_trained']} epochs trained in all; 1-minute load average during the study: mean "
                   f"{s['load_1min']['mean']}, min {s['load_1min']['min']}, max {s['load_1min']['max']} "
                   f"({results['machine']['cores']} cores: above {results['machine']['cores']} the study shared the CPUs).", "",
