@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("model", "tasks", "layers", "metrics", "index", "features", "data", "rules", "parallel"),
     ("models",),
     ("saving",),
-    ("train.checkpoint", "train.prepared", "train.distributed"),
+    ("train.checkpoint", "train.prepared", "train.distributed", "train.optimizers", "train.precision"),
     ("train.sequence_data",),
     ("train.models",),
     ("train.evaluate",),

@@ -116,17 +116,26 @@ class TaskConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """The optimisation loop. Defaults are the ``default`` preset's: 10 epochs of Adam
-    (learning rate 0.005) at batch 1024, evaluated every 5 epochs, seed 42."""
+    (learning rate 0.005) at batch 1024, evaluated every 5 epochs, seed 42.
+
+    ``precision``: ``bf16`` computes the loss under bf16 autocast (weights and optimizer state
+    stay fp32; evaluation is fp32; see towerrec.train.precision). ``sparse_embeddings``: the
+    embedding tables return gradients of the looked-up rows only; absent, it is on for the
+    ``rowwise-adagrad`` and ``sparse-adam`` optimizers (whose table updates then touch only
+    those rows; see towerrec.train.optimizers) and off otherwise.
+    """
 
     epochs: int = 10
     batch_size: int = 1024
-    optimizer: Literal["adagrad", "adam", "adamw"] = "adam"
+    optimizer: Literal["adagrad", "adam", "adamw", "rowwise-adagrad", "sparse-adam"] = "adam"
     learning_rate: float = 0.005
     weight_decay: float = 0.0
     seed: int = 42
     eval_every: int = 5
     early_stopping_patience: int | None = None
     early_stopping_metric: str = "top_100_accuracy"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    sparse_embeddings: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -186,7 +195,8 @@ LISTWISE_LOSSES = ("hinge", "logistic", "softmax", "listmle")
 #: Keys added after runs of their section existed, with the value that changes nothing: left out of the
 #: hash at that value, so a run folder named before the key existed keeps its name.
 NEUTRAL_WHEN_ADDED: dict[tuple[str, str], Any] = {("ranking", "embedding_l2"): 0.0,
-                                                  ("sequence", "validation_fraction"): 0.0}
+                                                  ("sequence", "validation_fraction"): 0.0,
+                                                  ("train", "precision"): "fp32"}
 
 
 @dataclass(frozen=True)

@@ -40,32 +40,16 @@ from towerrec.model import Model
 from towerrec.train.batches import Evaluate, for_config, training_data
 from towerrec.train import distributed
 from towerrec.train.checkpoint import Checkpointer, save_weights
+from towerrec.train.optimizers import (
+    OPTIMIZERS,
+    SPARSE_OPTIMIZERS,
+    embedding_tables,
+    make_optimizer,
+    set_sparse_gradients,
+)
+from towerrec.train.precision import autocast, check_precision
 
-OPTIMIZERS = ("adagrad", "adam", "adamw")
 SPLITS = ("validation", "test")
-DEFAULT_LEARNING_RATES = {"adagrad": 0.1, "adam": 0.001, "adamw": 0.001}
-
-
-def make_optimizer(name: str, model: nn.Module, learning_rate: float | None = None,
-                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """A named optimizer over the model's trainable parameters.
-
-    ``"adagrad"`` uses Keras's defaults (initial accumulator 0.1, eps 1e-7), so TFRS
-    configs behave alike; ``"adam"`` is PyTorch's fused Adam; ``"adamw"`` AdamW.
-
-    Raises:
-        ConfigError: an unknown name.
-    """
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"optimizer {name!r} is not one of {', '.join(OPTIMIZERS)}")
-    lr = DEFAULT_LEARNING_RATES[name] if learning_rate is None else learning_rate
-    params = [p for p in model.parameters() if p.requires_grad]
-    if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr, initial_accumulator_value=0.1, eps=1e-7, weight_decay=weight_decay)
-    if name == "adam":
-        fused = all(p.device.type in ("cpu", "cuda") for p in params)
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 class Callback:
@@ -107,10 +91,17 @@ class Trainer:
             or any :class:`~towerrec.train.batches.TrainingData` (see :mod:`towerrec.train.batches`).
         epochs: passes over the training data.
         batch_size: examples per step.
-        optimizer: ``"adagrad"`` | ``"adam"`` | ``"adamw"``, a ``torch.optim.Optimizer`` over the model's
+        optimizer: ``"adagrad"`` | ``"adam"`` | ``"adamw"`` | ``"rowwise-adagrad"`` | ``"sparse-adam"``
+            (:func:`towerrec.train.optimizers.make_optimizer`), a ``torch.optim.Optimizer`` over the model's
             parameters, or a callable ``parameters -> Optimizer``.
         learning_rate: for a named optimizer (default: Adagrad 0.1, Adam/AdamW 0.001).
         weight_decay: for a named optimizer.
+        precision: ``"fp32"``, or ``"bf16"``: the loss is computed under bf16 autocast (weights, gradients
+            and optimizer state stay fp32; evaluation is fp32; :mod:`towerrec.train.precision`).
+        sparse_embeddings: embedding tables return sparse gradients (only the looked-up rows), so
+            ``"rowwise-adagrad"`` / ``"sparse-adam"`` (and ``"adagrad"``) update only those rows. Default
+            (None): on for ``"rowwise-adagrad"`` and ``"sparse-adam"``, off for the other names; with an
+            optimizer object, the tables stay as the model built them.
         scheduler: a learning-rate scheduler, or a callable ``optimizer -> scheduler``; stepped once per epoch.
         callbacks: :class:`Callback` objects.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``... (default: where the model is).
@@ -136,7 +127,10 @@ class Trainer:
     Raises:
         TypeError: not a Model, a model that is not trainable, data the trainer cannot read,
             an optimizer that holds none of the model's parameters.
-        ConfigError: bad numbers, an unknown early-stopping metric, early stopping without validation data.
+        ConfigError: bad numbers, an unknown early-stopping metric, early stopping without validation data,
+            bf16 on a device without native bf16, sparse embeddings with an optimizer or weight decay that
+            cannot take them, or a model whose loss gives an embedding table a dense gradient (e.g. a
+            full-catalogue softmax reading the whole table) while sparse embeddings are on.
         TowerrecError: the device is not available, or the model's loss fails on a first small batch
             (checked here, before any epoch runs).
     """
@@ -153,6 +147,8 @@ class Trainer:
         optimizer: str | torch.optim.Optimizer | Callable[..., torch.optim.Optimizer] = "adam",
         learning_rate: float | None = None,
         weight_decay: float = 0.0,
+        precision: str = "fp32",
+        sparse_embeddings: bool | None = None,
         scheduler: Any = None,
         callbacks: Sequence[Callback] = (),
         device: str | torch.device | None = None,
@@ -180,6 +176,13 @@ class Trainer:
                                                     early_stopping_patience < 1):
             raise ConfigError(f"early_stopping_patience must be an integer >= 1 or None, got {early_stopping_patience!r}")
         self.device = resolve_device(device, model)
+        check_precision(precision, self.device)
+        self.precision = precision
+        if sparse_embeddings is None and isinstance(optimizer, str):
+            sparse_embeddings = optimizer in SPARSE_OPTIMIZERS
+        if sparse_embeddings is not None:  # (a ready optimizer and None: the tables stay as the model built them)
+            set_sparse_gradients(model, bool(sparse_embeddings))
+        self.sparse_embeddings = any(table.sparse for table in embedding_tables(model))
         self.model = model.to(self.device)
         self.data = training_data(data, model=model, evaluate=evaluate, ks=ks, exclude_seen=exclude_seen)
         if len(self.data) == 0:
@@ -198,7 +201,7 @@ class Trainer:
         attach = getattr(self.data, "attach", None)
         if attach is not None:
             attach(self.model)
-        self.optimizer = _optimizer(optimizer, model, learning_rate, weight_decay)
+        self.optimizer = _optimizer(optimizer, model, learning_rate, weight_decay, self.sparse_embeddings)
         self.scheduler = scheduler(self.optimizer) if callable(scheduler) and not hasattr(scheduler, "step") else scheduler
         names = getattr(self.data, "metric_names", None)
         if early_stopping_patience is not None and names is not None and early_stopping_metric not in names:
@@ -217,7 +220,8 @@ class Trainer:
         t = config.train
         settings: dict[str, Any] = dict(
             epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer, learning_rate=t.learning_rate,
-            weight_decay=t.weight_decay, seed=t.seed, eval_every=t.eval_every, ks=config.eval.ks,
+            weight_decay=t.weight_decay, precision=t.precision, sparse_embeddings=t.sparse_embeddings,
+            seed=t.seed, eval_every=t.eval_every, ks=config.eval.ks,
             exclude_seen=config.eval.exclude_seen, early_stopping_patience=t.early_stopping_patience,
             early_stopping_metric=t.early_stopping_metric)
         settings.update(kwargs)
@@ -229,7 +233,7 @@ class Trainer:
         training = self.model.training
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), torch.no_grad():
             try:
-                loss = self.model.compute_loss(self._batch(index))
+                loss = self.batch_loss(index)
             except (KeyError, IndexError, RuntimeError, TypeError, ValueError, NotImplementedError) as exc:
                 raise TowerrecError(
                     f"{type(self.model).__name__}.compute_loss fails on the first batch of this data: "
@@ -241,6 +245,22 @@ class Trainer:
         if not isinstance(loss, Tensor) or loss.dim() != 0:
             shape = list(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
             raise TowerrecError(f"{type(self.model).__name__}.compute_loss must return a scalar tensor, got {shape}")
+        if self.sparse_embeddings:
+            self._check_sparse_gradients(index)
+
+    def _check_sparse_gradients(self, index: Tensor) -> None:
+        """One backward pass on the first small batch: every embedding table must get a sparse gradient."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            self.batch_loss(index).backward()
+        dense = [name for name, module in self.model.named_modules()
+                 if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.weight.grad is not None
+                 and not module.weight.grad.is_sparse]
+        self.model.zero_grad(set_to_none=True)
+        if dense:
+            raise ConfigError(
+                f"[train] sparse_embeddings: {type(self.model).__name__}'s loss gives the embedding table(s) "
+                f"{', '.join(map(repr, dense))} a dense gradient (it reads whole tables, not only looked-up rows)",
+                hint="set [train] sparse_embeddings = false (and a dense optimizer: adagrad, adam)")
 
     def _batch(self, index: Tensor) -> dict[str, Tensor]:
         batch = self.data.batch(index)
@@ -251,10 +271,14 @@ class Trainer:
     # -- one step ---------------------------------------------------------
     def batch_loss(self, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Loss of the training examples at ``index`` (positions in the training data); under data
-        parallelism through DDP, so this process's loss as its model computes it."""
-        if self._parallel_loss is not None:
-            return self._parallel_loss(self._batch(index))
-        return self.model.compute_loss(self._batch(index))
+        parallelism through DDP, so this process's loss as its model computes it. A float32 scalar,
+        computed under bf16 autocast for ``precision="bf16"``."""
+        with autocast(self.precision, self.device):
+            if self._parallel_loss is not None:
+                loss = self._parallel_loss(self._batch(index))
+            else:
+                loss = self.model.compute_loss(self._batch(index))
+        return loss if self.precision == "fp32" else loss.float()
 
     # -- the loop ---------------------------------------------------------
     def fit(self) -> FitResult:
@@ -486,9 +510,9 @@ class Trainer:
 
 
 def _optimizer(optimizer: Any, model: nn.Module, learning_rate: float | None,
-               weight_decay: float) -> torch.optim.Optimizer:
+               weight_decay: float, sparse: bool) -> torch.optim.Optimizer:
     if isinstance(optimizer, str):
-        return make_optimizer(optimizer, model, learning_rate, weight_decay)
+        return make_optimizer(optimizer, model, learning_rate, weight_decay, sparse=sparse)
     if isinstance(optimizer, torch.optim.Optimizer):
         owned = {id(p) for p in model.parameters()}
         if not any(id(p) in owned for group in optimizer.param_groups for p in group["params"]):
