@@ -8,6 +8,7 @@ Parts (run any; each rewrites its own entry of the results file):
   median of the per-seed bf16/fp32 ratios).
 * ``dcn``: the ranking DCN (configs/ranking_dcn.toml), matmul-bound: examples/s and test RMSE,
   fp32 vs bf16, interleaved repeats.
+* ``gemm``: matmul throughput alone, fp32 vs bf16, on one thread (GFLOP per CPU second).
 * ``threads``: a short ranking DCN run per setting (default threads, one thread, and
   ``OMP_WAIT_POLICY=PASSIVE`` with each), fresh processes, interleaved rounds.
 * ``sparse``: an embedding-only two-tower model (user table x item table, dim 32, in-batch
@@ -66,24 +67,28 @@ def _summary(values: list[float]) -> dict[str, float]:
             "values": values}
 
 
-def part_quality(seeds: int, data_dir: Path) -> dict[str, Any]:
+def part_quality(seeds: int, data_dir: Path, save: Any = None) -> dict[str, Any]:
+    """Seed by seed, each workload's fp32/bf16 pair (order alternating); ``save(result)`` after every pair."""
+    runs = {w: {"fp32": [], "bf16": []} for w in QUALITY}
     out: dict[str, Any] = {}
-    for workload, (config_name, names) in QUALITY.items():
-        runs: dict[str, list[dict[str, Any]]] = {"fp32": [], "bf16": []}
-        for seed in range(42, 42 + seeds):
+    for seed in range(42, 42 + seeds):
+        for workload, (config_name, names) in QUALITY.items():
             for precision in ("fp32", "bf16") if seed % 2 == 0 else ("bf16", "fp32"):
-                runs[precision].append(_train(config_name, precision, seed, data_dir))
-                print(workload, precision, seed, runs[precision][-1]["examples_per_s"], flush=True)
-        entry: dict[str, Any] = {"config": f"configs/{config_name}", "seeds": list(range(42, 42 + seeds))}
-        for precision, results in runs.items():
-            tests = [_test_metrics(r) for r in results]
-            entry[precision] = {
-                "examples_per_s": median([r["examples_per_s"] for r in results]),
-                **{name: _summary([t[name] for t in tests]) for name in names},
-            }
-        entry["speedup_median_of_ratios"] = median(
-            [b["examples_per_s"] / f["examples_per_s"] for f, b in zip(runs["fp32"], runs["bf16"])])
-        out[workload] = entry
+                runs[workload][precision].append(_train(config_name, precision, seed, data_dir))
+                print(workload, precision, seed, runs[workload][precision][-1]["examples_per_s"], flush=True)
+            pairs = runs[workload]
+            entry: dict[str, Any] = {"config": f"configs/{config_name}", "seeds": list(range(42, seed + 1))}
+            for precision, results in pairs.items():
+                tests = [_test_metrics(r) for r in results]
+                entry[precision] = {
+                    "examples_per_s": median([r["examples_per_s"] for r in results]),
+                    **{name: _summary([t[name] for t in tests]) for name in names},
+                }
+            entry["speedup_median_of_ratios"] = median(
+                [b["examples_per_s"] / f["examples_per_s"] for f, b in zip(pairs["fp32"], pairs["bf16"])])
+            out[workload] = entry
+            if save is not None:
+                save(out)
     return out
 
 
@@ -100,6 +105,34 @@ def part_dcn(repeats: int, data_dir: Path) -> dict[str, Any]:
     entry["speedup_median_of_ratios"] = median(
         [b["examples_per_s"] / f["examples_per_s"] for f, b in zip(runs["fp32"], runs["bf16"])])
     return entry
+
+
+GEMM_SHAPES = ((2048, 2048, 2048), (8192, 192, 192), (8192, 32, 1500))  # square; DCN's MLP; W1's logits
+
+
+def part_gemm(repeats: int = 7) -> list[dict[str, Any]]:
+    """Matmul throughput fp32 vs bf16 on one thread, in GFLOP per CPU second (median of ``repeats``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = []
+    try:
+        for m, k, n in GEMM_SHAPES:
+            a, b = torch.randn(m, k), torch.randn(k, n)
+            rates = {}
+            for name, (x, y) in {"fp32": (a, b), "bf16": (a.bfloat16(), b.bfloat16())}.items():
+                x @ y
+                seconds = []
+                for _ in range(repeats):
+                    started = time.process_time()
+                    x @ y
+                    seconds.append(time.process_time() - started)
+                rates[name] = 2 * m * k * n / median(seconds) / 1e9
+            rows.append({"shape": [m, k, n], "fp32_gflops": rates["fp32"], "bf16_gflops": rates["bf16"]})
+    finally:
+        torch.set_num_threads(before)
+    return rows
 
 
 # -- sparse embeddings: one subprocess per (size, optimizer) -------------------------------
@@ -243,10 +276,27 @@ def markdown(payload: dict[str, Any]) -> str:
             for precision in ("fp32", "bf16"):
                 e = entry[precision]
                 speed = f"{entry['speedup_median_of_ratios']:.2f}x" if precision == "bf16" else ""
-                lines.append(f"| {workload} ({len(entry['seeds'])} seeds) | {precision} | "
+                n = len(entry["seeds"])
+                lines.append(f"| {workload} ({n} seed{'s' if n > 1 else ''}) | {precision} | "
                              f"{e['top_10_accuracy']['mean']:.4f} ± {e['top_10_accuracy']['sd']:.4f} | "
                              f"{e['top_100_accuracy']['mean']:.4f} ± {e['top_100_accuracy']['sd']:.4f} | "
                              f"{e['examples_per_s']:,.0f} | {speed} |")
+        lines.append("")
+    pairs = payload.get("single_pairs")
+    if pairs:
+        lines += ["## Single fp32/bf16 pairs (recorded from the run log)", "", pairs["note"], "",
+                  "| workload | precision | examples/s | test top-10 | test top-100 |", "|---|---|---|---|---|"]
+        for row in pairs["rows"]:
+            top10, top100 = row.get("top_10_accuracy"), row.get("top_100_accuracy")
+            lines.append(f"| {row['workload']} | {row['precision']} | {row['examples_per_s']:,.0f} | "
+                         f"{'' if top10 is None else f'{top10:.4f}'} | {'' if top100 is None else f'{top100:.4f}'} |")
+        lines.append("")
+    gemm = payload.get("gemm")
+    if gemm:
+        lines += ["## Matmul alone: fp32 vs bf16 (one thread, GFLOP per CPU second)", "",
+                  "| m x k x n | fp32 | bf16 | bf16/fp32 |", "|---|---|---|---|"]
+        lines += [f"| {' x '.join(map(str, r['shape']))} | {r['fp32_gflops']:.0f} | {r['bf16_gflops']:.0f} | "
+                  f"{r['bf16_gflops'] / r['fp32_gflops']:.1f}x |" for r in gemm]
         lines.append("")
     dcn = payload.get("dcn")
     if dcn:
@@ -293,7 +343,7 @@ def markdown(payload: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("quality", "dcn", "sparse", "threads"), action="append")
+    parser.add_argument("--part", choices=("quality", "dcn", "gemm", "sparse", "threads"), action="append")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
@@ -311,19 +361,24 @@ def main() -> None:
         epochs, data_dir = args.threads_child.split(",", 1)
         print(json.dumps(threads_child(int(epochs), data_dir)))
         return
-    for part in args.part or ("quality", "dcn", "sparse", "threads"):
-        if part == "quality":
-            result: Any = part_quality(args.seeds, args.data_dir)
-        elif part == "dcn":
-            result = part_dcn(args.repeats, args.data_dir)
-        elif part == "threads":
-            result = part_threads(args.repeats, args.epochs, args.data_dir)
-        else:
-            result = part_sparse(args.steps, args.batch, SPARSE_SIZES)
+    def save(part: str, result: Any) -> None:
         path = RESULTS / "precision.json"  # read at write time: parts may run in separate invocations
         payload = json.loads(path.read_text()) if path.is_file() else {}
         payload.update({"machine": machine(), part: result})
         write_results("precision", payload, markdown(payload))
+
+    for part in args.part or ("quality", "dcn", "gemm", "sparse", "threads"):
+        if part == "quality":
+            result: Any = part_quality(args.seeds, args.data_dir, save=lambda r: save("quality", r))
+        elif part == "dcn":
+            result = part_dcn(args.repeats, args.data_dir)
+        elif part == "gemm":
+            result = part_gemm()
+        elif part == "threads":
+            result = part_threads(args.repeats, args.epochs, args.data_dir)
+        else:
+            result = part_sparse(args.steps, args.batch, SPARSE_SIZES)
+        save(part, result)
 
 
 if __name__ == "__main__":
