@@ -43,3 +43,11 @@ def test_run_names_and_paths_with_brackets(tmp_path: Path, capsys) -> None:
     assert "pop[bold]" in out and "run directory: runs[x]/pop[bold]-" in out
     code, out, _ = run_cli(capsys, "data", "prepare", "ml-100k", "--data-dir", "ml")
     assert code == 0 and "movielens-100k" in out
+
+
+@pytest.mark.parametrize("command, section", [("train", "[train] epochs"), ("train", "[track] backend"),
+                                              ("tune", "[study] metric"), ("experiment", "[data] dataset")])
+def test_option_help_keeps_its_config_sections(capsys, monkeypatch, command: str, section: str) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # one line per option, so the section is not wrapped apart
+    code, out, _ = run_cli(capsys, command, "--help")
+    assert code == 0 and section in out

@@ -48,7 +48,7 @@ TrackOption = Annotated[
     Optional[str],
     typer.Option(
         "--track",
-        help="Track the run(s) with none | tensorboard | mlflow (overrides [track] backend; files under [track] "
+        help="Track the run(s) with none | tensorboard | mlflow (overrides \\[track] backend; files under \\[track] "
         "dir, default runs/track; see docs/tracking.md).",
     ),
 ]

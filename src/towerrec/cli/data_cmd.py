@@ -26,7 +26,7 @@ _NAMES = ", ".join(DATASET_NAMES)
         "  towerrec data prepare ml-100k --data-dir ../shared/datasets/ml-100k\n\n"
         "  towerrec data prepare movielens-1m --data-dir ~/Downloads/ml-1m.zip --force\n\n"
         "A movie listed under several ids (18 titles in ML-100K) is merged into its lowest id; "
-        "--keep-duplicate-titles keeps them apart (configs: [data] duplicate_titles = \"keep\")."
+        "--keep-duplicate-titles keeps them apart (configs: \\[data] duplicate_titles = \"keep\")."
     ),
 )
 def prepare(

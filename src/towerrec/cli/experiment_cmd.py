@@ -21,7 +21,7 @@ def experiment(
         Optional[Path], typer.Option("--config", "-c", help="An experiment TOML ([experiment] plus RunConfig sections).")
     ] = None,
     data_dir: DataDirOption = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Dataset name or folder (overrides [data] dataset).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset name or folder (overrides \\[data] dataset).")] = None,
     split: Annotated[Optional[str], typer.Option(help="tfrs-random | temporal | leave-last-out.")] = None,
     feature_set: Annotated[
         Optional[list[str]],

@@ -25,7 +25,7 @@ KS = (1, 5, 10, 50, 100)
 DatasetOption = Annotated[
     Optional[str],
     typer.Option("--dataset", help="Run the config on another dataset: a MovieLens name or a dataset folder "
-                 "(overrides [data] dataset; a folder drops the config's data_dir)."),
+                 "(overrides \\[data] dataset; a folder drops the config's data_dir)."),
 ]
 
 
@@ -64,13 +64,13 @@ def train(
     dataset: DatasetOption = None,
     runs: RunsOption = Path("runs"),
     retrain: Annotated[bool, typer.Option("--retrain", help="Train again even if a finished run matches.")] = False,
-    epochs: Annotated[Optional[int], typer.Option(min=1, max=MAX_COUNT, help="Override [train] epochs.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, max=MAX_COUNT, help="Override \\[train] epochs.")] = None,
     device: DeviceOption = "cpu",
     track: TrackOption = None,
     nproc: Annotated[int, typer.Option(
         "--nproc", min=1, max=MAX_COUNT,
         help="Data-parallel processes on this machine: runs this command under torchrun with N processes "
-             "(the global batch stays [train] batch_size; 1: one process).")] = 1,
+             "(the global batch stays \\[train] batch_size; 1: one process).")] = 1,
 ) -> None:
     """Train the model a config describes (reusing a finished identical run, resuming an interrupted one).
 
@@ -277,7 +277,7 @@ def recommend(
     history: Annotated[
         Optional[str],
         typer.Option(help="Sequential runs: an explicit item history, oldest first, e.g. 1,2,3 "
-                          "(unknown ids: [sequence] unknown_items; longer than max_length: most recent kept)."),
+                          "(unknown ids: \\[sequence] unknown_items; longer than max_length: most recent kept)."),
     ] = None,
     data_dir: RunDataDirOption = None,
     at: Annotated[
@@ -288,7 +288,7 @@ def recommend(
     device: DeviceOption = "cpu",
     rerank: Annotated[
         Optional[Path],
-        typer.Option("--rerank", help="A ranking run ([model] kind = \"ranking\") that re-ranks this run's "
+        typer.Option("--rerank", help="A ranking run (\\[model] kind = \"ranking\") that re-ranks this run's "
                                       "candidates (retrieve-then-rank; prints both stages' scores)."),
     ] = None,
     candidates: Annotated[

@@ -20,23 +20,23 @@ def tune(
     config: Annotated[str, typer.Argument(help="The base config: a TOML file or a preset name: " + ", ".join(PRESETS)
                                            + ". Each trial changes the fields the space searches.")],
     space: Annotated[Path, typer.Option("--space", help="The search space (TOML): one [params.\"section.field\"] "
-                                        "table per searched field, optional [study] defaults.")],
+                                        "table per searched field, optional \\[study] defaults.")],
     trials: Annotated[int, typer.Option("--trials", min=1, max=MAX_COUNT,
                                         help="Finished trials the study should hold (a rerun resumes or adds).")],
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.001,
                                                      help="Stop starting trials after this many seconds.")] = None,
     metric: Annotated[Optional[str], typer.Option("--metric", help="The validation metric to optimise, e.g. "
-                                                  "top_10_accuracy, ndcg@10, mrr, rmse (default: [study] metric, "
+                                                  "top_10_accuracy, ndcg@10, mrr, rmse (default: \\[study] metric, "
                                                   "else top_10_accuracy / rmse).")] = None,
-    direction: Annotated[Optional[str], typer.Option("--direction", help="maximize | minimize (default: [study] "
+    direction: Annotated[Optional[str], typer.Option("--direction", help="maximize | minimize (default: \\[study] "
                                                      "direction, else by metric).")] = None,
     study_dir: Annotated[Optional[Path], typer.Option("--study-dir", help="The study folder (default "
                                                       "studies/<config name>).")] = None,
     pruner: Annotated[Optional[str], typer.Option("--pruner", help="median | successive-halving | none (default: "
-                                                  "[study] pruner, else median).")] = None,
+                                                  "\\[study] pruner, else median).")] = None,
     validation_fraction: Annotated[Optional[float], typer.Option(
         "--validation-fraction", help="Share carved from train for validation when the config has no validation "
-        "split (default: [study] validation_fraction, else 0.1).")] = None,
+        "split (default: \\[study] validation_fraction, else 0.1).")] = None,
     runs: Annotated[Path, typer.Option("--runs", "--runs-root", help="Folder that holds run directories "
                                        "(the trials' runs; `towerrec train best.toml --runs` the same).")] = Path("runs"),
     data_dir: DataDirOption = None,
