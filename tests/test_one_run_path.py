@@ -109,8 +109,10 @@ def test_device_cuda_without_a_gpu_is_one_clear_line_on_every_command(capsys, tm
                       'embedding_dim = 8\n[sequence]\nprotocol = "leave-last-out"\nmax_length = 4\n'
                       '[train]\nepochs = 1\nbatch_size = 64\n[eval]\nks = [1, 10]\n')
     runs = tmp_path / "runs"
-    code, out = run_cli(capsys, "train", config, "--runs", runs, "--device", "cuda")
-    assert code == 1 and "'cuda' is not available" in out and "Traceback" not in out, out
+    for nproc in ("1", "2"):  # --nproc 2: refused before any worker process starts
+        code, out = run_cli(capsys, "train", config, "--runs", runs, "--device", "cuda", "--nproc", nproc)
+        assert code == 1 and "'cuda' is not available" in out and "Traceback" not in out, out
+        assert "torchrun" not in out, out
     assert not runs.exists() or not any(p for p in runs.iterdir() if not p.name.startswith("."))  # nothing trained
     code, out = run_cli(capsys, "train", config, "--runs", runs, "--device", "cpu")
     assert code == 0, out

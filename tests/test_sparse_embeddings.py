@@ -227,6 +227,17 @@ def test_trainer_turns_sparse_gradients_on_for_sparse_optimizers(dataset):
     assert not dense.sparse_embeddings
 
 
+def test_a_model_trained_densely_can_switch_to_a_sparse_optimizer(dataset):
+    config = _config(epochs=1)
+    data = prepare(config, dataset, progress=False)
+    model = build_model(config, data)
+    Trainer.from_config(config, data, model, progress=False).fit()  # leaves dense .grad on the tables
+    assert any(m.weight.grad is not None for m in model.modules() if isinstance(m, nn.Embedding))
+    sparse = config.replace(train={"optimizer": "rowwise-adagrad", "learning_rate": 0.2})
+    trainer = Trainer.from_config(sparse, data, model, progress=False)  # the old dense gradient is not refused
+    assert trainer.sparse_embeddings and trainer.fit().history
+
+
 def test_invalid_sparse_combinations_fail_at_construction(dataset):
     config = _config(optimizer="adam", sparse_embeddings=True)
     data = prepare(config, dataset, progress=False)

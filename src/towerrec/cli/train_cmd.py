@@ -102,6 +102,9 @@ def train(
         if distributed.launched_with_torchrun():
             raise TowerrecError("--nproc was given to a process torchrun started",
                                 hint="use either torchrun --nproc-per-node N or towerrec train --nproc N")
+        from towerrec.devices import resolve_device
+
+        resolve_device(device)  # an unavailable device is one line here, not an error in every process
         # the same command without --nproc, in every process (every option of this command, spelled out)
         argv = ["train", config, "--runs", str(runs), "--device", device,
                 *(["--data-dir", str(data_dir)] if data_dir is not None else []),

@@ -250,6 +250,7 @@ class Trainer:
 
     def _check_sparse_gradients(self, index: Tensor) -> None:
         """One backward pass on the first small batch: every embedding table must get a sparse gradient."""
+        self.model.zero_grad(set_to_none=True)  # a dense gradient left by an earlier fit is not this loss's
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             self.batch_loss(index).backward()
         dense = [name for name, module in self.model.named_modules()
