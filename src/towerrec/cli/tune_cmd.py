@@ -24,7 +24,7 @@ def tune(
     trials: Annotated[int, typer.Option("--trials", min=1, max=MAX_COUNT,
                                         help="Finished trials the study should hold (a rerun resumes or adds).")],
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.001,
-                                                     help="Stop starting trials after this many seconds.")] = None,
+                                                     help="Start no new trial after this many seconds (the first trial always runs).")] = None,
     metric: Annotated[Optional[str], typer.Option("--metric", help="The validation metric to optimise, e.g. "
                                                   "top_10_accuracy, ndcg@10, mrr, rmse (default: \\[study] metric, "
                                                   "else top_10_accuracy / rmse).")] = None,
@@ -67,9 +67,13 @@ def tune(
     cfg = _resolve_config(config, data_dir, dataset)
     if track is not None:
         cfg = cfg.replace(track={"backend": track})
-    result = run_study(cfg, space, trials=trials, timeout=timeout, metric=metric, direction=direction,
-                       study_dir=study_dir, pruner=pruner, runs_root=runs, validation_fraction=validation_fraction,
-                       progress=not quiet, device=device, log=say)
+    try:
+        result = run_study(cfg, space, trials=trials, timeout=timeout, metric=metric, direction=direction,
+                           study_dir=study_dir, pruner=pruner, runs_root=runs, validation_fraction=validation_fraction,
+                           progress=not quiet, device=device, log=say)
+    except KeyboardInterrupt:
+        say("study interrupted: run the same command again to resume it (the cut-off trial runs first)")
+        raise
     params = ", ".join(f"{key} = {value:.6g}" if isinstance(value, float) else f"{key} = {value!r}"
                        for key, value in result.best_params.items())
     say(f"best trial #{result.best_trial}: {params}")
