@@ -112,7 +112,7 @@ _EXPORTS = {
 }
 
 _SUBMODULES = ("config", "data", "errors", "experiments", "features", "index", "layers", "metrics", "model", "models",
-               "pipeline", "presets", "recommend", "rules", "runs", "saving", "serve", "tasks", "train", "tune")
+               "pipeline", "presets", "recommend", "rules", "runs", "saving", "serve", "tasks", "track", "train", "tune")
 
 __all__ = ["__version__", *_EXPORTS]
 

@@ -1,5 +1,6 @@
 """Tasks own the loss: how a batch of tower outputs (or ranking scores) becomes one number to minimise."""
 
+from towerrec.tasks.blocked_softmax import blocked_softmax_loss
 from towerrec.tasks.ranking import (
     LIST_LOSSES,
     LOSSES,
@@ -27,6 +28,7 @@ from towerrec.tasks.unique_softmax import (
 )
 
 __all__ = [
+    "blocked_softmax_loss",
     "LIST_LOSSES",
     "LOSSES",
     "Ranking",

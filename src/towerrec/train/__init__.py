@@ -22,6 +22,9 @@ _EXPORTS = {
     "evaluate_examples": "towerrec.train.evaluate",
     "popularity_metrics": "towerrec.train.evaluate",
     "evaluate_ranking": "towerrec.train.evaluate",
+    "make_optimizer": "towerrec.train.optimizers",
+    "RowWiseAdagrad": "towerrec.train.optimizers",
+    "LazyAdam": "towerrec.train.optimizers",
 }
 
 __all__ = list(_EXPORTS)
