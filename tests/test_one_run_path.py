@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -28,10 +27,7 @@ from towerrec.saving import load
 QUIET = {"progress": False, "log": lambda *_: None}
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TOWERREC_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
+pytestmark = pytest.mark.usefixtures("home")  # a fresh TOWERREC_HOME per test (conftest.py)
 
 
 @pytest.fixture(scope="module")

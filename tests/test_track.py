@@ -25,10 +25,7 @@ QUIET = {"progress": False, "log": lambda *_: None}
 EPOCHS = 3
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TOWERREC_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
+pytestmark = pytest.mark.usefixtures("home")  # a fresh TOWERREC_HOME per test (conftest.py)
 
 
 @pytest.fixture(scope="module")

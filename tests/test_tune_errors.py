@@ -20,10 +20,7 @@ QUIET = {"progress": False, "log": lambda *_: None}
 LR = {"type": "float", "low": 0.001, "high": 0.1, "log": True}
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TOWERREC_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
+pytestmark = pytest.mark.usefixtures("home")  # a fresh TOWERREC_HOME per test (conftest.py)
 
 
 @pytest.fixture(scope="module")

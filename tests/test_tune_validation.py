@@ -4,7 +4,6 @@ sequential config is chosen on that split."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,10 +14,7 @@ from towerrec.errors import ConfigError
 from towerrec.train.sequence_data import prepare_sequences
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TOWERREC_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
+pytestmark = pytest.mark.usefixtures("home")  # a fresh TOWERREC_HOME per test (conftest.py)
 
 
 @pytest.fixture(scope="module")
